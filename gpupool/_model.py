@@ -1,0 +1,109 @@
+"""Immutable value types shared by every layer: what a GPU looks like, what a
+request asks for and what an allocation grants.
+
+These are plain ``attrs`` frozen classes: hashable, comparable, cheap to copy
+between threads, and free of any behaviour that does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = [
+    "GPUAllocation",
+    "GPUProcess",
+    "GPUStats",
+]
+
+
+@attrs.frozen
+class GPUProcess:
+    """A compute process that a provider saw on a GPU."""
+
+    pid: int
+    #: Memory the process holds on this GPU, or ``None`` where the driver cannot say.
+    used_memory_mb: int | None = None
+
+
+def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _optional_percent(
+    instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attribute.name} must be a number in [0, 100] or None, got {value!r}")
+    if math.isnan(value) or not 0 <= value <= 100:
+        raise ValueError(f"{attribute.name} must be in [0, 100] or None, got {value!r}")
+
+
+@attrs.frozen
+class GPUStats:
+    """One GPU as a provider sees it at one moment.
+
+    ``memory_used_mb`` is everything the driver reports as used, by processes of
+    this pool and outside it alike; the pool works out which part is foreign.
+    ``utilization_pct`` is ``None`` where the device cannot report it (MIG).
+    """
+
+    index: int = attrs.field(validator=_non_negative_int)
+    uuid: str
+    name: str
+    memory_total_mb: int = attrs.field(validator=_non_negative_int)
+    memory_used_mb: int = attrs.field(validator=_non_negative_int)
+    utilization_pct: float | None = attrs.field(validator=_optional_percent)
+    healthy: bool = True
+    pci_bus_id: str | None = None
+    processes: tuple[GPUProcess, ...] = attrs.field(default=(), converter=tuple)
+    #: Why the GPU is unhealthy, where ``healthy`` is false.
+    health_detail: str | None = None
+
+    @property
+    def memory_free_mb(self) -> int:
+        """Total minus used, never below zero."""
+        return max(0, self.memory_total_mb - self.memory_used_mb)
+
+
+@attrs.frozen
+class GPUAllocation:
+    """GPUs granted to one holder until it releases them.
+
+    ``memory_mb`` is the memory reserved on *each* of the GPUs. An exclusive
+    allocation holds its GPUs whole whatever ``memory_mb`` says; a shared one
+    holds only ``memory_mb`` on each.
+    """
+
+    id: int
+    gpu_indices: tuple[int, ...]
+    gpu_uuids: tuple[str, ...]
+    memory_mb: int
+    exclusive: bool = True
+    experiment_id: str | None = None
+    #: Identifies the pool that granted it; a release in another pool is refused.
+    pool_id: int = attrs.field(default=0, repr=False)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that confine a child process to these GPUs.
+
+        UUIDs rather than indices, because CUDA's default order (fastest first)
+        need not match NVML's (PCI bus order); UUIDs name the same device in
+        both, and stay right under any mask the parent process inherited.
+        """
+        return {
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": ",".join(self.gpu_uuids),
+        }
+
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (for example ``os.environ``) with :attr:`env` laid over it."""
+        merged = dict(base or {})
+        merged.update(self.env)
+        return merged

@@ -1,0 +1,6 @@
+"""GPU providers: where the pool learns what the GPUs look like."""
+
+from ._base import GPUProvider as GPUProvider
+from .fake import FakeGPUProvider as FakeGPUProvider
+
+__all__ = ["FakeGPUProvider", "GPUProvider"]
