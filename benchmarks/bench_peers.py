@@ -300,6 +300,11 @@ def render_table(configs: Sequence[dict[str, Any]], baseline: str) -> str:
         w = workload(config, "sleep")
         peak_row.append("—" if w is None else str(w["peak"]))
     rows.append(peak_row)
+    process_row = ["processes the trivial tasks ran in"]
+    for config in configs:
+        w = workload(config, "trivial")
+        process_row.append("—" if w is None else f"{w['distinct_processes']:,} for {w['tasks']:,}")
+    rows.append(process_row)
     rows.append(timing("shutdown", lambda c: c.get("shutdown_s"), "s", 1.0))
 
     told_row = ["GPUs each task is told"]

@@ -170,6 +170,7 @@ def _workload(name: str, wall_s: float, tasks: int, **extra: Any) -> dict[str, A
         "conflicts": 0,
         "told_gpus": tasks,
         "cuda_visible_devices_set": tasks,
+        "distinct_processes": 1,
     }
     figures.update(extra)
     return figures
@@ -200,7 +201,9 @@ def test_table_gives_ratios_to_the_baseline_and_reports_conflicts() -> None:
     assert lines[1] == "|---|---|---|---|"
     startup = next(line for line in lines if line.startswith("| start-up"))
     assert startup == "| start-up | 0.01 s | 3.00 s (300x) | 0.5 s (50.0x) |"
-    trivial = next(line for line in lines if "trivial" in line)
+    processes = next(line for line in lines if line.startswith("| processes"))
+    assert processes == "| processes the trivial tasks ran in | 1 for 2,000 | 1 for 2,000 | — |"
+    trivial = next(line for line in lines if line.startswith("| per task: trivial"))
     assert "| 50.0 µs [2,000 tasks] |" in trivial
     assert "| 500 µs (10.0x) [2,000 tasks] |" in trivial
     assert trivial.endswith("| — |")  # Dask did not run it
