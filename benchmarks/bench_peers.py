@@ -323,14 +323,16 @@ def render_table(configs: Sequence[dict[str, Any]], baseline: str) -> str:
             f"{how if told else 'none'} ({told:,}/{n:,} tasks); "
             f"`CUDA_VISIBLE_DEVICES` set in {cvd:,}/{n:,}"
         )
-        exclusive = sum(int(w["exclusive_tasks"]) for w in results)
+        exclusive = sum(
+            int(w.get("exclusive_tasks_checked", w["exclusive_tasks"])) for w in results
+        )
         conflicts = sum(int(w["conflicts"]) for w in results)
         if not told:
             conflict_row.append("cannot happen: told no GPU (nothing to check)")
         elif conflicts:
             conflict_row.append(f"**yes: {conflicts:,} overlapping pairs**")
         else:
-            conflict_row.append(f"never (0 in {exclusive:,} exclusive tasks)")
+            conflict_row.append(f"never (0 in {exclusive:,} exclusive tasks checked)")
     rows.append(told_row)
     rows.append(conflict_row)
 
@@ -385,7 +387,8 @@ def render_section(report: dict[str, Any]) -> str:
         f"**{report['baseline_label']}** measured in the same run "
         "(> 1x means slower than gpupool).",
         "- per task = wall time of a whole batch / its number of tasks, best of "
-        f"{report['repeats']} runs (Ray's GPU default: 1 run), after a warm-up of "
+        f"{report['repeats']} runs in each of {report['rounds']} rounds that interleave "
+        "the peers (Ray's GPU default: 1 run), each child after a warm-up of "
         f"{WARMUP_TASKS} tasks of {WARMUP_SLEEP_S * 1000:.0f} ms that brings every worker up. "
         "Tasks do nothing but record when they ran and which GPUs they were told.",
         "- gpupool's tasks run in the caller's event loop (a real task starts its own "
@@ -484,6 +487,7 @@ def _to_record(raw: Sequence[Any]) -> Record:
 
 
 def run_ray(n_tasks: int, repeats: int, ray_default_tasks: int) -> list[dict[str, Any]]:
+    """Both Ray columns (the GPU default only when ``ray_default_tasks`` > 0)."""
     import ray
 
     def ray_task(sleep_s: float, exclusive: bool) -> list[Any]:
@@ -500,10 +504,11 @@ def run_ray(n_tasks: int, repeats: int, ray_default_tasks: int) -> list[dict[str
     )
     startup = time.perf_counter() - t0
     results: list[dict[str, Any]] = []
-    for key, label, extra, cap in (
+    columns: list[tuple[str, str, dict[str, Any], int | None]] = [
         ("ray_reuse", "Ray, worker reuse (`max_calls=0`)", {"max_calls": 0}, None),
         ("ray_default", "Ray, GPU default (fresh worker per task)", {}, ray_default_tasks),
-    ):
+    ]
+    for key, label, extra, cap in columns if ray_default_tasks > 0 else columns[:1]:
         # Decorate once per GPU demand: Ray picks its max_calls=1 default for
         # GPU tasks at decoration time (.options(num_gpus=...) would keep 0).
         remotes: dict[float, Any] = {}
@@ -724,13 +729,43 @@ async def _measure(
     return summaries
 
 
+def merge_configs(
+    merged: dict[str, dict[str, Any]], results: Iterable[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``merged`` with another round's results folded in: per configuration the
+    fastest start-up, shutdown and run of each workload, every run's conflicts
+    counted, notes kept once. Returns a new dict; the inputs are not changed."""
+    out = dict(merged)
+    for result in results:
+        old = out.get(result["key"])
+        if old is None:
+            out[result["key"]] = result
+            continue
+        workloads_ = dict(old["workloads"])
+        for name, summary in result["workloads"].items():
+            workloads_[name] = _better(workloads_.get(name), summary)
+        out[result["key"]] = {
+            **old,
+            "startup_s": min(old["startup_s"], result["startup_s"]),
+            "shutdown_s": min(old["shutdown_s"], result["shutdown_s"]),
+            "workloads": workloads_,
+            "notes": list(dict.fromkeys([*old.get("notes", []), *result.get("notes", [])])),
+        }
+    return out
+
+
 def _better(best: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
     """The faster of two runs of one workload, counting every run's conflicts."""
     if best is None:
         return summary
-    conflicts = best["conflicts"] + summary["conflicts"]
     chosen = summary if summary["wall_s"] < best["wall_s"] else best
-    return {**chosen, "conflicts": conflicts, "repeats": best.get("repeats", 1) + 1}
+    return {
+        **chosen,
+        "conflicts": best["conflicts"] + summary["conflicts"],
+        "exclusive_tasks_checked": best.get("exclusive_tasks_checked", best["exclusive_tasks"])
+        + summary.get("exclusive_tasks_checked", summary["exclusive_tasks"]),
+        "runs": best.get("runs", 1) + summary.get("runs", 1),
+    }
 
 
 async def _run_gpupool_runner(
@@ -860,8 +895,14 @@ def machine_description() -> str:
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})"
 
 
-def run_peer_in_child(peer: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
-    """Run one peer in a fresh interpreter; (results, note) — note says why it was skipped."""
+def run_peer_in_child(
+    peer: str, args: argparse.Namespace, first_round: bool
+) -> tuple[list[dict[str, Any]], str]:
+    """Run one peer in a fresh interpreter; (results, note) — note says why it was skipped.
+
+    Ray's fresh-worker-per-task column runs in the first round only (it is slow
+    enough that load on the machine barely moves it).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer.json"
         env = dict(
@@ -880,7 +921,7 @@ def run_peer_in_child(peer: str, args: argparse.Namespace) -> tuple[list[dict[st
             "--tasks",
             str(args.tasks),
             "--ray-default-tasks",
-            str(args.ray_default_tasks),
+            str(args.ray_default_tasks if first_round else 0),
             "--repeats",
             str(args.repeats),
         ]
@@ -929,7 +970,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="tasks per workload for Ray's fresh-worker-per-task default (default 16)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs per workload, best kept (default 3)"
+        "--repeats", type=int, default=2, help="runs per workload per round (default 2)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds over all peers, interleaved, best kept (default 2)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of peers")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -941,7 +988,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--tasks must be >= 1, got {args.tasks}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.ray_default_tasks < 1:
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.ray_default_tasks < (0 if args.peer else 1):
         parser.error(f"--ray-default-tasks must be >= 1, got {args.ray_default_tasks}")
     if args.peer:
         return child_main(args)
@@ -953,21 +1002,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--peers must include gpupool and name only {', '.join(PEERS)}; got {args.peers!r}"
         )
 
-    configs: list[dict[str, Any]] = []
+    merged: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    for peer in peers:
-        print(f"running {peer} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        try:
-            results, note = run_peer_in_child(peer, args)
-        except subprocess.TimeoutExpired:
-            results, note = [], f"{peer}: did not finish within {args.peer_timeout:.0f} s; skipped"
-        print(
-            f"  {peer}: {time.perf_counter() - started:.1f} s {note}", file=sys.stderr, flush=True
-        )
-        configs.extend(results)
-        if note:
-            notes.append(note)
+    # Rounds interleave the peers, so a burst of load from elsewhere on the
+    # machine does not land on one peer only; each figure is the best seen.
+    for round_ in range(args.rounds):
+        for peer in peers:
+            print(f"round {round_ + 1}: {peer} ...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            try:
+                results, note = run_peer_in_child(peer, args, first_round=round_ == 0)
+            except subprocess.TimeoutExpired:
+                results = []
+                note = f"{peer}: did not finish within {args.peer_timeout:.0f} s; skipped"
+            elapsed = time.perf_counter() - started
+            print(f"  {peer}: {elapsed:.1f} s {note}", file=sys.stderr, flush=True)
+            merged = merge_configs(merged, results)
+            if note and note not in notes:
+                notes.append(note)
+    configs = list(merged.values())
     keys = [c["key"] for c in configs]
     if "gpupool_runner" in keys:
         baseline = "gpupool_runner"
@@ -995,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baseline_label": next(c["label"] for c in configs if c["key"] == baseline),
         "tasks": args.tasks,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "ray_default_tasks": args.ray_default_tasks,
         "configs": configs,
         "notes": notes,

@@ -209,7 +209,7 @@ def test_table_gives_ratios_to_the_baseline_and_reports_conflicts() -> None:
     assert trivial.endswith("| — |")  # Dask did not run it
     conflicts = lines[-1]
     assert conflicts.startswith("| two concurrent tasks told the same exclusive GPU")
-    assert "never (0 in 2,016 exclusive tasks)" in conflicts
+    assert "never (0 in 2,016 exclusive tasks checked)" in conflicts
     assert "**yes: 2 overlapping pairs**" in conflicts
     assert "cannot happen: told no GPU" in conflicts
     assert all(line.count("|") == 5 for line in lines)
@@ -246,3 +246,24 @@ def test_the_gpupool_side_measures_the_real_pool() -> None:
         assert summary["told_gpus"] == summary["tasks"]
     assert pool["workloads"]["mixed"]["tasks"] == 24
     assert 1 <= pool["workloads"]["sleep"]["peak"] <= bp.GPU_COUNT
+
+
+def test_rounds_merge_keeps_the_best_figures_and_every_conflict() -> None:
+    first = _config("ray_reuse", 500e-6, 3.0)
+    first["notes"] = ["a"]
+    second = _config("ray_reuse", 400e-6, 4.0, conflicts=1)
+    second["workloads"]["sleep"]["wall_s"] = 2.0
+    second["notes"] = ["a", "b"]
+    merged = bp.merge_configs({}, [first])
+    merged = bp.merge_configs(merged, [second, _config("dask", 1e-3, 1.0)])
+    assert set(merged) == {"ray_reuse", "dask"}
+    ray = merged["ray_reuse"]
+    assert ray["startup_s"] == 3.0
+    assert ray["workloads"]["trivial"]["wall_s"] == pytest.approx(400e-6 * 2000)
+    assert ray["workloads"]["sleep"]["wall_s"] == 1.0  # the faster run is kept...
+    assert ray["workloads"]["sleep"]["conflicts"] == 1  # ...but the slower one's conflict counts
+    assert ray["workloads"]["sleep"]["exclusive_tasks_checked"] == 32
+    assert ray["workloads"]["sleep"]["runs"] == 2
+    assert ray["notes"] == ["a", "b"]
+    assert first["startup_s"] == 3.0  # inputs untouched
+    assert "runs" not in first["workloads"]["sleep"]
