@@ -207,3 +207,14 @@ def test_import_gpupool_does_not_import_pynvml() -> None:
         check=True,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_exported_from_the_package() -> None:
+    import gpupool
+    import gpupool.providers
+
+    assert gpupool.NVMLProvider is gpupool.providers.NVMLProvider is NVMLProvider
+    assert "NVMLProvider" in gpupool.__all__
+    assert "NVMLProvider" in gpupool.providers.__all__
+    if sys.version_info >= (3, 11):  # typing.final marks the class from 3.11 on
+        assert NVMLProvider.__final__  # type: ignore[attr-defined]
