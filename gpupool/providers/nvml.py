@@ -205,7 +205,10 @@ class NVMLProvider:
             code = getattr(error, "value", None)
             raise ProviderError(_init_failure_message(code, error)) from error
         try:
-            self._driver_version = self._optional(nvml.nvmlSystemGetDriverVersion)
+            try:
+                self._driver_version = self._optional(nvml.nvmlSystemGetDriverVersion)
+            except _DeviceFault:
+                self._driver_version = None
             devices = self._enumerate()
             try:
                 chosen = select_devices(
@@ -225,8 +228,7 @@ class NVMLProvider:
         devices: list[_Device] = []
         for nvml_index in range(self._global(nvml.nvmlDeviceGetCount)):
             try:
-                handle = self._device_call(nvml.nvmlDeviceGetHandleByIndex, nvml_index)
-                uuid = self._device_call(nvml.nvmlDeviceGetUUID, handle)
+                devices += self._identify(nvml_index, len(devices))
             except _DeviceFault as fault:
                 logger.warning("NVML device %d cannot be identified: %s", nvml_index, fault)
                 identity = DeviceIdentity(
@@ -236,32 +238,40 @@ class NVMLProvider:
                     nvml_index=nvml_index,
                 )
                 devices.append(_Device(identity, None, broken=str(fault)))
-                continue
-            name = self._name(handle)
-            pci = self._optional(nvml.nvmlDeviceGetPciInfo, handle)
-            bus_id = _text(pci.busId) if pci is not None else None
-            if not self._mig_enabled(handle):
-                identity = DeviceIdentity(len(devices), uuid, name, nvml_index, bus_id, name)
-                devices.append(_Device(identity, handle))
-                continue
-            slots = self._optional(nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
-            for slot in range(slots):
-                try:
-                    mig = self._device_call(nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
-                    mig_uuid = self._device_call(nvml.nvmlDeviceGetUUID, mig)
-                except _DeviceFault:
-                    continue  # an empty slot: no instance there
-                identity = DeviceIdentity(
-                    index=len(devices),
-                    uuid=mig_uuid,
-                    name=self._name(mig),
-                    nvml_index=nvml_index,
-                    pci_bus_id=bus_id,
-                    model=name,
-                    parent_uuid=uuid,
-                )
-                devices.append(_Device(identity, mig))
         return devices
+
+    def _identify(self, nvml_index: int, first_index: int) -> list[_Device]:
+        """The poolable devices of one physical GPU: itself, or its MIG instances."""
+        nvml = self._module()
+        handle = self._device_call(nvml.nvmlDeviceGetHandleByIndex, nvml_index)
+        uuid = self._device_call(nvml.nvmlDeviceGetUUID, handle)
+        name = self._name(handle)
+        pci = self._optional(nvml.nvmlDeviceGetPciInfo, handle)
+        bus_id = _text(pci.busId) if pci is not None else None
+        if not self._mig_enabled(handle):
+            return [
+                _Device(DeviceIdentity(first_index, uuid, name, nvml_index, bus_id, name), handle)
+            ]
+        instances: list[_Device] = []
+        for slot in range(self._optional(nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0):
+            try:
+                mig = self._device_call(nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
+                mig_uuid = self._device_call(nvml.nvmlDeviceGetUUID, mig)
+            except _DeviceFault:
+                continue  # an empty slot: no instance there
+            identity = DeviceIdentity(
+                index=first_index + len(instances),
+                uuid=mig_uuid,
+                name=self._name(mig),
+                nvml_index=nvml_index,
+                pci_bus_id=bus_id,
+                model=name,
+                parent_uuid=uuid,
+            )
+            instances.append(_Device(identity, mig))
+        if not instances:
+            logger.warning("GPU %d (%s) is in MIG mode but has no MIG instances", nvml_index, uuid)
+        return instances
 
     def _name(self, handle: Any) -> str:
         return self._optional(self._module().nvmlDeviceGetName, handle) or "NVIDIA GPU"

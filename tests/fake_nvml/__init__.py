@@ -71,7 +71,8 @@ class FakeDevice:
     #: pid -> MiB held (``None``: NVML cannot say).
     processes: dict[int, int | None] = dataclasses.field(default_factory=dict)
     #: Injected NVML return codes: "error" (every query), "memory_error",
-    #: "memory_v2_error", "util_error", "procs_error", "handle_error", "uuid_error".
+    #: "memory_v2_error", "util_error", "procs_error", "handle_error", "uuid_error",
+    #: "name_error".
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     #: ``None``: not MIG capable; ``False``/``True``: MIG mode off/on.
     mig: bool | None = None

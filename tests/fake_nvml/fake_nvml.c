@@ -18,7 +18,7 @@
  *   gpu.0.util=37                  percent
  *   gpu.0.error=15                 every query on GPU 0 (and its MIG devices) fails so
  *   gpu.0.memory_error=3, gpu.0.memory_v2_error=25, gpu.0.util_error=3,
- *   gpu.0.procs_error=6, gpu.0.handle_error=15, gpu.0.uuid_error=15
+ *   gpu.0.procs_error=6, gpu.0.handle_error=15, gpu.0.uuid_error=15, gpu.0.name_error=15
  *   gpu.0.procs=123:1048576,456:-  pid:bytes ('-': not available)
  *   gpu.0.mig=1                    MIG mode enabled
  *   gpu.0.mig_max=7                MIG slots; gpu.0.mig.S.* as for a GPU
@@ -287,7 +287,7 @@ nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
     dev_ref ref;
-    nvmlReturn_t err = enter(device, &ref, NULL);
+    nvmlReturn_t err = enter(device, &ref, "name_error");
     if (err != NVML_SUCCESS) return err;
     char buf[96];
     if (!field_str(&ref, "name", buf, sizeof buf)) snprintf(buf, sizeof buf, "Fake NVML GPU");

@@ -276,13 +276,17 @@ def test_lost_mig_gpu_makes_its_instances_unhealthy(machine: FakeMachine) -> Non
         assert [s.healthy for s in nvml.snapshot()] == [False, False]
 
 
-def test_gpu_that_cannot_be_identified_is_listed_unhealthy(machine: FakeMachine) -> None:
-    machine.add_gpu(errors={"handle_error": GPU_IS_LOST})
+@pytest.mark.parametrize("query", ["handle_error", "uuid_error", "name_error"])
+def test_gpu_that_cannot_be_identified_is_listed_unhealthy(
+    machine: FakeMachine, query: str
+) -> None:
+    machine.add_gpu(errors={query: GPU_IS_LOST})
     machine.add_gpu()
     with provider() as nvml:
         broken, good = nvml.snapshot()
     assert not broken.healthy
     assert "lost" in (broken.health_detail or "").lower()
+    assert broken.uuid == "unidentified-nvml-0"
     assert good.healthy
     assert good.uuid == gpu_uuid(1)
 
