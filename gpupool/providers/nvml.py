@@ -400,6 +400,10 @@ class NVMLProvider:
         """Raise what ``error`` means: ``ProviderError`` for NVML as a whole,
         ``_DeviceFault`` for one device. (Unavailable fields are handled by callers.)"""
         code = getattr(error, "value", None)
+        if code == _UNINITIALIZED:
+            # Someone else in this process shut NVML down (its reference count is
+            # shared): start afresh at the next snapshot.
+            self._devices = None
         if code in _LIBRARY_WIDE:
             raise ProviderError(
                 f"NVML stopped working: {error} (NVML error code {code})"

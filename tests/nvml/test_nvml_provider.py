@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import subprocess
 from collections.abc import Callable
@@ -179,6 +180,19 @@ def test_driver_lost_after_start_fails_the_snapshot_not_the_provider(
         del gpu.errors["error"]
         machine.write()
         assert nvml.snapshot()[0].healthy
+
+
+def test_restarts_after_another_user_shut_nvml_down(
+    machine: FakeMachine, fake_nvml_lib: ctypes.CDLL
+) -> None:
+    machine.add_gpu()
+    with provider() as nvml:
+        nvml.snapshot()
+        fake_nvml_lib.nvmlShutdown()  # say, another library's unbalanced shutdown
+        with pytest.raises(ProviderError, match="Uninitialized"):
+            nvml.snapshot()
+        assert nvml.snapshot()[0].healthy
+        assert fake_nvml_lib.fakeNvmlInitCount() == 1
 
 
 def test_close_shuts_nvml_down_and_later_snapshots_fail(machine: FakeMachine) -> None:
