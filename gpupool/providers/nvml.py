@@ -236,6 +236,7 @@ class NVMLProvider:
                     uuid=f"unidentified-nvml-{nvml_index}",
                     name="unidentified GPU",
                     nvml_index=nvml_index,
+                    model="unidentified GPU",
                 )
                 devices.append(_Device(identity, None, broken=str(fault)))
         return devices

@@ -92,6 +92,13 @@ def test_nvml_honours_cuda_visible_devices(fake_machine: tuple[Path, FakeMachine
     )
     assert done.returncode == 0, done.stderr
     assert [g["uuid"] for g in json.loads(done.stdout)] == [gpu_uuid(0), gpu_uuid(2)]
+    table = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0")
+    assert table.returncode == 0, table.stderr
+    assert [line.split("│")[1].strip() for line in table.stdout.splitlines() if "│" in line] == [
+        "0",
+        "2",
+    ]
+    assert "CUDA_VISIBLE_DEVICES=2,0" in table.stdout
     none = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="")
     assert none.returncode == 0, none.stderr
     assert "No GPUs visible" in none.stdout
