@@ -1,21 +1,29 @@
-"""Memory settle on release, end to end: GPUResourcePool over NVMLProvider over
-the real nvidia-ml-py bindings over the fake libnvidia-ml.
+"""GPUResourcePool over NVMLProvider over the real nvidia-ml-py bindings over the
+fake libnvidia-ml: memory settle and faults, end to end.
 
-After a release, the GPU is not granted again until a snapshot taken after the
-release no longer lists the job's registered processes; after
+Settle: after a release, the GPU is not granted again until a snapshot taken
+after the release no longer lists the job's registered processes; after
 ``settle_timeout`` it is granted anyway, with their memory counted as foreign.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 
-from gpupool import GPUResourcePool, NVMLProvider, WouldBlock
+from gpupool import (
+    GPUAllocation,
+    GPUResourcePool,
+    NVMLProvider,
+    UnsatisfiableRequest,
+    WouldBlock,
+)
 
-from ..fake_nvml import FakeMachine
+from ..fake_nvml import DRIVER_NOT_LOADED, GPU_IS_LOST, FakeMachine
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +88,52 @@ async def test_settle_timeout_grants_with_the_memory_counted_as_foreign(
             assert not stats.settling
             assert stats.memory_foreign_mb == JOB_MB
             await pool.release(again)
+
+
+async def test_lost_gpu_stops_being_granted_while_the_other_works(machine: FakeMachine) -> None:
+    machine.add_gpu()
+    lost = machine.add_gpu()
+    with NVMLProvider(environ={}) as nvml:
+        async with GPUResourcePool(nvml, refresh_interval=0.01) as pool:
+            lost.errors["error"] = GPU_IS_LOST
+            machine.write()
+            await pool.refresh()  # may share a refresh that started before the write,
+            await pool.refresh()  # but this one starts after it
+            gpus = pool.statistics().gpus
+            assert [g.healthy for g in gpus] == [True, False]
+            with pytest.raises(UnsatisfiableRequest):
+                await pool.acquire(2)
+            for _ in range(3):
+                allocation = await pool.acquire(1, timeout=30)
+                assert allocation.gpu_indices == (0,)
+                await pool.release(allocation)
+
+
+async def test_nvml_failing_mid_run_keeps_waiters_waiting_on_the_last_snapshot(
+    machine: FakeMachine, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu = machine.add_gpu()
+    granted: list[GPUAllocation] = []
+
+    async def waiter(pool: GPUResourcePool, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        granted.append(await pool.acquire(1, timeout=30))
+
+    with NVMLProvider(environ={}) as nvml:
+        async with GPUResourcePool(nvml, refresh_interval=0.01) as pool:
+            held = await pool.acquire(1)
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(waiter, pool)
+                gpu.errors["error"] = DRIVER_NOT_LOADED  # NVML as a whole fails
+                machine.write()
+                with caplog.at_level(logging.WARNING, logger="gpupool"):
+                    await pool.refresh()  # as above: the second surely starts after the write
+                    await pool.refresh()
+                assert "GPU snapshot failed" in caplog.text
+                assert pool.statistics().waiters == 1
+                assert pool.statistics().gpus[0].healthy  # the last good snapshot stands
+                del gpu.errors["error"]
+                machine.write()
+                await pool.release(held)
+            assert len(granted) == 1
+            await pool.release(granted[0])
