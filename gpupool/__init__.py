@@ -19,6 +19,7 @@ from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
 from .providers import FakeGPUProvider as FakeGPUProvider
 from .providers import GPUProvider as GPUProvider
+from .providers import NVMLProvider as NVMLProvider
 
 __all__ = [
     "AllocationNotHeld",
@@ -31,6 +32,7 @@ __all__ = [
     "GPUResourcePool",
     "GPUStatistics",
     "GPUStats",
+    "NVMLProvider",
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
