@@ -10,6 +10,9 @@ from ._errors import WouldBlock as WouldBlock
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
 from ._model import GPUStats as GPUStats
+from ._process import ProcessFailed as ProcessFailed
+from ._process import ProcessResult as ProcessResult
+from ._process import run_process as run_process
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
 from .providers import FakeGPUProvider as FakeGPUProvider
@@ -25,9 +28,12 @@ __all__ = [
     "GPUStats",
     "PoolClosed",
     "PoolTimeout",
+    "ProcessFailed",
+    "ProcessResult",
     "ProviderError",
     "TaskResult",
     "TaskStatus",
     "UnsatisfiableRequest",
     "WouldBlock",
+    "run_process",
 ]
