@@ -9,7 +9,12 @@ from ._errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._errors import WouldBlock as WouldBlock
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
+from ._model import GPUStatistics as GPUStatistics
 from ._model import GPUStats as GPUStats
+from ._model import PoolStatistics as PoolStatistics
+from ._policy import FifoPolicy as FifoPolicy
+from ._policy import SchedulingPolicy as SchedulingPolicy
+from ._pool import GPUResourcePool as GPUResourcePool
 from ._process import ProcessFailed as ProcessFailed
 from ._process import ProcessResult as ProcessResult
 from ._process import run_process as run_process
@@ -21,16 +26,21 @@ from .providers import GPUProvider as GPUProvider
 __all__ = [
     "AllocationNotHeld",
     "FakeGPUProvider",
+    "FifoPolicy",
     "GPUAllocation",
     "GPUPoolError",
     "GPUProcess",
     "GPUProvider",
+    "GPUResourcePool",
+    "GPUStatistics",
     "GPUStats",
     "PoolClosed",
+    "PoolStatistics",
     "PoolTimeout",
     "ProcessFailed",
     "ProcessResult",
     "ProviderError",
+    "SchedulingPolicy",
     "TaskResult",
     "TaskStatus",
     "UnsatisfiableRequest",
