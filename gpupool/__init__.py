@@ -2,11 +2,15 @@
 
 from ._errors import AllocationNotHeld as AllocationNotHeld
 from ._errors import GPUPoolError as GPUPoolError
+from ._errors import JournalEncodingError as JournalEncodingError
+from ._errors import JournalError as JournalError
+from ._errors import JournalInUse as JournalInUse
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import ProviderError as ProviderError
 from ._errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._errors import WouldBlock as WouldBlock
+from ._journal import Journal as Journal
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
 from ._model import GPUStatistics as GPUStatistics
@@ -34,6 +38,10 @@ __all__ = [
     "GPUResourcePool",
     "GPUStatistics",
     "GPUStats",
+    "Journal",
+    "JournalEncodingError",
+    "JournalError",
+    "JournalInUse",
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
