@@ -43,6 +43,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
+from . import _journal
 from ._errors import GPUPoolError
 from ._model import GPUAllocation
 from ._proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all
@@ -192,10 +193,11 @@ async def run_process(
     ended the same way before the cancellation propagates.
 
     ``on_start(pid)`` and ``pool.register_process(allocation, pid)`` are
-    called once the process exists (awaited if they return an awaitable), for
-    example to journal the process group so that a restarted run can kill a
-    crashed run's leftovers. If one raises, the job is ended and the error
-    propagates.
+    called once the process exists (awaited if they return an awaitable). Inside
+    a task of a :class:`ParallelRunner` with a journal, the process group is
+    also recorded in the journal, so that a restarted run kills a crashed
+    run's leftovers before it grants their GPUs again. If one of these raises,
+    the job is ended and the error propagates.
     """
     args = _check_command(cmd)
     if allocation is not None and not isinstance(allocation, GPUAllocation):
@@ -245,6 +247,9 @@ async def run_process(
     try:
         try:
             await _call_hook(on_start, process.pid)
+            # The journaled task this code runs for (set by the runner), if any:
+            # a restarted run kills the group if this process dies first.
+            _journal.record_process_group(process.pid)
             if pool is not None:
                 assert allocation is not None
                 await _call_hook(pool.register_process, allocation, process.pid)
@@ -270,6 +275,7 @@ async def run_process(
         with anyio.CancelScope(shield=True):
             await process.aclose()
     duration = anyio.current_time() - started
+    _journal.forget_process_group(process.pid)
 
     returncode = process.returncode
     assert returncode is not None
