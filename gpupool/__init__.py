@@ -7,27 +7,49 @@ from ._errors import PoolTimeout as PoolTimeout
 from ._errors import ProviderError as ProviderError
 from ._errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._errors import WouldBlock as WouldBlock
+from ._events import TaskEvent as TaskEvent
+from ._events import TaskJournal as TaskJournal
+from ._executors import CallAbandoned as CallAbandoned
+from ._executors import ExecutorStatistics as ExecutorStatistics
+from ._executors import run_blocking as run_blocking
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
 from ._model import GPUStats as GPUStats
+from ._runner import ParallelRunner as ParallelRunner
+from ._runner import RunnerStatistics as RunnerStatistics
+from ._runner import TaskHandle as TaskHandle
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
+from ._tuning import OptimizeResult as OptimizeResult
+from ._tuning import Strategy as Strategy
+from ._tuning import Trial as Trial
 from .providers import FakeGPUProvider as FakeGPUProvider
 from .providers import GPUProvider as GPUProvider
 
 __all__ = [
     "AllocationNotHeld",
+    "CallAbandoned",
+    "ExecutorStatistics",
     "FakeGPUProvider",
     "GPUAllocation",
     "GPUPoolError",
     "GPUProcess",
     "GPUProvider",
     "GPUStats",
+    "OptimizeResult",
+    "ParallelRunner",
     "PoolClosed",
     "PoolTimeout",
     "ProviderError",
+    "RunnerStatistics",
+    "Strategy",
+    "TaskEvent",
+    "TaskHandle",
+    "TaskJournal",
     "TaskResult",
     "TaskStatus",
+    "Trial",
     "UnsatisfiableRequest",
     "WouldBlock",
+    "run_blocking",
 ]

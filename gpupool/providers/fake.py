@@ -117,7 +117,11 @@ class FakeGPUProvider:
         return stats
 
     def _gpu(self, index: int) -> _FakeGPU:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self._gpus):
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index < len(self._gpus)
+        ):
             raise ValueError(f"index must be a GPU index in [0, {len(self._gpus)}), got {index!r}")
         return self._gpus[index]
 
@@ -131,7 +135,9 @@ class FakeGPUProvider:
     def set_utilization(self, index: int, utilization_pct: float | None) -> None:
         """Utilization of GPU ``index``, or ``None`` for a device that cannot report it."""
         if utilization_pct is not None and not 0 <= utilization_pct <= 100:
-            raise ValueError(f"utilization_pct must be in [0, 100] or None, got {utilization_pct!r}")
+            raise ValueError(
+                f"utilization_pct must be in [0, 100] or None, got {utilization_pct!r}"
+            )
         with self._lock:
             self._gpu(index).utilization_pct = utilization_pct
 
