@@ -14,7 +14,12 @@ from ._executors import ExecutorStatistics as ExecutorStatistics
 from ._executors import run_blocking as run_blocking
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
+from ._model import GPUStatistics as GPUStatistics
 from ._model import GPUStats as GPUStats
+from ._model import PoolStatistics as PoolStatistics
+from ._policy import FifoPolicy as FifoPolicy
+from ._policy import SchedulingPolicy as SchedulingPolicy
+from ._pool import GPUResourcePool as GPUResourcePool
 from ._runner import ParallelRunner as ParallelRunner
 from ._runner import RunnerStatistics as RunnerStatistics
 from ._runner import TaskHandle as TaskHandle
@@ -31,17 +36,22 @@ __all__ = [
     "CallAbandoned",
     "ExecutorStatistics",
     "FakeGPUProvider",
+    "FifoPolicy",
     "GPUAllocation",
     "GPUPoolError",
     "GPUProcess",
     "GPUProvider",
+    "GPUResourcePool",
+    "GPUStatistics",
     "GPUStats",
     "OptimizeResult",
     "ParallelRunner",
     "PoolClosed",
+    "PoolStatistics",
     "PoolTimeout",
     "ProviderError",
     "RunnerStatistics",
+    "SchedulingPolicy",
     "Strategy",
     "TaskEvent",
     "TaskHandle",

@@ -64,7 +64,7 @@ import attrs
 import sniffio
 
 from ._errors import GPUPoolError
-from ._validation import check_int, check_timeout
+from ._request import check_int, check_seconds
 
 __all__ = [
     "DEFAULT_WORKERS",
@@ -164,7 +164,7 @@ class ThreadExecutor:
 
     def __init__(self, name: str, workers: int, role: _Role) -> None:
         self._name = name
-        self._workers = check_int(f"{name}_workers", workers, minimum=1)
+        self._workers = check_int(f"{name}_workers", workers, 1)
         self._role = role
         self._limiter = anyio.CapacityLimiter(workers)
         self._threads = anyio.CapacityLimiter(math.inf)
@@ -387,7 +387,7 @@ def run_blocking(fn: Callable[..., T], *args: Any, timeout: float | None = None)
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
-    checked = check_timeout(timeout)
+    checked = check_seconds("timeout", timeout, allow_zero=False)
     if _on_event_loop_thread():
         return _run_blocking_async(fn, args, checked)
     if _ROLE.get() is _Role.LOW:

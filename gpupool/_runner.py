@@ -32,7 +32,7 @@ import random
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import anyio
 import attrs
@@ -41,11 +41,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
 from ._model import GPUAllocation
+from ._pool import GPUResourcePool
+from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
-from ._validation import check_int, check_timeout
 
 __all__ = ["ParallelRunner", "RunnerStatistics", "TaskHandle"]
 
@@ -53,22 +54,6 @@ ItemT = TypeVar("ItemT")
 S = TypeVar("S")
 #: ``fn(item, allocation)``: ``async def`` or plain; plain ones run on the high-level executor.
 TaskFunction = Callable[[Any, "GPUAllocation | None"], Any]
-
-
-class _Pool(Protocol):
-    """The part of :class:`~gpupool.GPUResourcePool` the runner uses."""
-
-    async def acquire(
-        self,
-        required_gpus: int = 1,
-        *,
-        min_memory_mb: int = 0,
-        exclusive: bool = True,
-        priority: int = 0,
-        experiment_id: str | None = None,
-    ) -> GPUAllocation: ...
-
-    async def release(self, allocation: GPUAllocation) -> None: ...
 
 
 class _TaskTimeout(TimeoutError):
@@ -188,17 +173,17 @@ class ParallelRunner:
 
     def __init__(
         self,
-        pool: _Pool | None = None,
+        pool: GPUResourcePool | None = None,
         *,
         max_parallel: int = 1,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
         journal: TaskJournal | str | Any | None = None,
     ) -> None:
-        if pool is not None and not (hasattr(pool, "acquire") and hasattr(pool, "release")):
+        if pool is not None and not isinstance(pool, GPUResourcePool):
             raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
         self._pool = pool
-        self._max_parallel = check_int("max_parallel", max_parallel, minimum=1)
+        self._max_parallel = check_int("max_parallel", max_parallel, 1)
         self._executors = Executors(high_level_workers, low_level_workers)
         self._journal = _open_journal(journal)
         self._hub = EventHub()
@@ -216,7 +201,7 @@ class ParallelRunner:
         return self._max_parallel
 
     @property
-    def pool(self) -> _Pool | None:
+    def pool(self) -> GPUResourcePool | None:
         return self._pool
 
     # -- lifetime ---------------------------------------------------------
@@ -340,32 +325,29 @@ class ParallelRunner:
     ) -> _Spec:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(item, allocation), got {fn!r}")
-        gpus = check_int("required_gpus", required_gpus, minimum=0)
+        gpus = check_int("required_gpus", required_gpus, 0)
         if gpus and self._pool is None:
             raise ValueError(
                 f"required_gpus={gpus} needs a pool: ParallelRunner(GPUResourcePool(...), ...)"
             )
         if not isinstance(exclusive, bool):
             raise TypeError(f"exclusive must be a bool, got {exclusive!r}")
-        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)):
-            raise TypeError(
-                f"retry_backoff must be a number of seconds >= 0, got {retry_backoff!r}"
-            )
-        if not retry_backoff >= 0:
+        backoff = check_seconds("retry_backoff", retry_backoff)
+        if backoff is None:
             raise ValueError(
-                f"retry_backoff must be a number of seconds >= 0, got {retry_backoff!r}"
+                f"retry_backoff must be a finite number of seconds >= 0, got {retry_backoff!r}"
             )
         return _Spec(
             fn=fn,
             is_async=_is_async(fn),
             required_gpus=gpus,
-            min_memory_mb=check_int("min_memory_mb", min_memory_mb, minimum=0),
+            min_memory_mb=check_int("min_memory_mb", min_memory_mb, 0),
             exclusive=exclusive,
             priority=check_int("priority", priority),
-            timeout=check_timeout(timeout),
-            retries=check_int("retries", retries, minimum=0),
+            timeout=check_seconds("timeout", timeout, allow_zero=False),
+            retries=check_int("retries", retries, 0),
             retry_on=check_retry_on(retry_on),
-            retry_backoff=float(retry_backoff),
+            retry_backoff=backoff,
         )
 
     async def map(
@@ -377,7 +359,7 @@ class ParallelRunner:
         min_memory_mb: int | Callable[[ItemT], int] = 0,
         exclusive: bool = True,
         priority: int = 0,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-task limit, not this call's
+        timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn = Exception,
         retry_backoff: float = 1.0,
@@ -553,7 +535,8 @@ class ParallelRunner:
         finally:
             if allocation is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._pool.release(allocation)  # type: ignore[union-attr]
+                    assert self._pool is not None
+                    await self._pool.release(allocation)
         return outcome
 
     async def _call(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
@@ -597,7 +580,7 @@ class ParallelRunner:
         required_gpus: int = 0,
         min_memory_mb: int = 0,
         exclusive: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-trial limit, not this call's
+        timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn = Exception,
         retry_backoff: float = 1.0,

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, fina
 import anyio
 import attrs
 
+from ._request import check_int
 from ._retry import RetryOn
 from ._tasks import TaskResult
-from ._validation import check_int
 
 if TYPE_CHECKING:
     from ._runner import ParallelRunner, TaskHandle
@@ -94,7 +94,7 @@ async def optimize(
     required_gpus: int = 0,
     min_memory_mb: int = 0,
     exclusive: bool = True,
-    timeout: float | None = None,  # noqa: ASYNC109 - a per-trial limit, not this call's
+    timeout: float | None = None,
     retries: int = 0,
     retry_on: RetryOn = Exception,
     retry_backoff: float = 1.0,
@@ -112,9 +112,9 @@ async def optimize(
     error propagates: a broken strategy stops the study, a failing trial never
     does.
     """
-    n_trials = check_int("n_trials", n_trials, minimum=1)
+    n_trials = check_int("n_trials", n_trials, 1)
     parallel = runner.max_parallel if max_parallel is None else max_parallel
-    parallel = check_int("max_parallel", parallel, minimum=1)
+    parallel = check_int("max_parallel", parallel, 1)
     if direction is None:
         direction = getattr(strategy, "direction", "minimize")
     if direction not in ("minimize", "maximize"):
