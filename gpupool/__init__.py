@@ -10,6 +10,11 @@ from ._errors import PoolTimeout as PoolTimeout
 from ._errors import ProviderError as ProviderError
 from ._errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._errors import WouldBlock as WouldBlock
+from ._events import TaskEvent as TaskEvent
+from ._events import TaskJournal as TaskJournal
+from ._executors import CallAbandoned as CallAbandoned
+from ._executors import ExecutorStatistics as ExecutorStatistics
+from ._executors import run_blocking as run_blocking
 from ._journal import Journal as Journal
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
@@ -22,13 +27,21 @@ from ._pool import GPUResourcePool as GPUResourcePool
 from ._process import ProcessFailed as ProcessFailed
 from ._process import ProcessResult as ProcessResult
 from ._process import run_process as run_process
+from ._runner import ParallelRunner as ParallelRunner
+from ._runner import RunnerStatistics as RunnerStatistics
+from ._runner import TaskHandle as TaskHandle
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
+from ._tuning import OptimizeResult as OptimizeResult
+from ._tuning import Strategy as Strategy
+from ._tuning import Trial as Trial
 from .providers import FakeGPUProvider as FakeGPUProvider
 from .providers import GPUProvider as GPUProvider
 
 __all__ = [
     "AllocationNotHeld",
+    "CallAbandoned",
+    "ExecutorStatistics",
     "FakeGPUProvider",
     "FifoPolicy",
     "GPUAllocation",
@@ -42,16 +55,25 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "OptimizeResult",
+    "ParallelRunner",
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
     "ProcessFailed",
     "ProcessResult",
     "ProviderError",
+    "RunnerStatistics",
     "SchedulingPolicy",
+    "Strategy",
+    "TaskEvent",
+    "TaskHandle",
+    "TaskJournal",
     "TaskResult",
     "TaskStatus",
+    "Trial",
     "UnsatisfiableRequest",
     "WouldBlock",
+    "run_blocking",
     "run_process",
 ]
