@@ -81,6 +81,7 @@ class JobsProgress:
             self.console.print(
                 f"[bold]start[/] line {job.line} on GPU {_gpus_text(gpus)}{retry}: {job.label}",
                 highlight=False,
+                soft_wrap=True,
             )
         self._refresh()
 
@@ -88,7 +89,9 @@ class JobsProgress:
         running = self.running.pop(key, None)
         if running is not None and self._live is None:
             self.console.print(
-                f"[yellow]retry[/] line {running.job.line}: {error or 'failed'}", highlight=False
+                f"[yellow]retry[/] line {running.job.line}: {error or 'failed'}",
+                highlight=False,
+                soft_wrap=True,
             )
         self._refresh()
 
@@ -104,6 +107,7 @@ class JobsProgress:
                 f"[{style}]{result.status.value}[/] line {job.line}: {job.label} "
                 f"({_describe(result)})",
                 highlight=False,
+                soft_wrap=True,
             )
         self._refresh()
 
@@ -176,17 +180,14 @@ class JobsProgress:
     def summary(self, log_dir: Path) -> Table:
         """One row per job, in file order."""
         table = Table(title="gpupool run: summary", title_justify="left")
-        table.add_column("line", justify="right")
-        table.add_column("status")
-        table.add_column("tries", justify="right")
-        table.add_column("GPUs")
-        table.add_column("time", justify="right")
-        table.add_column("job", overflow="fold")
-        table.add_column("outcome", overflow="fold")
+        for name in ("line", "status", "tries", "GPUs", "time"):
+            table.add_column(name, no_wrap=True, justify="right" if name != "status" else "left")
+        table.add_column("outcome", no_wrap=True)
+        table.add_column("job", overflow="ellipsis", no_wrap=True, min_width=12, max_width=48)
         for job in sorted(self.jobs.values(), key=lambda j: j.line):
             result = self.results.get(job.key)
             if result is None:
-                table.add_row(str(job.line), "not run", "", "", "", job.label, "")
+                table.add_row(str(job.line), "not run", "", "", "", "", job.label)
                 continue
             status = result.status.value + (" (earlier run)" if result.from_journal else "")
             table.add_row(
@@ -195,8 +196,8 @@ class JobsProgress:
                 str(result.attempts),
                 _gpus_text(result.gpu_indices),
                 _format_seconds(result.duration_s) if result.duration_s is not None else "",
-                job.label,
                 _describe(result),
+                job.label,
             )
         table.caption = f"logs: {log_dir}"
         table.caption_justify = "left"

@@ -41,9 +41,9 @@ from ._errors import GPUPoolError, JournalError, ProviderError
 from ._events import TaskEvent
 from ._jobs import (
     JobDefaults,
-    JobSpec,
     JobsFileError,
     JobsFileReader,
+    JobSpec,
     parse_duration,
     parse_memory_mb,
 )
@@ -256,8 +256,8 @@ def command(args: argparse.Namespace) -> int:
 
 def run_jobs(options: RunOptions, *, out: Console | None = None, err: Console | None = None) -> int:
     """Run the jobs file of ``options`` to the end (or to Ctrl-C); the exit code."""
-    out = Console(highlight=False) if out is None else out
-    err = Console(stderr=True, highlight=False) if err is None else err
+    out = _console(stderr=False) if out is None else out
+    err = _console(stderr=True) if err is None else err
     session = _Session(options, out, err)
     try:
         return anyio.run(session.main)
@@ -265,6 +265,14 @@ def run_jobs(options: RunOptions, *, out: Console | None = None, err: Console | 
         for line in str(error).splitlines():
             err.print(f"gpupool run: error: {line}", markup=False)
         return EXIT_USAGE
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        # A log file or a pipe: wide enough for the summary, never wrapped mid-table.
+        console = Console(stderr=stderr, highlight=False, width=max(console.width, 120))
+    return console
 
 
 # -- one run ------------------------------------------------------------------
@@ -306,7 +314,7 @@ class _Session:
     groups: set[int] = attrs.Factory(set)
     interrupted: bool = False
     bad_appended_lines: int = 0
-    run_scope: anyio.CancelScope = attrs.Factory(anyio.CancelScope)
+    run_scope: anyio.CancelScope | None = None
 
     async def main(self) -> int:
         options = self.options
@@ -333,7 +341,18 @@ class _Session:
         needs_pool = needs_pool or any(job.gpus for job in first.jobs)
         async with contextlib.AsyncExitStack() as stack:
             if needs_pool:
-                self.pool = await stack.enter_async_context(self._open_pool())
+                fake = options.fake_gpus
+                pool = GPUResourcePool(
+                    None if fake is None else FakeGPUProvider(count=fake),
+                    refresh_interval=0.25 if fake else 1.0,
+                )
+                try:
+                    self.pool = await stack.enter_async_context(pool)
+                except (ProviderError, ImportError) as error:
+                    raise _UsageError(
+                        f"cannot use the GPUs: {error} "
+                        "(to try gpupool without GPUs, add --fake-gpus N)"
+                    ) from None
             created = await anyio.to_thread.run_sync(_make_log_dir, options.log_path)
             try:
                 self.journal = await anyio.to_thread.run_sync(_open_journal, options.journal_path)
@@ -350,23 +369,6 @@ class _Session:
             return await self._run(reader, list(first.jobs))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @contextlib.asynccontextmanager
-    async def _open_pool(self) -> Any:
-        fake = self.options.fake_gpus
-        provider = None if fake is None else FakeGPUProvider(count=fake)
-        pool = GPUResourcePool(provider, refresh_interval=0.25 if fake else 1.0)
-        try:
-            await pool.__aenter__()
-        except (ProviderError, ImportError) as error:
-            raise _UsageError(
-                f"cannot use the GPUs: {error} (to try gpupool without GPUs, add --fake-gpus N)"
-            ) from None
-        try:
-            yield pool
-        finally:
-            with anyio.CancelScope(shield=True):
-                await pool.__aexit__(None, None, None)
-
     def _max_parallel(self) -> int:
         if self.options.max_parallel is not None:
             return self.options.max_parallel
@@ -382,6 +384,7 @@ class _Session:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._handle_signals)
             progress.start()
+            self.run_scope = anyio.CancelScope()
             try:
                 with self.run_scope:
                     async with ParallelRunner(
@@ -486,7 +489,8 @@ class _Session:
                         "gpupool run: stopping: ending the running jobs "
                         f"(up to {self.options.grace_period:g}s; Ctrl-C again to force)"
                     )
-                    self.run_scope.cancel()
+                    if self.run_scope is not None:
+                        self.run_scope.cancel()
                 else:
                     for pgid in list(self.groups):
                         killpg_quietly(pgid, signal.SIGKILL)

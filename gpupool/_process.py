@@ -167,7 +167,7 @@ async def run_process(
     cmd: str | Sequence[str | os.PathLike[str]],
     *,
     allocation: GPUAllocation | None = None,
-    timeout: float | None = None,  # noqa: ASYNC109 -- the public contract (DESIGN.md)
+    timeout: float | None = None,
     log_path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
