@@ -89,7 +89,7 @@ class JobsProgress:
         running = self.running.pop(key, None)
         if running is not None and self._live is None:
             self.console.print(
-                f"[yellow]retry[/] line {running.job.line}: {error or 'failed'}",
+                f"[yellow]retry[/] line {running.job.line}: {_failure_tail(error or 'failed')}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -131,10 +131,11 @@ class JobsProgress:
 
     def counts(self) -> dict[str, int]:
         done = sum(1 for r in self.results.values() if r.ok)
-        failed = len(self.results) - done
+        cancelled = sum(1 for r in self.results.values() if r.status is TaskStatus.CANCELLED)
         return {
             "done": done,
-            "failed": failed,
+            "failed": len(self.results) - done - cancelled,
+            "cancelled": cancelled,
             "running": len(self.running),
             "queued": len(self.jobs) - len(self.results) - len(self.running),
         }
@@ -194,7 +195,7 @@ class JobsProgress:
                 str(job.line),
                 Text(status, style=_STYLE.get(result.status, "")),
                 str(result.attempts),
-                _gpus_text(result.gpu_indices),
+                _gpus_text(result.gpu_indices) if result.gpu_indices or not job.gpus else "",
                 _format_seconds(result.duration_s) if result.duration_s is not None else "",
                 _describe(result),
                 job.label,
@@ -207,7 +208,12 @@ class JobsProgress:
 def _describe(result: TaskResult) -> str:
     if result.ok:
         return "exit code 0"
-    text = result.error or result.status.value
-    # "ProcessFailed: command '...' failed: exit code 3" -> "exit code 3"
+    if result.status is TaskStatus.CANCELLED:
+        return "interrupted (runs again next time)"
+    return _failure_tail(result.error or result.status.value)
+
+
+def _failure_tail(text: str) -> str:
+    """``"ProcessFailed: command '...' failed: exit code 3"`` -> ``"exit code 3"``."""
     _, sep, tail = text.rpartition(" failed: ")
     return tail if sep else text

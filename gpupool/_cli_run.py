@@ -90,6 +90,8 @@ class RunOptions:
     retry_failed: bool = False
     #: Extra environment for every job (the demo puts its ``python`` on PATH).
     job_env: Mapping[str, str] = attrs.field(factory=dict)
+    #: Where jobs run (default: the current directory).
+    job_cwd: Path | None = None
 
     @property
     def journal_path(self) -> Path:
@@ -456,6 +458,7 @@ class _Session:
                 log_path=log,
                 env={**self.options.job_env, "GPUPOOL_JOB_KEY": job.key},
                 grace_period=self.options.grace_period,
+                cwd=self.options.job_cwd,
                 pool=self.pool if allocation is not None else None,
                 on_start=on_start,
             )

@@ -31,6 +31,7 @@ import inspect
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import uuid
@@ -159,7 +160,9 @@ class ProcessFailed(GPUPoolError):
 
     def __init__(self, result: ProcessResult) -> None:
         self.result = result
-        args = result.args if isinstance(result.args, str) else " ".join(result.args)
+        args = result.args if isinstance(result.args, str) else shlex.join(result.args)
+        if len(args) > 80:
+            args = args[:77] + "..."
         super().__init__(f"command {args!r} failed: {result.describe()}")
 
 
