@@ -27,7 +27,7 @@ DEMO_JOBS = "demo_jobs.txt"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``gpupool demo``; the handler is stored as ``func``."""
+    """Register ``gpupool demo``; the handler is stored as ``handler``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
         help="run a small example sweep with `gpupool run` on fake GPUs",
@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="run in DIR (created if missing) instead of a new temporary directory",
     )
-    parser.set_defaults(func=command)
+    parser.set_defaults(handler=command)
     return parser
 
 

@@ -151,7 +151,7 @@ def _seconds_arg(text: str) -> float:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``gpupool run`` on an ``argparse`` subparsers object.
 
-    The handler is stored as ``func`` (``args.func(args)`` returns the exit code).
+    The handler is stored as ``handler`` (``args.handler(args)`` returns the exit code).
     """
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run",
@@ -232,7 +232,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="run again the jobs that failed or timed out in an earlier run",
     )
-    parser.set_defaults(func=command)
+    parser.set_defaults(handler=command)
     return parser
 
 
