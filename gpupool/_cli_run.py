@@ -265,15 +265,18 @@ def run_jobs(options: RunOptions, *, out: Console | None = None, err: Console | 
         return anyio.run(session.main)
     except _UsageError as error:
         for line in str(error).splitlines():
-            err.print(f"gpupool run: error: {line}", markup=False)
+            err.print(f"gpupool run: error: {line}", markup=False, soft_wrap=True)
         return EXIT_USAGE
 
 
 def _console(*, stderr: bool) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    # Messages are never wrapped (they are grepped); tables fit the width.
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
     if not console.is_terminal:
-        # A log file or a pipe: wide enough for the summary, never wrapped mid-table.
-        console = Console(stderr=stderr, highlight=False, width=max(console.width, 120))
+        # A log file or a pipe: wide enough for the summary table.
+        console = Console(
+            stderr=stderr, highlight=False, soft_wrap=True, width=max(console.width, 120)
+        )
     return console
 
 
@@ -432,11 +435,13 @@ class _Session:
             try:
                 new = await anyio.to_thread.run_sync(lambda: reader.read_new(complete_only=True))
             except JobsFileError as error:
-                self.err.print(f"gpupool run: warning: {error}", markup=False)
+                self.err.print(f"gpupool run: warning: {error}", markup=False, soft_wrap=True)
                 continue
             for problem in new.problems:
                 self.bad_appended_lines += 1
-                self.err.print(f"gpupool run: error: {problem} (line skipped)", markup=False)
+                self.err.print(
+                    f"gpupool run: error: {problem} (line skipped)", markup=False, soft_wrap=True
+                )
             if new.jobs:
                 self._submit(runner, list(new.jobs))
 
@@ -564,6 +569,6 @@ def _open_journal(path: Path) -> Journal:
     try:
         return Journal(path)
     except (JournalError, GPUPoolError) as error:
-        raise _UsageError(f"cannot use the journal {path}: {error}") from None
+        raise _UsageError(f"cannot use the journal: {error}") from None
     except OSError as error:
         raise _UsageError(f"cannot use the journal {path}: {error.strerror or error}") from None
