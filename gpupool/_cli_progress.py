@@ -100,7 +100,7 @@ class JobsProgress:
         self.results[result.key] = result
         if result.duration_s is not None and not result.from_journal:
             self.durations.append(result.duration_s)
-        if self._live is None and not result.from_journal:
+        if not result.from_journal:  # on a terminal, printed above the live panel
             job = self.jobs[result.key]
             style = _STYLE.get(result.status, "")
             self.console.print(
@@ -116,7 +116,10 @@ class JobsProgress:
     def start(self) -> None:
         if self.console.is_terminal:
             self._live = Live(
-                self._render(), console=self.console, refresh_per_second=4, transient=True
+                console=self.console,
+                get_renderable=self._render,
+                refresh_per_second=4,
+                transient=True,
             )
             self._live.start()
 
@@ -127,7 +130,7 @@ class JobsProgress:
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.refresh()
 
     def counts(self) -> dict[str, int]:
         done = sum(1 for r in self.results.values() if r.ok)
