@@ -315,3 +315,47 @@ def test_demo_runs_the_bundled_jobs_file(tmp_path: Path) -> None:
     assert fake_uuid(0) in text
     assert "first try fails" in text
     assert "retry succeeds" in text
+
+
+def test_timeouts_and_cuda_oom_show_in_the_summary(tmp_path: Path) -> None:
+    _jobs_file(
+        tmp_path,
+        "[gpus=0 timeout=1s name=slow] sleep 30\n"
+        "[gpus=0 name=oom] echo 'RuntimeError: CUDA out of memory. Tried to allocate' >&2; exit 1\n",
+    )
+    run = _gpupool("run", "jobs.txt", "--grace", "0.2", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "exit code 1 (CUDA out of memory)" in run.stdout
+    assert _statuses(tmp_path / "jobs.txt.journal.sqlite") == {
+        "slow": "timed_out",
+        "oom": "failed",
+    }
+
+
+def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "[gpus=0] echo $$ > marks/pid; trap '' TERM; sleep 60\n")
+    runner = _start("run", "jobs.txt", "--grace", "60", cwd=tmp_path)
+    try:
+        pid_file = tmp_path / "marks" / "pid"
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        job_pid = int(pid_file.read_text())
+        runner.send_signal(signal.SIGINT)
+        assert runner.stderr is not None
+        while "stopping" not in (line := runner.stderr.readline()):
+            assert line, "gpupool run ended before it said it was stopping"
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=30)  # far less than the 60 s grace period
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 130
+    assert "forced stop" in err
+    _wait_for(lambda: not _is_alive(job_pid), "the job to be killed", timeout=5)
+    # The journal is consistent: the next run takes it over and runs the job again.
+    assert list(_statuses(tmp_path / "jobs.txt.journal.sqlite").values()) == ["running"]
+
+
+def _is_alive(pid: int) -> bool:
+    info = read_stat(pid)
+    return info is not None and info.alive

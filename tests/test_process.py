@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -309,3 +310,43 @@ def test_exported() -> None:
     assert gpupool.run_process is run_process
     assert gpupool.ProcessResult is ProcessResult
     assert gpupool.ProcessFailed is ProcessFailed
+
+
+async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path: Path) -> None:
+    from gpupool._journal import Journal, current_task
+
+    path = tmp_path / "journal.sqlite"
+    seen_during_run: list[list[tuple[str, int]]] = []
+
+    def rows() -> list[tuple[str, int]]:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT key, pgid FROM process_groups").fetchall()
+
+    with Journal(path) as journal:
+        assert journal.claim("trial-1") is None
+        token = current_task.set((journal, "trial-1"))
+        try:
+            async with anyio.create_task_group() as tg:
+                started: list[int] = []
+
+                async def run() -> None:
+                    await run_process(["sleep", "0.5"], on_start=lambda pid: started.append(pid))
+
+                tg.start_soon(run)
+                while not rows():  # noqa: ASYNC110 -- the journal is a file, not an event
+                    await anyio.sleep(0.01)
+                seen_during_run.append(rows())
+        finally:
+            current_task.reset(token)
+        assert seen_during_run == [[("trial-1", started[0])]]
+        assert rows() == []
+
+
+async def test_a_real_pool_learns_the_process_of_its_allocation() -> None:
+    from gpupool import FakeGPUProvider, GPUResourcePool
+
+    async with GPUResourcePool(FakeGPUProvider(count=2), settle_timeout=0) as pool:
+        async with pool.allocation(required_gpus=1) as alloc:
+            result = await run_process("echo $CUDA_VISIBLE_DEVICES", allocation=alloc, pool=pool)
+        assert result.output == f"{alloc.gpu_uuids[0]}\n"
+        assert pool.statistics().free_gpus == (0, 1)
