@@ -456,12 +456,15 @@ class _Session:
             self.groups.add(pid)
             journal.record_process_group(job.key, pid)
 
+        env = {**self.options.job_env, "GPUPOOL_JOB_KEY": job.key}
+        if allocation is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU-only job must not touch the GPUs
         try:
             result = await run_process(
                 job.command,
                 allocation=allocation,
                 log_path=log,
-                env={**self.options.job_env, "GPUPOOL_JOB_KEY": job.key},
+                env=env,
                 grace_period=self.options.grace_period,
                 cwd=self.options.job_cwd,
                 pool=self.pool if allocation is not None else None,

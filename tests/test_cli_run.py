@@ -87,7 +87,7 @@ def test_a_failing_job_fails_the_run_and_the_others_still_run(tmp_path: Path) ->
         "# two GPUs each see their own device\n"
         'echo "$CUDA_VISIBLE_DEVICES"\n'
         '[gpus=2] echo "$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"\n'
-        "[gpus=0 name=broken] echo oops >&2; exit 3\n",
+        "[gpus=0 name=broken] echo oops [$CUDA_VISIBLE_DEVICES] >&2; exit 3\n",
     )
     run = _gpupool("run", "jobs.txt", "--fake-gpus", "3", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
@@ -95,7 +95,7 @@ def test_a_failing_job_fails_the_run_and_the_others_still_run(tmp_path: Path) ->
     assert "exit code 3" in run.stdout
     logs = tmp_path / "jobs.txt.logs"
     contents = sorted(p.read_text() for p in logs.iterdir())
-    assert "oops\n" in contents
+    assert "oops []\n" in contents  # a CPU-only job sees no GPU
     one_gpu = [c for c in contents if c.count("GPU-") == 1]
     two_gpus = [c for c in contents if c.count("GPU-") == 2]
     assert len(one_gpu) == len(two_gpus) == 1
