@@ -263,6 +263,9 @@ def run_jobs(options: RunOptions, *, out: Console | None = None, err: Console | 
     session = _Session(options, out, err)
     try:
         return anyio.run(session.main)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        err.print("gpupool run: interrupted")
+        return EXIT_INTERRUPTED
     except _UsageError as error:
         for line in str(error).splitlines():
             err.print(f"gpupool run: error: {line}", markup=False, soft_wrap=True)
