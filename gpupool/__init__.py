@@ -20,6 +20,7 @@ from ._model import PoolStatistics as PoolStatistics
 from ._policy import FifoPolicy as FifoPolicy
 from ._policy import SchedulingPolicy as SchedulingPolicy
 from ._pool import GPUResourcePool as GPUResourcePool
+from ._progress import ProgressDisplay as ProgressDisplay
 from ._runner import ParallelRunner as ParallelRunner
 from ._runner import RunnerStatistics as RunnerStatistics
 from ._runner import TaskHandle as TaskHandle
@@ -49,6 +50,7 @@ __all__ = [
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
+    "ProgressDisplay",
     "ProviderError",
     "RunnerStatistics",
     "SchedulingPolicy",

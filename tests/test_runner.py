@@ -529,3 +529,17 @@ async def test_submit_needs_an_open_runner() -> None:
         pass
     with pytest.raises(RuntimeError, match="needs an open runner"):
         runner.submit(lambda item, allocation: None, 0)
+
+
+async def test_an_error_in_the_body_comes_out_unwrapped() -> None:
+    async def forever(item: int, allocation: object) -> None:
+        await anyio.sleep_forever()
+
+    async def body() -> None:
+        async with ParallelRunner() as runner:
+            runner.submit(forever, 0)
+            await anyio.wait_all_tasks_blocked()
+            raise LookupError("from the body")
+
+    with pytest.raises(LookupError, match="from the body"):
+        await body()
