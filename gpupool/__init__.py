@@ -12,6 +12,7 @@ from ._events import TaskJournal as TaskJournal
 from ._executors import CallAbandoned as CallAbandoned
 from ._executors import ExecutorStatistics as ExecutorStatistics
 from ._executors import run_blocking as run_blocking
+from ._memory import estimate_memory_mb as estimate_memory_mb
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
 from ._model import GPUStatistics as GPUStatistics
@@ -63,5 +64,6 @@ __all__ = [
     "Trial",
     "UnsatisfiableRequest",
     "WouldBlock",
+    "estimate_memory_mb",
     "run_blocking",
 ]
