@@ -16,6 +16,7 @@ from ._executors import CallAbandoned as CallAbandoned
 from ._executors import ExecutorStatistics as ExecutorStatistics
 from ._executors import run_blocking as run_blocking
 from ._journal import Journal as Journal
+from ._memory import estimate_memory_mb as estimate_memory_mb
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
 from ._model import GPUStatistics as GPUStatistics
@@ -27,6 +28,7 @@ from ._pool import GPUResourcePool as GPUResourcePool
 from ._process import ProcessFailed as ProcessFailed
 from ._process import ProcessResult as ProcessResult
 from ._process import run_process as run_process
+from ._progress import ProgressDisplay as ProgressDisplay
 from ._runner import ParallelRunner as ParallelRunner
 from ._runner import RunnerStatistics as RunnerStatistics
 from ._runner import TaskHandle as TaskHandle
@@ -62,6 +64,7 @@ __all__ = [
     "PoolTimeout",
     "ProcessFailed",
     "ProcessResult",
+    "ProgressDisplay",
     "ProviderError",
     "RunnerStatistics",
     "SchedulingPolicy",
@@ -74,6 +77,7 @@ __all__ = [
     "Trial",
     "UnsatisfiableRequest",
     "WouldBlock",
+    "estimate_memory_mb",
     "run_blocking",
     "run_process",
 ]

@@ -27,7 +27,9 @@ shielded scope on every path.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import random
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -35,8 +37,9 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
@@ -48,9 +51,12 @@ from ._slots import Slots
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
 
-__all__ = ["ParallelRunner", "RunnerStatistics", "TaskHandle"]
+__all__ = ["ParallelRunner", "RunnerStatistics", "TaskHandle", "deliver_to"]
+
+_log = logging.getLogger("gpupool.runner")
 
 ItemT = TypeVar("ItemT")
+T = TypeVar("T")
 S = TypeVar("S")
 #: ``fn(item, allocation)``: ``async def`` or plain; plain ones run on the high-level executor.
 TaskFunction = Callable[[Any, "GPUAllocation | None"], Any]
@@ -137,7 +143,20 @@ class TaskHandle(Generic[ItemT]):
             self._done.set()
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback(self)
+            try:
+                callback(self)
+            except Exception:
+                _log.exception("done callback %r of task %r raised", callback, self.key)
+
+
+def deliver_to(send: MemoryObjectSendStream[T]) -> Callable[[T], None]:
+    """A done callback that sends into ``send``, and does nothing once its reader left."""
+
+    def deliver(item: T) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            send.send_nowait(item)
+
+    return deliver
 
 
 def _error_text(exc: BaseException) -> str:
@@ -225,6 +244,14 @@ class ParallelRunner:
         assert self._task_group is not None
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseException as error:
+            # Tasks never raise (their failures are results), so a group that
+            # holds just the body's own exception is that exception: give it
+            # back unwrapped, as a user of the runner expects.
+            inner = getattr(error, "exceptions", None)
+            if exc is not None and inner is not None and len(inner) == 1 and inner[0] is exc:
+                raise exc from None
+            raise
         finally:
             self._closed = True
             self._hub.close()
@@ -243,8 +270,9 @@ class ParallelRunner:
     def events(self) -> MemoryObjectReceiveStream[TaskEvent]:
         """An async iterator of every later transition; ends when the runner closes.
 
-        Close it (or use it in ``async with``) to unsubscribe. Its buffer is
-        unbounded, so a slow reader costs memory, never runner speed.
+        Use it as ``async with runner.events() as events: async for event in
+        events: ...``; closing it unsubscribes. Its buffer is unbounded, so a
+        slow reader costs memory, never runner speed.
         """
         return self._hub.open_stream()
 
@@ -412,7 +440,7 @@ class ParallelRunner:
         send, receive = anyio.create_memory_object_stream[TaskHandle[ItemT]](pending)
         with send, receive:
             for handle in handles:
-                handle.add_done_callback(send.send_nowait)
+                handle.add_done_callback(deliver_to(send))
             for _ in range(pending):
                 yield await receive.receive()
 
@@ -519,6 +547,8 @@ class ParallelRunner:
                 outcome.gpu_indices = allocation.gpu_indices
             await self._slots.acquire(front=allocation is not None)
             try:
+                # A task cancelled before it started never starts.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 await self._record(task, TaskStatus.RUNNING, attempt, outcome.gpu_indices)
                 outcome.started = anyio.current_time()
                 outcome.value = await self._call(spec, task.item, allocation)
@@ -582,7 +612,7 @@ class ParallelRunner:
         exclusive: bool = True,
         timeout: float | None = None,
         retries: int = 0,
-        retry_on: RetryOn = Exception,
+        retry_on: RetryOn | None = None,
         retry_backoff: float = 1.0,
         key_prefix: str = "trial-",
     ) -> OptimizeResult[S]:

@@ -96,7 +96,7 @@ async def optimize(
     exclusive: bool = True,
     timeout: float | None = None,
     retries: int = 0,
-    retry_on: RetryOn = Exception,
+    retry_on: RetryOn | None = None,
     retry_backoff: float = 1.0,
     key_prefix: str = "trial-",
 ) -> OptimizeResult[S]:
@@ -106,12 +106,16 @@ async def optimize(
     strategy's ``direction`` attribute if it has one (the Optuna adapter
     does), else ``"minimize"``. The other options are those of
     :meth:`ParallelRunner.map`, applied to every trial; trial ``i`` gets the
-    key ``f"{key_prefix}{i}"``.
+    key ``f"{key_prefix}{i}"``. ``retry_on`` defaults to the strategy's
+    ``retry_on`` if it has one (Optuna's never retries a pruned trial), else
+    ``Exception``.
 
     If ``ask`` or ``tell`` raises, the trials in flight are cancelled and the
     error propagates: a broken strategy stops the study, a failing trial never
     does.
     """
+    from ._runner import deliver_to
+
     n_trials = check_int("n_trials", n_trials, 1)
     parallel = runner.max_parallel if max_parallel is None else max_parallel
     parallel = check_int("max_parallel", parallel, 1)
@@ -125,6 +129,8 @@ async def optimize(
             f"strategy must have ask() and tell(suggestion, result), got {strategy!r} "
             f"without {', '.join(missing)}"
         )
+    if retry_on is None:
+        retry_on = getattr(strategy, "retry_on", Exception)
     if not isinstance(key_prefix, str):
         raise TypeError(f"key_prefix must be a str, got {key_prefix!r}")
 
@@ -135,6 +141,7 @@ async def optimize(
     best_score: float | None = None
     sign = 1.0 if direction == "minimize" else -1.0
     asked = 0
+    deliver = deliver_to(send)
     with send, receive:
         try:
             while asked < n_trials or in_flight:
@@ -156,7 +163,7 @@ async def optimize(
                     )
                     in_flight[number] = handle
                     handle.add_done_callback(
-                        lambda h, n=number: send.send_nowait((n, h))  # type: ignore[misc]
+                        lambda h, n=number: deliver((n, h))  # type: ignore[misc]
                     )
                 number, handle = await receive.receive()
                 del in_flight[number]
