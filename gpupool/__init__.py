@@ -13,7 +13,12 @@ from ._errors import WouldBlock as WouldBlock
 from ._journal import Journal as Journal
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
+from ._model import GPUStatistics as GPUStatistics
 from ._model import GPUStats as GPUStats
+from ._model import PoolStatistics as PoolStatistics
+from ._policy import FifoPolicy as FifoPolicy
+from ._policy import SchedulingPolicy as SchedulingPolicy
+from ._pool import GPUResourcePool as GPUResourcePool
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
 from .providers import FakeGPUProvider as FakeGPUProvider
@@ -22,18 +27,23 @@ from .providers import GPUProvider as GPUProvider
 __all__ = [
     "AllocationNotHeld",
     "FakeGPUProvider",
+    "FifoPolicy",
     "GPUAllocation",
     "GPUPoolError",
     "GPUProcess",
     "GPUProvider",
+    "GPUResourcePool",
+    "GPUStatistics",
     "GPUStats",
     "Journal",
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
     "PoolClosed",
+    "PoolStatistics",
     "PoolTimeout",
     "ProviderError",
+    "SchedulingPolicy",
     "TaskResult",
     "TaskStatus",
     "UnsatisfiableRequest",

@@ -15,7 +15,9 @@ import attrs
 __all__ = [
     "GPUAllocation",
     "GPUProcess",
+    "GPUStatistics",
     "GPUStats",
+    "PoolStatistics",
 ]
 
 
@@ -61,7 +63,7 @@ class GPUStats:
     utilization_pct: float | None = attrs.field(validator=_optional_percent)
     healthy: bool = True
     pci_bus_id: str | None = None
-    processes: tuple[GPUProcess, ...] = attrs.field(default=(), converter=tuple)
+    processes: tuple[GPUProcess, ...] = ()
     #: Why the GPU is unhealthy, where ``healthy`` is false.
     health_detail: str | None = None
 
@@ -107,3 +109,44 @@ class GPUAllocation:
         merged = dict(base or {})
         merged.update(self.env)
         return merged
+
+
+@attrs.frozen
+class GPUStatistics:
+    """One GPU as the pool accounts for it."""
+
+    index: int
+    uuid: str
+    healthy: bool
+    memory_total_mb: int
+    #: Reserved by this pool's allocations (counted as used from the grant on).
+    memory_reserved_mb: int
+    #: Used by processes outside the pool, as the provider last reported.
+    memory_foreign_mb: int
+    memory_free_mb: int
+    utilization_pct: float | None
+    #: Ids of the allocations that hold this GPU.
+    holders: tuple[int, ...]
+    #: True while an exclusive allocation holds the GPU whole.
+    exclusive: bool
+    #: True while the GPU waits for a released job's memory to come back.
+    settling: bool
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A consistent picture of the pool at one moment (see ``GPUResourcePool.statistics``)."""
+
+    gpus: tuple[GPUStatistics, ...]
+    #: Allocations held now.
+    holders: int
+    #: Requests queued now.
+    waiters: int
+    max_parallel: int | None
+    #: Allocations granted since the pool opened.
+    grants_total: int
+
+    @property
+    def free_gpus(self) -> tuple[int, ...]:
+        """Indices of the healthy GPUs that no allocation holds."""
+        return tuple(g.index for g in self.gpus if g.healthy and not g.holders)

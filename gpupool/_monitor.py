@@ -1,0 +1,146 @@
+"""Cached, single-flight GPU snapshots, taken off the event loop.
+
+NVML calls block (milliseconds normally, seconds on a sick driver), so every
+snapshot runs in a worker thread. However many acquires arrive, the provider
+is asked at most once per ``refresh_interval``: a caller that finds the cache
+fresh uses it, and callers that find it stale while a refresh is already in
+flight wait for that one instead of starting their own (single-flight). The
+refresh itself runs in the pool's own task group, so a caller that is
+cancelled while waiting does not throw the snapshot away for the others.
+
+While the pool has waiters (or GPUs waiting for memory to settle), a
+background loop refreshes every ``refresh_interval`` so that memory freed by
+processes outside the pool is noticed; with nobody waiting it sleeps on an
+event and costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ._model import GPUStats
+from .providers import GPUProvider
+
+__all__ = ["GPUMonitor", "SnapshotHandler"]
+
+logger = logging.getLogger("gpupool")
+
+#: Called on the event loop with (snapshot, time it was started, epoch, pid -> session id).
+SnapshotHandler = Callable[[Sequence[GPUStats], float, int, Mapping[int, int]], None]
+
+
+def take_snapshot(provider: GPUProvider) -> tuple[list[GPUStats], dict[int, int]]:
+    """Ask ``provider`` (blocking; run in a thread) and look up each process's session.
+
+    The session ids let the core attribute a job's children to its allocation:
+    ``run_process`` starts every job in a session of its own.
+    """
+    snapshot = list(provider.snapshot())
+    for stats in snapshot:
+        if not isinstance(stats, GPUStats):
+            raise TypeError(f"provider {provider!r} returned {stats!r}, not GPUStats")
+    sessions: dict[int, int] = {}
+    for stats in snapshot:
+        for process in stats.processes:
+            try:
+                sessions[process.pid] = os.getsid(process.pid)
+            except (ProcessLookupError, PermissionError):
+                continue  # gone already, or not ours to inspect: attributed by pid alone
+    return snapshot, sessions
+
+
+class GPUMonitor:
+    """Keeps the scheduler fed with snapshots; see the module docstring."""
+
+    def __init__(
+        self,
+        provider: GPUProvider,
+        *,
+        refresh_interval: float,
+        handler: SnapshotHandler,
+        epoch: Callable[[], int],
+        wanted: Callable[[], bool],
+    ) -> None:
+        self._provider = provider
+        self._refresh_interval = refresh_interval
+        self._handler = handler
+        self._epoch = epoch
+        self._wanted = wanted
+        self._last_started: float | None = None
+        self._inflight: anyio.Event | None = None
+        self._wake: anyio.Event | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.failures = 0
+
+    def is_stale(self, now: float) -> bool:
+        last = self._last_started
+        return last is None or now - last >= self._refresh_interval
+
+    def mark_fresh(self, started: float) -> None:
+        """Count a snapshot taken elsewhere (the pool's first) as a refresh started at ``started``."""
+        self._last_started = started
+
+    def wake(self) -> None:
+        """Tell the background loop that a refresh may now be wanted."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def refresh(self) -> None:
+        """Get a fresh snapshot to the handler, sharing any refresh already in flight."""
+        event = self._inflight
+        if event is None:
+            event = self._inflight = anyio.Event()
+            if self._task_group is None:
+                await self._refresh_once(event)
+                return
+            self._task_group.start_soon(self._refresh_once, event)
+        await event.wait()
+
+    async def _refresh_once(self, done: anyio.Event) -> None:
+        try:
+            started = anyio.current_time()
+            self._last_started = started
+            epoch = self._epoch()
+            try:
+                snapshot, sessions = await anyio.to_thread.run_sync(take_snapshot, self._provider)
+            except Exception as exc:
+                self.failures += 1
+                logger.warning("GPU snapshot failed; keeping the last good one: %s", exc)
+            else:
+                self._handler(snapshot, started, epoch, sessions)
+        finally:
+            self._inflight = None
+            done.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The background loop; runs in the pool's task group until cancelled."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            task_status.started()
+            try:
+                while True:
+                    if not self._wanted():
+                        self._wake = anyio.Event()
+                        await self._wake.wait()
+                        self._wake = None
+                        continue
+                    last = self._last_started
+                    delay = (
+                        0.0
+                        if last is None
+                        else last + self._refresh_interval - anyio.current_time()
+                    )
+                    if delay > 0:
+                        await anyio.sleep(delay)
+                    if self.is_stale(anyio.current_time()):
+                        await self.refresh()
+            finally:
+                self._task_group = None

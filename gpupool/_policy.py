@@ -1,0 +1,111 @@
+"""Scheduling policies: who goes next when GPUs free up.
+
+A policy owns the wait queue and decides, each time something changes, which
+waiters to start. It asks the core two things only, through
+:class:`SchedulerView`: "would this request fit right now?" and "grant it".
+The core does the accounting; the policy does the ordering. Policies are pure
+and synchronous like the core.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from ._request import Request
+
+if TYPE_CHECKING:
+    from ._scheduler import Holding, Waiter
+
+__all__ = ["FifoPolicy", "SchedulerView", "SchedulingPolicy"]
+
+
+class SchedulerView(Protocol):
+    """What a policy may ask of the core while it schedules."""
+
+    def try_grant(self, waiter: Waiter, /) -> bool:
+        """Grant now if it fits (GPUs and ``max_parallel``); True if granted."""
+        ...
+
+    def find_gpus(self, request: Request, /) -> tuple[int, ...] | None:
+        """The GPUs ``request`` would get right now, without granting."""
+        ...
+
+    def can_grant_more(self) -> bool:
+        """False while ``max_parallel`` allocations are held."""
+        ...
+
+    def holdings(self) -> Iterator[Holding]:
+        """The live allocations, oldest first."""
+        ...
+
+
+class SchedulingPolicy(Protocol):
+    """The wait queue and the rule for serving it.
+
+    The core calls :meth:`push` for each new waiter, :meth:`remove` when a
+    waiter is withdrawn (cancelled, timed out, failed), and :meth:`schedule`
+    after every change. :meth:`schedule` calls ``view.try_grant(waiter)`` for
+    the waiters to start and must itself drop every waiter it granted.
+    Iteration yields the waiters in order of service.
+    """
+
+    def push(self, waiter: Waiter, /) -> None: ...
+    def remove(self, waiter: Waiter, /) -> None: ...
+    def schedule(self, view: SchedulerView, now: float, /) -> None: ...
+    def __iter__(self) -> Iterator[Waiter]: ...
+    def __len__(self) -> int: ...
+
+
+class FifoPolicy:
+    """Strict priority-then-arrival order: nobody overtakes the head of the queue.
+
+    Higher ``priority`` is served first; equal priorities in arrival order.
+    Simple and starvation-free, but a head that cannot fit yet idles GPUs that
+    later, smaller requests could use.
+
+    Each priority level is an insertion-ordered dict, so push, remove and
+    finding the head are O(1) (plus O(log levels) for a new level), whatever
+    the queue's length.
+    """
+
+    def __init__(self) -> None:
+        self._levels: dict[int, dict[int, Waiter]] = {}
+        # Distinct priorities present, ascending; the highest is served first.
+        self._priorities: list[int] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Waiter]:
+        for priority in reversed(self._priorities):
+            yield from list(self._levels[priority].values())
+
+    def push(self, waiter: Waiter) -> None:
+        priority = waiter.request.priority
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = {}
+            bisect.insort(self._priorities, priority)
+        level[waiter.ticket] = waiter
+        self._count += 1
+
+    def remove(self, waiter: Waiter) -> None:
+        priority = waiter.request.priority
+        level = self._levels[priority]
+        del level[waiter.ticket]
+        self._count -= 1
+        if not level:
+            del self._levels[priority]
+            self._priorities.remove(priority)
+
+    def head(self) -> Waiter | None:
+        if not self._priorities:
+            return None
+        return next(iter(self._levels[self._priorities[-1]].values()))
+
+    def schedule(self, view: SchedulerView, now: float) -> None:
+        while (head := self.head()) is not None and view.try_grant(head):
+            self.remove(head)

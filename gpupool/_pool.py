@@ -1,0 +1,427 @@
+"""GPUResourcePool: the async shell around the scheduling core.
+
+The shell does three things and decides nothing: it turns calls into core
+inputs (with the current time), it parks each waiter on an ``anyio.Event`` of
+its own until the core names it in a decision, and it reports every wait that
+ends early (cancelled, timed out) back to the core, which takes back a grant
+that raced in and hands it to the next waiter. There is no polling loop: a
+waiter costs nothing while nothing changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
+from ._model import GPUAllocation, GPUStats, PoolStatistics
+from ._monitor import GPUMonitor, take_snapshot
+from ._policy import SchedulingPolicy
+from ._request import Request, check_int, check_seconds, make_request
+from ._scheduler import Failure, Grant, Outcome, Scheduler
+from ._scoring import Scorer, default_score
+from .providers import GPUProvider
+
+__all__ = ["GPUResourcePool"]
+
+logger = logging.getLogger("gpupool")
+
+_pool_ids = itertools.count(1)
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+def _default_provider() -> GPUProvider:
+    """The NVML provider, imported only when a pool is opened without a provider."""
+    module = importlib.import_module("gpupool.providers.nvml")
+    provider: GPUProvider = module.NVMLProvider()
+    return provider
+
+
+@final
+class GPUResourcePool:
+    """Shares a machine's GPUs between concurrent tasks, fairly and safely.
+
+    >>> async with GPUResourcePool(FakeGPUProvider(count=4)) as pool:  # doctest: +SKIP
+    ...     async with pool.allocation(required_gpus=2, min_memory_mb=8000) as alloc:
+    ...         print(alloc.env["CUDA_VISIBLE_DEVICES"])
+
+    ``provider=None`` means the machine's real GPUs through NVML; a machine
+    without NVML gets a :class:`ProviderError` that says what to install, or to
+    pass a :class:`FakeGPUProvider`. ``max_parallel`` caps how many
+    allocations are held at once (``None``: as many as the GPUs allow).
+    ``refresh_interval`` bounds how often the provider is asked;
+    ``settle_timeout`` bounds how long a GPU waits, after a release, for the
+    memory of the released job's processes to come back (see docs/devices.md).
+    ``policy`` orders the waiters (default: strict priority, then arrival);
+    ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
+    """
+
+    def __init__(
+        self,
+        provider: GPUProvider | None = None,
+        *,
+        max_parallel: int | None = None,
+        refresh_interval: float = 1.0,
+        settle_timeout: float = 30.0,
+        policy: SchedulingPolicy | None = None,
+        scorer: Scorer = default_score,
+    ) -> None:
+        if provider is not None and not callable(getattr(provider, "snapshot", None)):
+            raise TypeError(f"provider must have a snapshot() method, got {provider!r}")
+        if max_parallel is not None:
+            check_int("max_parallel", max_parallel, minimum=1)
+        interval = check_seconds("refresh_interval", refresh_interval, allow_zero=False)
+        if interval is None:
+            raise ValueError(f"refresh_interval must be finite, got {refresh_interval!r}")
+        settle = check_seconds("settle_timeout", settle_timeout)
+        if not callable(scorer):
+            raise TypeError(f"scorer must be callable, got {scorer!r}")
+        self._provider = provider
+        self._max_parallel = max_parallel
+        self._refresh_interval = interval
+        self._settle_timeout = float("inf") if settle is None else settle
+        self._policy = policy
+        self._scorer = scorer
+        self._id = next(_pool_ids)
+        self._core: Scheduler | None = None
+        self._monitor: GPUMonitor | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._monitor_scope: anyio.CancelScope | None = None
+        self._waiters: dict[int, _Waiter] = {}
+        self._opened = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> GPUResourcePool:
+        if self._opened:
+            raise RuntimeError("a GPUResourcePool can be entered only once")
+        self._opened = True
+        provider = self._provider if self._provider is not None else _default_provider()
+        try:
+            snapshot, _ = await anyio.to_thread.run_sync(take_snapshot, provider)
+        except ProviderError:
+            self._closed = True
+            raise
+        except Exception as exc:
+            self._closed = True
+            raise ProviderError(f"the GPU provider failed on its first snapshot: {exc!r}") from exc
+        core = Scheduler(
+            snapshot,
+            max_parallel=self._max_parallel,
+            scorer=self._scorer,
+            policy=self._policy,
+            settle_timeout=self._settle_timeout,
+            pool_id=self._id,
+        )
+        monitor = GPUMonitor(
+            provider,
+            refresh_interval=self._refresh_interval,
+            handler=self._on_snapshot,
+            epoch=lambda: core.epoch,
+            wanted=lambda: core.wants_refresh,
+        )
+        # The monitor runs under a cancel scope of its own: cancelling the task group's
+        # scope would cancel the body of the user's `async with`, which that group wraps.
+        monitor_scope = anyio.CancelScope()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._run_monitor, monitor, monitor_scope)
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
+        monitor.mark_fresh(anyio.current_time())
+        self._core, self._monitor, self._task_group = core, monitor, task_group
+        self._monitor_scope = monitor_scope
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            await task_group.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """Close the pool: waiters get :class:`PoolClosed`, nothing more is granted.
+
+        Holders keep their GPUs until they release them (releasing after close
+        is allowed). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._core is not None:
+            self._dispatch(self._core.close())
+        if self._monitor_scope is not None:
+            self._monitor_scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @staticmethod
+    async def _run_monitor(
+        monitor: GPUMonitor,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await monitor.run(task_status=task_status)
+
+    # ------------------------------------------------------------ acquiring
+
+    async def acquire(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        timeout: float | None = None,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> GPUAllocation:
+        """Wait for GPUs and return them as an allocation; release it with :meth:`release`.
+
+        ``required_gpus`` whole GPUs that no other allocation holds, each with
+        at least ``min_memory_mb`` free; with ``exclusive=False``, GPUs shared
+        with other shared allocations while their memory fits. Higher
+        ``priority`` is served first, equal priorities in arrival order.
+
+        Raises :class:`PoolTimeout` after ``timeout`` seconds,
+        :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
+        the request, :class:`PoolClosed` when the pool closes, and
+        ``ValueError`` for bad arguments. Cancellation at any point leaves
+        nothing held.
+        """
+        request = make_request(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            priority=priority,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        limit = check_seconds("timeout", timeout)
+        core, monitor = self._require_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if monitor.is_stale(anyio.current_time()):
+            await monitor.refresh()
+        submission = core.submit(request, anyio.current_time())
+        self._dispatch(submission.outcomes)
+        if submission.allocation is not None:
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return submission.allocation
+        return await self._wait(core, submission.ticket, request, limit)
+
+    def acquire_nowait(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> GPUAllocation:
+        """Like :meth:`acquire`, but raise :class:`WouldBlock` instead of waiting.
+
+        It never jumps the queue: while an earlier request that this one would
+        delay is waiting, it raises :class:`WouldBlock` even if GPUs are free.
+        It uses the cached snapshot, however old (it cannot wait for a new one).
+        """
+        request = make_request(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            priority=priority,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        core, _ = self._require_open()
+        submission = core.submit(request, anyio.current_time(), nowait=True)
+        self._dispatch(submission.outcomes)
+        if submission.allocation is None:
+            raise WouldBlock(
+                f"no GPUs free now for required_gpus={request.required_gpus}, "
+                f"min_memory_mb={request.min_memory_mb} without overtaking "
+                f"{core.waiting} waiting request(s)"
+            )
+        return submission.allocation
+
+    async def release(self, allocation: GPUAllocation) -> None:
+        """Give ``allocation``'s GPUs back; they go to the next waiters at once.
+
+        Raises :class:`AllocationNotHeld` if it was released already or came
+        from another pool. Never blocks, and completes even when the calling
+        task is being cancelled, so it is safe in ``finally`` blocks.
+        """
+        core = self._core
+        if core is None:
+            raise AllocationNotHeld(
+                f"allocation {allocation.id} is not held: the pool never opened"
+            )
+        self._dispatch(core.release(allocation, anyio.current_time()))
+        if self._monitor is not None and core.wants_refresh:
+            self._monitor.wake()
+
+    @asynccontextmanager
+    async def allocation(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        timeout: float | None = None,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> AsyncIterator[GPUAllocation]:
+        """``acquire`` on entry and ``release`` on exit, also on error or cancellation."""
+        allocation = await self.acquire(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            timeout=timeout,
+            priority=priority,
+            exclusive=exclusive,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        try:
+            yield allocation
+        finally:
+            core = self._core
+            if core is not None and core.holds(allocation):
+                with anyio.CancelScope(shield=True):
+                    await self.release(allocation)
+
+    # ------------------------------------------------------------ other calls
+
+    def statistics(self) -> PoolStatistics:
+        """GPUs, holders and waiters as the pool accounts for them right now."""
+        core = self._core
+        if core is None:
+            raise PoolClosed("the pool is not open: use `async with GPUResourcePool(...) as pool`")
+        return core.statistics()
+
+    def register_process(self, allocation: GPUAllocation, pid: int) -> None:
+        """Tell the pool that process ``pid`` (and its session) works for ``allocation``.
+
+        Its GPU memory is then covered by the allocation's reservation rather
+        than counted again as foreign, and after the release the GPU is not
+        granted again until the process has left it (or ``settle_timeout``).
+        :func:`gpupool.run_process` does this itself.
+        """
+        check_int("pid", pid, minimum=1)
+        core, _ = self._require_open()
+        core.attach_process(allocation, pid)
+
+    def mark_unhealthy(self, gpu_index: int, reason: str = "marked unhealthy by the user") -> None:
+        """Stop granting GPU ``gpu_index`` (for example after an Xid error in a job's log).
+
+        Waiters that could now never be served fail with :class:`UnsatisfiableRequest`.
+        """
+        check_int("gpu_index", gpu_index, minimum=0)
+        core, _ = self._require_open()
+        self._dispatch(core.mark_unhealthy(gpu_index, anyio.current_time(), reason))
+
+    def mark_healthy(self, gpu_index: int) -> None:
+        """Undo :meth:`mark_unhealthy` (the provider's own health report still applies)."""
+        check_int("gpu_index", gpu_index, minimum=0)
+        core, _ = self._require_open()
+        self._dispatch(core.mark_healthy(gpu_index, anyio.current_time()))
+
+    async def refresh(self) -> None:
+        """Ask the provider now (sharing a refresh already in flight) and reschedule."""
+        _, monitor = self._require_open()
+        await monitor.refresh()
+
+    # ------------------------------------------------------------ internals
+
+    def _require_open(self) -> tuple[Scheduler, GPUMonitor]:
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        if self._core is None or self._monitor is None:
+            raise PoolClosed("the pool is not open: use `async with GPUResourcePool(...) as pool`")
+        return self._core, self._monitor
+
+    async def _wait(
+        self, core: Scheduler, ticket: int, request: Request, limit: float | None
+    ) -> GPUAllocation:
+        waiter = self._waiters[ticket] = _Waiter()
+        if self._monitor is not None:
+            self._monitor.wake()
+        try:
+            if limit is None:
+                await waiter.event.wait()
+            else:
+                with anyio.fail_after(limit):
+                    await waiter.event.wait()
+        except BaseException as exc:
+            del self._waiters[ticket]
+            # Withdraws the waiter, or hands back a grant that raced with the interruption.
+            self._dispatch(core.cancel(ticket, anyio.current_time()))
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"no GPUs within {limit} s for required_gpus={request.required_gpus}, "
+                    f"min_memory_mb={request.min_memory_mb}, exclusive={request.exclusive}"
+                ) from None
+            raise
+        del self._waiters[ticket]
+        outcome = waiter.outcome
+        if isinstance(outcome, Failure):
+            raise outcome.error
+        assert isinstance(outcome, Grant)
+        return outcome.allocation
+
+    def _dispatch(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            waiter = self._waiters.get(outcome.ticket)
+            if waiter is None:
+                # Every queued ticket has a waiter before the first checkpoint, so this
+                # is a bug; give a stray grant back rather than leak its GPUs.
+                logger.error("gpupool: decision for unknown ticket %s: %s", outcome.ticket, outcome)
+                if isinstance(outcome, Grant) and self._core is not None:
+                    self._dispatch(self._core.release(outcome.allocation, anyio.current_time()))
+                continue
+            waiter.outcome = outcome
+            waiter.event.set()
+
+    def _on_snapshot(
+        self, snapshot: Sequence[GPUStats], started: float, epoch: int, sessions: Mapping[int, int]
+    ) -> None:
+        if self._core is not None:
+            self._dispatch(self._core.update(snapshot, started, epoch=epoch, sessions=sessions))

@@ -1,0 +1,595 @@
+"""The scheduling core: a synchronous, I/O-free state machine.
+
+Everything that decides who gets which GPU lives here. The core never awaits,
+never reads a clock (time is an argument), never calls a provider and never
+starts a thread. Every input is a method call, and every call returns the
+decisions it produced: the waiters to wake with a grant (:class:`Grant`) or
+with an error (:class:`Failure`). The async pool around it only waits and
+wakes. This is what lets Hypothesis drive it through millions of steps and a
+simulator replay hours of GPU work in milliseconds (the shape follows h11's
+``_state.py``: a pure machine, with the I/O somewhere else).
+
+Invariants, each checked by the state-machine tests:
+
+* A GPU held exclusively has exactly one holder; a shared GPU's reservations
+  plus the memory used outside the pool never exceed its total at the moment
+  of a grant (foreign memory that grows *after* a grant cannot be undone).
+* Reserved memory counts as used from the grant on, before the job has
+  touched the GPU, so two jobs starting together cannot both see it free.
+* A call that raises changes nothing (an illegal release, a bad submit).
+* Nothing leaks: when every allocation is released, every GPU is free.
+* Which waiter goes next is the policy's business (:mod:`gpupool._policy`),
+  behind one small interface: the core only answers "would this fit now?" and
+  "grant it".
+
+A grant that races with its waiter's cancellation (the waiter was woken, but
+cancelled before it ran) is handed back with :meth:`Scheduler.cancel`, which
+releases it and re-grants to the next in line, as anyio's
+``CapacityLimiter`` does with ``_notify_next_waiter``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TypeAlias
+
+import attrs
+
+from ._errors import AllocationNotHeld, GPUPoolError, PoolClosed, UnsatisfiableRequest
+from ._model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
+from ._policy import FifoPolicy, SchedulingPolicy
+from ._request import Request
+from ._scoring import Scorer, default_score
+
+__all__ = [
+    "Failure",
+    "Grant",
+    "Holding",
+    "Outcome",
+    "Scheduler",
+    "Submission",
+    "Waiter",
+]
+
+
+@attrs.define(eq=False)
+class Waiter:
+    """A queued request. ``ticket`` is unique within a scheduler and grows with arrival."""
+
+    ticket: int
+    request: Request
+    submitted_at: float
+
+
+@attrs.frozen
+class Grant:
+    """Wake waiter ``ticket``: it now holds ``allocation``."""
+
+    ticket: int
+    allocation: GPUAllocation
+
+
+@attrs.frozen
+class Failure:
+    """Wake waiter ``ticket`` with ``error``: it will never be granted."""
+
+    ticket: int
+    error: GPUPoolError
+
+
+Outcome: TypeAlias = Grant | Failure
+
+
+@attrs.frozen
+class Submission:
+    """What :meth:`Scheduler.submit` decided for the submitted request itself.
+
+    ``allocation`` is set when it was granted at once, ``None`` when it waits.
+    ``outcomes`` are decisions for *other* waiters made in the same step.
+    """
+
+    ticket: int
+    allocation: GPUAllocation | None
+    outcomes: list[Outcome]
+
+
+@attrs.define(eq=False)
+class Holding:
+    """An allocation the pool has granted and not yet taken back."""
+
+    allocation: GPUAllocation
+    request: Request
+    ticket: int
+    granted_at: float
+    #: Processes registered as working for the allocation (memory attribution, settle).
+    pids: set[int] = attrs.Factory(set)
+
+
+@attrs.define(eq=False)
+class _Settle:
+    """A released GPU waiting for the released job's processes to leave it."""
+
+    pids: frozenset[int]
+    #: Only a snapshot started at or after this epoch can show them gone.
+    epoch: int
+    deadline: float
+
+
+@attrs.define(eq=False)
+class _GPU:
+    index: int
+    uuid: str
+    memory_total_mb: int
+    utilization_pct: float | None
+    reported_healthy: bool
+    health_detail: str | None
+    marked_unhealthy: bool = False
+    foreign_mb: int = 0
+    reserved_mb: int = 0
+    exclusive_holder: int | None = None
+    shared_holders: dict[int, int] = attrs.Factory(dict)
+    settle: _Settle | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.reported_healthy and not self.marked_unhealthy
+
+    @property
+    def memory_free_mb(self) -> int:
+        return max(0, self.memory_total_mb - self.foreign_mb - self.reserved_mb)
+
+    @property
+    def grantable(self) -> bool:
+        return self.healthy and self.settle is None
+
+    @property
+    def idle(self) -> bool:
+        return self.exclusive_holder is None and not self.shared_holders
+
+    def holder_ids(self) -> tuple[int, ...]:
+        if self.exclusive_holder is not None:
+            return (self.exclusive_holder,)
+        return tuple(self.shared_holders)
+
+
+class Scheduler:
+    """The pure state machine behind :class:`gpupool.GPUResourcePool`.
+
+    ``gpus`` is the provider's first snapshot; it fixes the set of GPUs the
+    pool manages. ``now`` arguments are seconds on any monotonic clock the
+    caller likes (the pool uses anyio's, tests use plain numbers).
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[GPUStats],
+        *,
+        max_parallel: int | None = None,
+        scorer: Scorer = default_score,
+        policy: SchedulingPolicy | None = None,
+        settle_timeout: float = 30.0,
+        pool_id: int = 0,
+    ) -> None:
+        indices = [g.index for g in gpus]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"GPU indices must be unique, got {indices}")
+        self._gpus: dict[int, _GPU] = {
+            g.index: _GPU(
+                index=g.index,
+                uuid=g.uuid,
+                memory_total_mb=g.memory_total_mb,
+                utilization_pct=g.utilization_pct,
+                reported_healthy=g.healthy,
+                health_detail=g.health_detail,
+                foreign_mb=g.memory_used_mb,
+            )
+            for g in sorted(gpus, key=lambda g: g.index)
+        }
+        self._max_parallel = max_parallel
+        self._scorer = scorer
+        self._policy: SchedulingPolicy = policy if policy is not None else FifoPolicy()
+        self._settle_timeout = settle_timeout
+        self._pool_id = pool_id
+        self._tickets = itertools.count(1)
+        self._allocation_ids = itertools.count(1)
+        self._waiters: dict[int, Waiter] = {}
+        self._holdings: dict[int, Holding] = {}
+        self._ticket_to_allocation: dict[int, int] = {}
+        # GPUs with no holder that may be granted now: exclusive requests look only here,
+        # so a grant under heavy contention costs O(free GPUs), not O(all GPUs).
+        self._idle: set[int] = {g.index for g in self._gpus.values() if g.grantable}
+        self._epoch = 0
+        self._grants_total = 0
+        self._closed = False
+        self._now = 0.0
+        self._outcomes: list[Outcome] = []
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self._gpus)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def holding(self) -> int:
+        return len(self._holdings)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def epoch(self) -> int:
+        """Read this just before starting a snapshot and pass it to :meth:`update`."""
+        return self._epoch
+
+    @property
+    def wants_refresh(self) -> bool:
+        """True while fresh provider data could change a decision (waiters, settling GPUs)."""
+        return bool(self._waiters) or any(g.settle is not None for g in self._gpus.values())
+
+    def holds(self, allocation: GPUAllocation) -> bool:
+        holding = self._holdings.get(allocation.id)
+        return (
+            holding is not None
+            and allocation.pool_id == self._pool_id
+            and holding.allocation == allocation
+        )
+
+    def holdings(self) -> Iterator[Holding]:
+        """The live allocations, oldest first (for policies that plan ahead)."""
+        return iter(self._holdings.values())
+
+    def waiters(self) -> Iterator[Waiter]:
+        """Queued waiters in the policy's order of service."""
+        return iter(self._policy)
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            gpus=tuple(
+                GPUStatistics(
+                    index=g.index,
+                    uuid=g.uuid,
+                    healthy=g.healthy,
+                    memory_total_mb=g.memory_total_mb,
+                    memory_reserved_mb=g.reserved_mb,
+                    memory_foreign_mb=g.foreign_mb,
+                    memory_free_mb=g.memory_free_mb,
+                    utilization_pct=g.utilization_pct,
+                    holders=g.holder_ids(),
+                    exclusive=g.exclusive_holder is not None,
+                    settling=g.settle is not None,
+                )
+                for g in self._gpus.values()
+            ),
+            holders=len(self._holdings),
+            waiters=len(self._waiters),
+            max_parallel=self._max_parallel,
+            grants_total=self._grants_total,
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def submit(self, request: Request, now: float, *, nowait: bool = False) -> Submission:
+        """Queue ``request`` and schedule.
+
+        Raises :class:`UnsatisfiableRequest` (and changes nothing) when no GPU
+        could ever satisfy it. With ``nowait``, a request that is not granted
+        at once is withdrawn again: it never jumps the queue.
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        reason = self._impossible(request)
+        if reason is not None:
+            raise UnsatisfiableRequest(reason)
+        waiter = Waiter(next(self._tickets), request, now)
+        self._waiters[waiter.ticket] = waiter
+        self._policy.push(waiter)
+        outcomes = self._schedule(now)
+        allocation = None
+        others: list[Outcome] = []
+        for outcome in outcomes:
+            if outcome.ticket == waiter.ticket and isinstance(outcome, Grant):
+                allocation = outcome.allocation
+            else:
+                others.append(outcome)
+        if allocation is None and nowait:
+            others.extend(self.cancel(waiter.ticket, now))
+        return Submission(waiter.ticket, allocation, others)
+
+    def cancel(self, ticket: int, now: float) -> list[Outcome]:
+        """Withdraw waiter ``ticket`` (cancelled, timed out).
+
+        If a grant had already been made to it, that grant is taken back and
+        handed to the next in line. Unknown or finished tickets are ignored, so
+        a shell may call this on every interrupted wait without bookkeeping.
+        """
+        waiter = self._waiters.pop(ticket, None)
+        if waiter is not None:
+            self._policy.remove(waiter)
+            # Under FIFO the withdrawn waiter may have been the head that blocked others.
+            return self._schedule(now)
+        allocation_id = self._ticket_to_allocation.get(ticket)
+        if allocation_id is not None:
+            return self.release(self._holdings[allocation_id].allocation, now)
+        return []
+
+    def release(self, allocation: GPUAllocation, now: float) -> list[Outcome]:
+        """Take ``allocation`` back and hand its GPUs on."""
+        if not isinstance(allocation, GPUAllocation):
+            raise TypeError(f"release takes a GPUAllocation, got {allocation!r}")
+        if not self.holds(allocation):
+            raise AllocationNotHeld(
+                f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
+                "by this pool: it was released already, or another pool granted it"
+            )
+        holding = self._holdings.pop(allocation.id)
+        del self._ticket_to_allocation[holding.ticket]
+        self._epoch += 1
+        settle = None
+        if holding.pids and self._settle_timeout > 0:
+            settle = _Settle(frozenset(holding.pids), self._epoch, now + self._settle_timeout)
+        for index in allocation.gpu_indices:
+            gpu = self._gpus[index]
+            gpu.reserved_mb -= allocation.memory_mb
+            if allocation.exclusive:
+                gpu.exclusive_holder = None
+            else:
+                del gpu.shared_holders[allocation.id]
+            if settle is not None:
+                gpu.settle = settle
+            self._refresh_idle(gpu)
+        return self._schedule(now)
+
+    def attach_process(self, allocation: GPUAllocation, pid: int) -> None:
+        """Record that process ``pid`` (and its session) works for ``allocation``."""
+        if not self.holds(allocation):
+            raise AllocationNotHeld(f"allocation {allocation.id} is not held by this pool")
+        self._holdings[allocation.id].pids.add(pid)
+
+    def update(
+        self,
+        snapshot: Sequence[GPUStats],
+        now: float,
+        *,
+        epoch: int | None = None,
+        sessions: Mapping[int, int] | None = None,
+    ) -> list[Outcome]:
+        """Take in a provider snapshot.
+
+        ``epoch`` is :attr:`epoch` as read just before the snapshot started
+        (``None``: the snapshot cannot end any settle). ``sessions`` maps a
+        listed process id to its session id, so that a job's children (which
+        share the session ``run_process`` started) are attributed to its
+        allocation. Memory that processes of the pool's allocations use is
+        covered by their reservations; everything else the provider reports
+        as used counts as foreign.
+        """
+        by_index = {s.index: s for s in snapshot}
+        lost_health = False
+        for gpu in self._gpus.values():
+            stats = by_index.get(gpu.index)
+            was_healthy = gpu.healthy
+            if stats is None:
+                gpu.reported_healthy = False
+                gpu.health_detail = "missing from the provider's snapshot"
+            else:
+                gpu.reported_healthy = stats.healthy
+                gpu.health_detail = stats.health_detail
+                gpu.utilization_pct = stats.utilization_pct
+                gpu.foreign_mb = self._foreign_memory(gpu, stats, sessions or {})
+                if gpu.settle is not None and _settled(gpu.settle, stats, epoch, sessions or {}):
+                    gpu.settle = None
+            if gpu.settle is not None and now >= gpu.settle.deadline:
+                gpu.settle = None
+            lost_health |= was_healthy and not gpu.healthy
+            self._refresh_idle(gpu)
+        failures = self._fail_impossible() if lost_health else []
+        return failures + self._schedule(now)
+
+    def mark_unhealthy(
+        self, index: int, now: float, detail: str = "marked unhealthy"
+    ) -> list[Outcome]:
+        """Stop granting GPU ``index`` (it stays unhealthy until :meth:`mark_healthy`)."""
+        gpu = self._gpu(index)
+        gpu.marked_unhealthy = True
+        gpu.health_detail = detail
+        self._refresh_idle(gpu)
+        return self._fail_impossible() + self._schedule(now)
+
+    def mark_healthy(self, index: int, now: float) -> list[Outcome]:
+        """Undo :meth:`mark_unhealthy`; the provider's own report still applies."""
+        gpu = self._gpu(index)
+        gpu.marked_unhealthy = False
+        self._refresh_idle(gpu)
+        return self._schedule(now)
+
+    def close(self) -> list[Outcome]:
+        """Refuse new requests and fail every waiter with :class:`PoolClosed`.
+
+        Holders keep their GPUs until they release them.
+        """
+        self._closed = True
+        failures: list[Outcome] = []
+        for waiter in list(self._policy):
+            failures.append(Failure(waiter.ticket, PoolClosed("the pool was closed while waiting")))
+            self._policy.remove(waiter)
+        self._waiters.clear()
+        return failures
+
+    # --------------------------------------------------- the policy's interface
+
+    def find_gpus(self, request: Request) -> tuple[int, ...] | None:
+        """The best-scored GPUs that satisfy ``request`` right now, or ``None``."""
+        memory = request.min_memory_mb
+        allowed = request.allowed_gpus
+        gpus = self._gpus
+        if request.exclusive:
+            candidates = [
+                gpus[i]
+                for i in self._idle
+                if gpus[i].memory_free_mb >= memory and (allowed is None or i in allowed)
+            ]
+        else:
+            candidates = [
+                g
+                for g in gpus.values()
+                if g.grantable
+                and g.exclusive_holder is None
+                and g.memory_free_mb >= memory
+                and (allowed is None or g.index in allowed)
+            ]
+        needed = request.required_gpus
+        if len(candidates) < needed:
+            return None
+        score = self._scorer
+        # Shared requests pack onto GPUs that are shared already (best fit first), keeping
+        # whole GPUs free for exclusive requests; within that, the best score, then the index.
+        pack = not request.exclusive
+
+        def rank(gpu: _GPU) -> tuple[bool, float, int]:
+            return (pack and gpu.idle, -score(gpu), gpu.index)
+
+        if needed == 1:
+            return (min(candidates, key=rank).index,)
+        candidates.sort(key=rank)
+        return tuple(sorted(g.index for g in candidates[:needed]))
+
+    def can_grant_more(self) -> bool:
+        """False while ``max_parallel`` allocations are held."""
+        return self._max_parallel is None or len(self._holdings) < self._max_parallel
+
+    def try_grant(self, waiter: Waiter) -> bool:
+        """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
+        if not self.can_grant_more():
+            return False
+        chosen = self.find_gpus(waiter.request)
+        if chosen is None:
+            return False
+        self._grant(waiter, chosen)
+        return True
+
+    # ------------------------------------------------------------------ internals
+
+    def _schedule(self, now: float) -> list[Outcome]:
+        self._now = now
+        self._outcomes = []
+        if self._waiters:
+            self._policy.schedule(self, now)
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def _grant(self, waiter: Waiter, chosen: tuple[int, ...]) -> None:
+        request = waiter.request
+        allocation = GPUAllocation(
+            id=next(self._allocation_ids),
+            gpu_indices=chosen,
+            gpu_uuids=tuple(self._gpus[i].uuid for i in chosen),
+            memory_mb=request.min_memory_mb,
+            exclusive=request.exclusive,
+            experiment_id=request.experiment_id,
+            pool_id=self._pool_id,
+        )
+        for index in chosen:
+            gpu = self._gpus[index]
+            gpu.reserved_mb += request.min_memory_mb
+            if request.exclusive:
+                gpu.exclusive_holder = allocation.id
+            else:
+                gpu.shared_holders[allocation.id] = request.min_memory_mb
+            self._idle.discard(index)
+        del self._waiters[waiter.ticket]
+        self._holdings[allocation.id] = Holding(allocation, request, waiter.ticket, self._now)
+        self._ticket_to_allocation[waiter.ticket] = allocation.id
+        self._grants_total += 1
+        self._outcomes.append(Grant(waiter.ticket, allocation))
+
+    def _refresh_idle(self, gpu: _GPU) -> None:
+        if gpu.idle and gpu.grantable:
+            self._idle.add(gpu.index)
+        else:
+            self._idle.discard(gpu.index)
+
+    def _gpu(self, index: int) -> _GPU:
+        gpu = self._gpus.get(index)
+        if gpu is None:
+            raise ValueError(f"no GPU with index {index!r}; the pool has {sorted(self._gpus)}")
+        return gpu
+
+    def _impossible(self, request: Request) -> str | None:
+        """Why no state of the pool could ever grant ``request``, or ``None``."""
+        allowed = request.allowed_gpus
+        if allowed is not None:
+            unknown = sorted(allowed - self._gpus.keys())
+            if unknown:
+                return (
+                    f"allowed_gpus names GPU(s) {unknown} that this pool does not have "
+                    f"(it has {sorted(self._gpus)})"
+                )
+        pool = [g for g in self._gpus.values() if allowed is None or g.index in allowed]
+        healthy = [g for g in pool if g.healthy]
+        big_enough = [g for g in healthy if g.memory_total_mb >= request.min_memory_mb]
+        if len(big_enough) >= request.required_gpus:
+            return None
+        where = "" if allowed is None else f" among allowed_gpus {sorted(allowed)}"
+        if len(pool) < request.required_gpus:
+            return (
+                f"required_gpus={request.required_gpus} but the pool has {len(pool)} GPU(s){where}"
+            )
+        if len(healthy) < request.required_gpus:
+            return (
+                f"required_gpus={request.required_gpus} but only {len(healthy)} GPU(s){where} "
+                "are healthy"
+            )
+        largest = max((g.memory_total_mb for g in healthy), default=0)
+        return (
+            f"min_memory_mb={request.min_memory_mb} on {request.required_gpus} GPU(s), but only "
+            f"{len(big_enough)} healthy GPU(s){where} have that much memory in total "
+            f"(the largest has {largest} MB)"
+        )
+
+    def _fail_impossible(self) -> list[Outcome]:
+        failures: list[Outcome] = []
+        for waiter in list(self._policy):
+            reason = self._impossible(waiter.request)
+            if reason is not None:
+                self._policy.remove(waiter)
+                del self._waiters[waiter.ticket]
+                failures.append(Failure(waiter.ticket, UnsatisfiableRequest(reason)))
+        return failures
+
+    def _foreign_memory(self, gpu: _GPU, stats: GPUStats, sessions: Mapping[int, int]) -> int:
+        """Used memory that no allocation of this pool accounts for."""
+        if not stats.processes or gpu.idle:
+            return stats.memory_used_mb
+        holders = [self._holdings[a] for a in gpu.holder_ids()]
+        attributed = 0
+        overuse = 0
+        for holding in holders:
+            if not holding.pids:
+                continue
+            used = sum(
+                p.used_memory_mb or 0
+                for p in stats.processes
+                if p.pid in holding.pids or sessions.get(p.pid) in holding.pids
+            )
+            attributed += used
+            if not holding.allocation.exclusive:
+                overuse += max(0, used - holding.allocation.memory_mb)
+        return max(0, stats.memory_used_mb - attributed) + overuse
+
+
+def _settled(
+    settle: _Settle, stats: GPUStats, epoch: int | None, sessions: Mapping[int, int]
+) -> bool:
+    """True when a snapshot started after the release shows none of the job's processes."""
+    if epoch is None or epoch < settle.epoch:
+        return False
+    return not any(
+        p.pid in settle.pids or sessions.get(p.pid) in settle.pids for p in stats.processes
+    )
