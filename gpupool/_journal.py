@@ -70,6 +70,7 @@ __all__ = [
     "current_task",
     "forget_process_group",
     "record_process_group",
+    "storable",
 ]
 
 Synchronous = Literal["normal", "full"]
@@ -409,19 +410,10 @@ class Journal:
         """
         if not result.status.is_final:
             raise ValueError(f"finish() takes a final result, got status {result.status!r}")
+        result = storable(result)
         value_json: str | None = None
         if result.status is TaskStatus.SUCCEEDED:
-            try:
-                value_json = canonical_json(result.value, what=f"result of task {result.key!r}")
-            except JournalEncodingError as exc:
-                result = attrs.evolve(
-                    result,
-                    status=TaskStatus.FAILED,
-                    value=None,
-                    error=f"JournalEncodingError: {exc}",
-                    traceback=None,
-                    exception=exc,
-                )
+            value_json = canonical_json(result.value)
         with self._transaction() as conn:
             self._check_active(result.key)
             now = time.time()
@@ -446,6 +438,10 @@ class Journal:
             self._event(conn, result.key, result.status, result.attempts, now)
             self._active.discard(result.key)
         return result
+
+    def in_flight(self, key: str) -> bool:
+        """Whether ``key`` was claimed and has not finished yet."""
+        return key in self._active
 
     def _check_active(self, key: str) -> None:
         if key not in self._active:
@@ -509,6 +505,26 @@ class Journal:
     def counts(self) -> dict[TaskStatus, int]:
         with self._lock:
             return count_statuses(self._connection())
+
+
+def storable(result: TaskResult) -> TaskResult:
+    """``result`` as a journal stores it: a success whose value has no JSON
+    form becomes a FAILED result whose error says why (the task's own
+    failure, not the runner's). Other results are returned unchanged."""
+    if result.status is not TaskStatus.SUCCEEDED:
+        return result
+    try:
+        canonical_json(result.value, what=f"result of task {result.key!r}")
+    except JournalEncodingError as exc:
+        return attrs.evolve(
+            result,
+            status=TaskStatus.FAILED,
+            value=None,
+            error=f"JournalEncodingError: {exc}",
+            traceback=None,
+            exception=exc,
+        )
+    return result
 
 
 def _reusable(status: TaskStatus, retry_failed: bool) -> bool:
