@@ -156,8 +156,12 @@ class Journal:
             self._configure(conn)
             self._claim_ownership(conn)
         except BaseException as exc:
+            # Remove what this open created, so a failed first open leaves
+            # nothing half-written; never a database that holds anything (a
+            # concurrent opener may have created it meanwhile).
+            remove = not existed and _holds_nothing(conn)
             conn.close()
-            if not existed:
+            if remove:
                 _remove_new_file(path)
             if isinstance(exc, sqlite3.Error):
                 raise JournalError(f"cannot open journal {path!r}: {_explain(exc, path)}") from None
@@ -561,6 +565,13 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
             "SQLite creates -wal and -shm files beside it)"
         )
     return text
+
+
+def _holds_nothing(conn: sqlite3.Connection) -> bool:
+    try:
+        return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0)
+    except sqlite3.Error:
+        return False
 
 
 def _remove_new_file(path: str) -> None:

@@ -45,7 +45,7 @@ async def main(path: str, out: Path, n_jobs: int) -> int:
         limiter = anyio.CapacityLimiter(4)
         async with anyio.create_task_group() as tg:
             for i in range(n_jobs):
-                tg.start_soon(job, gate, f"job-{i:02d}", out, limiter)
+                tg.start_soon(job, gate, f"job-{i:03d}", out, limiter)
         counts = journal.counts()
     return 0 if counts[TaskStatus.SUCCEEDED] == n_jobs else 1
 
