@@ -70,6 +70,7 @@ __all__ = [
     "current_task",
     "forget_process_group",
     "record_process_group",
+    "storable",
 ]
 
 Synchronous = Literal["normal", "full"]
@@ -155,8 +156,12 @@ class Journal:
             self._configure(conn)
             self._claim_ownership(conn)
         except BaseException as exc:
+            # Remove what this open created, so a failed first open leaves
+            # nothing half-written; never a database that holds anything (a
+            # concurrent opener may have created it meanwhile).
+            remove = not existed and _holds_nothing(conn)
             conn.close()
-            if not existed:
+            if remove:
                 _remove_new_file(path)
             if isinstance(exc, sqlite3.Error):
                 raise JournalError(f"cannot open journal {path!r}: {_explain(exc, path)}") from None
@@ -409,19 +414,10 @@ class Journal:
         """
         if not result.status.is_final:
             raise ValueError(f"finish() takes a final result, got status {result.status!r}")
+        result = storable(result)
         value_json: str | None = None
         if result.status is TaskStatus.SUCCEEDED:
-            try:
-                value_json = canonical_json(result.value, what=f"result of task {result.key!r}")
-            except JournalEncodingError as exc:
-                result = attrs.evolve(
-                    result,
-                    status=TaskStatus.FAILED,
-                    value=None,
-                    error=f"JournalEncodingError: {exc}",
-                    traceback=None,
-                    exception=exc,
-                )
+            value_json = canonical_json(result.value)
         with self._transaction() as conn:
             self._check_active(result.key)
             now = time.time()
@@ -446,6 +442,10 @@ class Journal:
             self._event(conn, result.key, result.status, result.attempts, now)
             self._active.discard(result.key)
         return result
+
+    def in_flight(self, key: str) -> bool:
+        """Whether ``key`` was claimed and has not finished yet."""
+        return key in self._active
 
     def _check_active(self, key: str) -> None:
         if key not in self._active:
@@ -511,6 +511,26 @@ class Journal:
             return count_statuses(self._connection())
 
 
+def storable(result: TaskResult) -> TaskResult:
+    """``result`` as a journal stores it: a success whose value has no JSON
+    form becomes a FAILED result whose error says why (the task's own
+    failure, not the runner's). Other results are returned unchanged."""
+    if result.status is not TaskStatus.SUCCEEDED:
+        return result
+    try:
+        canonical_json(result.value, what=f"result of task {result.key!r}")
+    except JournalEncodingError as exc:
+        return attrs.evolve(
+            result,
+            status=TaskStatus.FAILED,
+            value=None,
+            error=f"JournalEncodingError: {exc}",
+            traceback=None,
+            exception=exc,
+        )
+    return result
+
+
 def _reusable(status: TaskStatus, retry_failed: bool) -> bool:
     if status is TaskStatus.SUCCEEDED:
         return True
@@ -545,6 +565,13 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
             "SQLite creates -wal and -shm files beside it)"
         )
     return text
+
+
+def _holds_nothing(conn: sqlite3.Connection) -> bool:
+    try:
+        return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0)
+    except sqlite3.Error:
+        return False
 
 
 def _remove_new_file(path: str) -> None:

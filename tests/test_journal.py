@@ -375,3 +375,46 @@ def test_read_only_directory_is_a_clear_error(tmp_path: Path, existing: bool) ->
     assert out.stdout.startswith(f"cannot open journal {str(path)!r}"), out.stdout
     assert "must be writable" in out.stdout
     assert sorted(p.name for p in directory.iterdir()) == before
+
+
+def test_failed_first_open_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpupool._journal as journal_module
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(journal_module, "_create_schema", broken)
+    with pytest.raises(JournalError, match=r"cannot open journal .*: disk I/O error"):
+        Journal(tmp_path / "j.sqlite")
+    assert list(tmp_path.iterdir()) == []
+
+
+RACER = """
+    import sys, time
+    from gpupool import Journal, JournalInUse
+    while time.time() < float(sys.argv[2]):
+        time.sleep(0.001)
+    try:
+        j = Journal(sys.argv[1])
+        print("owner", flush=True)
+        sys.stdin.readline()
+        j.close()
+    except JournalInUse:
+        print("refused", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "j.sqlite"
+    start = str(time.time() + 1.0)
+    racers = [_spawn(RACER, str(path), start) for _ in range(2)]
+    outcomes = sorted(r.stdout.readline().strip() for r in racers)  # type: ignore[union-attr]
+    for r in racers:
+        r.communicate("\n")
+    assert outcomes == ["owner", "refused"], [r.stderr for r in racers]
+    with Journal(path) as j:  # intact, and the owner closed cleanly
+        assert j.takeover is None
+        assert j.records() == []
