@@ -48,12 +48,13 @@ from ._jobs import (
     parse_memory_mb,
 )
 from ._journal import Journal
+from ._journal_runner import RunnerJournal
 from ._model import GPUAllocation
 from ._pool import GPUResourcePool
 from ._process import DEFAULT_GRACE_PERIOD, run_process
 from ._proctree import killpg_quietly
 from ._runner import ParallelRunner, TaskHandle
-from ._tasks import TaskResult, TaskStatus
+from ._tasks import TaskStatus
 from .providers import FakeGPUProvider
 
 __all__ = ["RunOptions", "add_parser", "run_jobs"]
@@ -287,36 +288,13 @@ def _console(*, stderr: bool) -> Console:
 
 
 @attrs.define(eq=False)
-class _RunnerJournal:
-    """The runner's journal interface over :class:`Journal`.
-
-    ``finished(key)`` claims the key: it returns the recorded result of a job
-    that already ended (failed ones only without ``retry_failed``), or
-    ``None`` after queueing the key to run.
-    """
-
-    journal: Journal
-    retry_failed: bool
-
-    async def finished(self, key: str) -> TaskResult | None:
-        return self.journal.claim(key, retry_failed=self.retry_failed)
-
-    async def record(self, event: TaskEvent, result: TaskResult | None) -> None:
-        if result is not None and event.status.is_final:
-            self.journal.finish(result)
-        elif event.status is not TaskStatus.QUEUED:  # claim() queued it already
-            self.journal.record(
-                event.key, event.status, attempt=event.attempt, gpu_indices=event.gpu_indices
-            )
-
-
-@attrs.define(eq=False)
 class _Session:
     options: RunOptions
     out: Console
     err: Console
     progress: JobsProgress | None = None
     journal: Journal | None = None
+    runner_journal: RunnerJournal | None = None
     pool: GPUResourcePool | None = None
     handles: list[TaskHandle[JobSpec]] = attrs.Factory(list)
     groups: set[int] = attrs.Factory(set)
@@ -368,7 +346,9 @@ class _Session:
                 await anyio.to_thread.run_sync(_remove_dirs, created)
                 raise
             stack.callback(self.journal.close)
-            killed = self.journal.kill_leftovers()
+            self.runner_journal = RunnerJournal(self.journal, retry_failed=options.retry_failed)
+            self.runner_journal.open()  # kills a dead run's leftover jobs
+            killed = self.runner_journal.killed_leftovers
             if killed:
                 self.err.print(
                     f"gpupool run: killed {len(killed)} leftover process group(s) "
@@ -385,10 +365,10 @@ class _Session:
         return max(1, len(self.pool.statistics().gpus))
 
     async def _run(self, reader: JobsFileReader, jobs: list[JobSpec]) -> int:
-        assert self.journal is not None
+        assert self.runner_journal is not None
+        journal = self.runner_journal
         max_parallel = self._max_parallel()
         progress = self.progress = JobsProgress(self.err, max_parallel)
-        journal = _RunnerJournal(self.journal, self.options.retry_failed)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._handle_signals)
             progress.start()

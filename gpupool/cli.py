@@ -3,7 +3,7 @@
 MERGE NOTE: a stand-in for the full ``cli.py`` that the ``nvml`` branch
 brings (same shape: each subcommand module exposes ``add_parser(subparsers)``
 and sets a ``handler`` default). When both meet, keep that one and add
-``_cli_run`` and ``_cli_demo`` to its ``COMMANDS``.
+``_cli_run``, ``_cli_demo`` (and ``_cli_journal``) to its ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import _cli_demo, _cli_run
+from . import _cli_demo, _cli_journal, _cli_run
 
 __all__ = ["build_parser", "main"]
 
 #: The subcommand modules, in the order ``gpupool --help`` lists them.
-COMMANDS = (_cli_run, _cli_demo)
+COMMANDS = (_cli_run, _cli_demo, _cli_journal)
 
 
 def build_parser() -> argparse.ArgumentParser:
