@@ -27,7 +27,7 @@ import contextlib
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -339,6 +339,9 @@ class _Session:
                         f"cannot use the GPUs: {error} "
                         "(to try gpupool without GPUs, add --fake-gpus N)"
                     ) from None
+            too_big = self._too_big(first.jobs)
+            if too_big:
+                raise _UsageError("\n".join(too_big))
             created = await anyio.to_thread.run_sync(_make_log_dir, options.log_path)
             try:
                 self.journal = await anyio.to_thread.run_sync(_open_journal, options.journal_path)
@@ -357,12 +360,25 @@ class _Session:
             return await self._run(reader, list(first.jobs))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _gpu_count(self) -> int:
+        return 0 if self.pool is None else len(self.pool.statistics().gpus)
+
+    def _too_big(self, jobs: Sequence[JobSpec]) -> list[str]:
+        """Jobs that ask for more GPUs than the machine has, as ``file:line`` messages."""
+        count = self._gpu_count()
+        return [
+            f"{self.options.jobs_file}:{job.line}: gpus={job.gpus} but there "
+            f"{'is' if count == 1 else 'are'} only {count} GPU{'' if count == 1 else 's'}"
+            for job in jobs
+            if job.gpus > count
+        ]
+
     def _max_parallel(self) -> int:
         if self.options.max_parallel is not None:
             return self.options.max_parallel
         if self.pool is None:
             return 1
-        return max(1, len(self.pool.statistics().gpus))
+        return max(1, self._gpu_count())
 
     async def _run(self, reader: JobsFileReader, jobs: list[JobSpec]) -> int:
         assert self.runner_journal is not None
@@ -425,8 +441,13 @@ class _Session:
                 self.err.print(
                     f"gpupool run: error: {problem} (line skipped)", markup=False, soft_wrap=True
                 )
-            if new.jobs:
-                self._submit(runner, list(new.jobs))
+            too_big = self._too_big(new.jobs)
+            for problem in too_big:
+                self.bad_appended_lines += 1
+                self.err.print(f"gpupool run: error: {problem} (line skipped)", markup=False)
+            runnable = [job for job in new.jobs if job.gpus <= self._gpu_count()]
+            if runnable:
+                self._submit(runner, runnable)
 
     async def _run_job(self, job: JobSpec, allocation: GPUAllocation | None) -> dict[str, Any]:
         assert self.journal is not None

@@ -267,6 +267,16 @@ def test_an_unusable_jobs_file_is_one_line_and_exit_2(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_a_job_needing_more_gpus_than_exist_is_refused_up_front(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "echo small\n[gpus=3] echo big\n")
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "gpupool run: error: jobs.txt:2: gpus=3 but there are only 2 GPUs"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.txt", "marks"]
+
+
 def test_a_journal_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "echo hi\n")
     journal = tmp_path / "jobs.txt.journal.sqlite"
