@@ -429,13 +429,17 @@ class _Session:
             self.progress.job_finished(handle.result)
 
     async def _watch(self, runner: ParallelRunner, reader: JobsFileReader) -> None:
+        last_warning: str | None = None
         while True:
             await anyio.sleep(WATCH_INTERVAL)
             try:
                 new = await anyio.to_thread.run_sync(lambda: reader.read_new(complete_only=True))
             except JobsFileError as error:
-                self.err.print(f"gpupool run: warning: {error}", markup=False, soft_wrap=True)
+                if str(error) != last_warning:  # say it once, not twice a second
+                    last_warning = str(error)
+                    self.err.print(f"gpupool run: warning: {error}", markup=False)
                 continue
+            last_warning = None
             for problem in new.problems:
                 self.bad_appended_lines += 1
                 self.err.print(

@@ -181,6 +181,28 @@ def test_resume_after_kill_9_runs_no_finished_job_again(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM process_groups").fetchone() == (0,)
 
 
+def test_a_restarted_run_kills_the_jobs_a_killed_run_left_behind(tmp_path: Path) -> None:
+    # Runs long the first time only; the re-run after the restart is quick.
+    _jobs_file(
+        tmp_path,
+        "[gpus=0] if [ -e marks/once ]; then exit 0; fi; touch marks/once; "
+        "echo $$ > marks/pid; sleep 60\n",
+    )
+    runner = _start("run", "jobs.txt", cwd=tmp_path)
+    try:
+        pid_file = tmp_path / "marks" / "pid"
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        runner.send_signal(signal.SIGKILL)
+    finally:
+        runner.communicate(timeout=30)
+    orphan = int(pid_file.read_text())
+    assert _is_alive(orphan)  # kill -9 gave gpupool no chance to end it
+    restarted = _gpupool("run", "jobs.txt", cwd=tmp_path)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "killed 1 leftover process group(s) of an earlier run that died" in restarted.stderr
+    _wait_for(lambda: not _is_alive(orphan), "the orphan to be gone", timeout=5)
+
+
 def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
     jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
     runner = _start("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
