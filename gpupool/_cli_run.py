@@ -522,13 +522,11 @@ class _Session:
         if progress.jobs:
             self.out.print(progress.summary(self.options.log_path))
         counts = progress.counts()
+        not_run = len(progress.jobs) - len(progress.results)
         self.out.print(
             f"{counts['done']} succeeded, {counts['failed']} failed"
-            + (
-                f", {len(progress.jobs) - len(progress.results)} not run"
-                if self.interrupted
-                else ""
-            )
+            + (f", {counts['cancelled']} interrupted" if counts["cancelled"] else "")
+            + (f", {not_run} not run" if not_run else "")
         )
         earlier_failures = sum(1 for r in progress.results.values() if r.from_journal and not r.ok)
         if earlier_failures:

@@ -239,13 +239,14 @@ def test_ctrl_c_ends_running_jobs_and_journals_them_as_cancelled(tmp_path: Path)
         _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         job_pid = int(pid_file.read_text())
         runner.send_signal(signal.SIGINT)
-        _, err = runner.communicate(timeout=30)
+        out, err = runner.communicate(timeout=30)
     finally:
         if runner.poll() is None:
             runner.kill()
             runner.communicate()
     assert runner.returncode == 130, err
     assert "stopping" in err
+    assert "0 succeeded, 0 failed, 1 interrupted" in out
     info = read_stat(job_pid)
     assert info is None or not info.alive
     assert set(_statuses(tmp_path / "jobs.txt.journal.sqlite").values()) == {"cancelled"}
