@@ -39,6 +39,7 @@ from ._tuning import Strategy as Strategy
 from ._tuning import Trial as Trial
 from .providers import FakeGPUProvider as FakeGPUProvider
 from .providers import GPUProvider as GPUProvider
+from .providers import NVMLProvider as NVMLProvider
 
 __all__ = [
     "AllocationNotHeld",
@@ -57,6 +58,7 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "NVMLProvider",
     "OptimizeResult",
     "ParallelRunner",
     "PoolClosed",
