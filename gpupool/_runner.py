@@ -313,6 +313,8 @@ class ParallelRunner:
         at ``retry_backoff`` seconds and doubling. Cancellation is never
         retried. ``key(item)`` names each task (for events and the journal);
         by default tasks are numbered in submission order.
+
+        Cancelling ``map`` itself cancels the tasks it submitted.
         """
         materialised = list(items)
         if key is not None and not callable(key):
@@ -333,7 +335,13 @@ class ParallelRunner:
             )
             for item in materialised
         ]
-        return [await handle.wait() for handle in handles]
+        try:
+            return [await handle.wait() for handle in handles]
+        except BaseException:
+            # Cancelling map() (an outer timeout, say) stops the sweep it started.
+            for handle in handles:
+                handle.cancel()
+            raise
 
     async def as_completed(
         self, handles: Sequence[TaskHandle[ItemT]]
