@@ -126,7 +126,7 @@ async def overhead(tasks: int, max_parallel: int, repeats: int) -> list[Row]:
 
     async def runner_map_watched() -> list[Any]:
         async with ParallelRunner(max_parallel=max_parallel) as runner:
-            seen = []
+            seen: list[object] = []
             runner.subscribe(seen.append)
             return await runner.map(trivial, range(tasks))
 

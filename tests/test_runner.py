@@ -16,7 +16,7 @@ from anyio.lowlevel import checkpoint
 from trio.testing import MockClock
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 from gpupool import (
     FakeGPUProvider,
