@@ -31,7 +31,7 @@ from ._process import run_process as run_process
 from ._progress import ProgressDisplay as ProgressDisplay
 from ._runner import ParallelRunner as ParallelRunner
 from ._runner import RunnerStatistics as RunnerStatistics
-from ._runner import TaskHandle as TaskHandle
+from ._task import TaskHandle as TaskHandle
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
 from ._tuning import OptimizeResult as OptimizeResult

@@ -53,7 +53,8 @@ from ._model import GPUAllocation
 from ._pool import GPUResourcePool
 from ._process import DEFAULT_GRACE_PERIOD, run_process
 from ._proctree import killpg_quietly
-from ._runner import ParallelRunner, TaskHandle
+from ._runner import ParallelRunner
+from ._task import TaskHandle
 from ._tasks import TaskStatus
 from .providers import FakeGPUProvider
 

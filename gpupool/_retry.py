@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import TypeAlias
 
-from ._errors import UnsatisfiableRequest
+from ._errors import PoolClosed, UnsatisfiableRequest
 
 __all__ = ["RetryOn", "backoff_delay", "check_retry_on", "should_retry"]
 
@@ -42,10 +42,11 @@ def check_retry_on(retry_on: object) -> RetryOn:
 def should_retry(retry_on: RetryOn, error: BaseException) -> bool:
     """Whether a failed attempt that raised ``error`` deserves another try.
 
-    An :class:`~gpupool.UnsatisfiableRequest` never does: asking again for
-    GPUs the machine does not have cannot succeed.
+    An :class:`~gpupool.UnsatisfiableRequest` never does (asking again for
+    GPUs the machine does not have cannot succeed), nor does
+    :class:`~gpupool.PoolClosed` (nothing more will be granted).
     """
-    if isinstance(error, UnsatisfiableRequest):
+    if isinstance(error, (UnsatisfiableRequest, PoolClosed)):
         return False
     if isinstance(retry_on, (type, tuple)):
         return isinstance(error, retry_on)

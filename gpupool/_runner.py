@@ -27,19 +27,16 @@ shielded scope on every path.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import logging
 import random
-import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
@@ -48,38 +45,15 @@ from ._pool import GPUResourcePool
 from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
+from ._task import TaskFunction, TaskHandle, _error_text, _Outcome, _Spec, _TaskTimeout, deliver_to
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
 
-__all__ = ["ParallelRunner", "RunnerStatistics", "TaskHandle", "deliver_to"]
-
-_log = logging.getLogger("gpupool.runner")
+__all__ = ["ParallelRunner", "RunnerStatistics"]
 
 ItemT = TypeVar("ItemT")
 T = TypeVar("T")
 S = TypeVar("S")
-#: ``fn(item, allocation)``: ``async def`` or plain; plain ones run on the high-level executor.
-TaskFunction = Callable[[Any, "GPUAllocation | None"], Any]
-
-
-class _TaskTimeout(TimeoutError):
-    """An attempt ran past its ``timeout``; recorded as TIMED_OUT."""
-
-
-@attrs.frozen
-class _Spec:
-    """One task's options, validated once at submit time."""
-
-    fn: TaskFunction
-    is_async: bool
-    required_gpus: int
-    min_memory_mb: int
-    exclusive: bool
-    priority: int
-    timeout: float | None
-    retries: int
-    retry_on: RetryOn
-    retry_backoff: float
 
 
 @attrs.frozen
@@ -93,75 +67,6 @@ class RunnerStatistics:
     waiting_for_slot: int
     high_level: ExecutorStatistics
     low_level: ExecutorStatistics
-
-
-@final
-class TaskHandle(Generic[ItemT]):
-    """One submitted task: its key, its latest status, and its result when done."""
-
-    def __init__(self, key: str, item: ItemT, spec: _Spec) -> None:
-        self.key = key
-        self.item = item
-        self.status = TaskStatus.QUEUED
-        self.result: TaskResult | None = None
-        self._spec = spec
-        self._scope = anyio.CancelScope()
-        self._done: anyio.Event | None = None
-        self._callbacks: list[Callable[[TaskHandle[ItemT]], object]] = []
-        self._attempts = 0
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle key={self.key!r} status={self.status.name}>"
-
-    def done(self) -> bool:
-        return self.result is not None
-
-    def cancel(self) -> None:
-        """Cancel this task alone; it ends CANCELLED and its GPUs are released."""
-        self._scope.cancel()
-
-    async def wait(self) -> TaskResult:
-        """Wait for the task to end and return its result (never raises for its failure)."""
-        if self.result is None:
-            if self._done is None:
-                self._done = anyio.Event()
-            await self._done.wait()
-            assert self.result is not None
-        return self.result
-
-    def add_done_callback(self, callback: Callable[[TaskHandle[ItemT]], object]) -> None:
-        """Call ``callback(handle)`` on the event loop thread when the task ends."""
-        if self.result is not None:
-            callback(self)
-        else:
-            self._callbacks.append(callback)
-
-    def _finish(self, result: TaskResult) -> None:
-        self.result = result
-        self.status = result.status
-        if self._done is not None:
-            self._done.set()
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                _log.exception("done callback %r of task %r raised", callback, self.key)
-
-
-def deliver_to(send: MemoryObjectSendStream[T]) -> Callable[[T], None]:
-    """A done callback that sends into ``send``, and does nothing once its reader left."""
-
-    def deliver(item: T) -> None:
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            send.send_nowait(item)
-
-    return deliver
-
-
-def _error_text(exc: BaseException) -> str:
-    name = "TimeoutError" if isinstance(exc, _TaskTimeout) else type(exc).__name__
-    return f"{name}: {exc}"
 
 
 def _is_async(fn: Callable[..., object]) -> bool:
@@ -408,6 +313,8 @@ class ParallelRunner:
         at ``retry_backoff`` seconds and doubling. Cancellation is never
         retried. ``key(item)`` names each task (for events and the journal);
         by default tasks are numbered in submission order.
+
+        Cancelling ``map`` itself cancels the tasks it submitted.
         """
         materialised = list(items)
         if key is not None and not callable(key):
@@ -428,7 +335,13 @@ class ParallelRunner:
             )
             for item in materialised
         ]
-        return [await handle.wait() for handle in handles]
+        try:
+            return [await handle.wait() for handle in handles]
+        except BaseException:
+            # Cancelling map() (an outer timeout, say) stops the sweep it started.
+            for handle in handles:
+                handle.cancel()
+            raise
 
     async def as_completed(
         self, handles: Sequence[TaskHandle[ItemT]]
@@ -636,42 +549,6 @@ class ParallelRunner:
             retry_on=retry_on,
             retry_backoff=retry_backoff,
             key_prefix=key_prefix,
-        )
-
-
-@attrs.define(eq=False)
-class _Outcome:
-    """What one attempt produced, before it becomes a :class:`TaskResult`."""
-
-    value: Any = None
-    error: BaseException | None = None
-    gpu_indices: tuple[int, ...] = ()
-    started: float | None = None
-    ended: float | None = None
-
-    def result(self, key: str, attempts: int, started: float | None) -> TaskResult:
-        duration = None if started is None or self.ended is None else self.ended - started
-        if self.error is None:
-            return TaskResult(
-                key=key,
-                status=TaskStatus.SUCCEEDED,
-                value=self.value,
-                attempts=attempts,
-                gpu_indices=self.gpu_indices,
-                duration_s=duration,
-            )
-        status = TaskStatus.TIMED_OUT if isinstance(self.error, _TaskTimeout) else TaskStatus.FAILED
-        return TaskResult(
-            key=key,
-            status=status,
-            error=_error_text(self.error),
-            traceback="".join(
-                traceback.format_exception(type(self.error), self.error, self.error.__traceback__)
-            ),
-            attempts=attempts,
-            gpu_indices=self.gpu_indices,
-            duration_s=duration,
-            exception=self.error,
         )
 
 

@@ -23,10 +23,11 @@ import attrs
 
 from ._request import check_int
 from ._retry import RetryOn
+from ._task import TaskHandle, deliver_to
 from ._tasks import TaskResult
 
 if TYPE_CHECKING:
-    from ._runner import ParallelRunner, TaskHandle
+    from ._runner import ParallelRunner
 
 __all__ = ["OptimizeResult", "Strategy", "Trial", "optimize"]
 
@@ -114,8 +115,6 @@ async def optimize(
     error propagates: a broken strategy stops the study, a failing trial never
     does.
     """
-    from ._runner import deliver_to
-
     n_trials = check_int("n_trials", n_trials, 1)
     parallel = runner.max_parallel if max_parallel is None else max_parallel
     parallel = check_int("max_parallel", parallel, 1)

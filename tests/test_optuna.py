@@ -111,7 +111,7 @@ async def test_values_that_are_not_numbers_fail_the_trial() -> None:
 
 def test_bad_studies_are_refused() -> None:
     with pytest.raises(TypeError, match=r"study must be an optuna\.Study"):
-        OptunaStrategy("study")
+        OptunaStrategy("study")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="single-objective"):
         OptunaStrategy(optuna.create_study(directions=["minimize", "minimize"]))
 

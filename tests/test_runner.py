@@ -16,7 +16,7 @@ from anyio.lowlevel import checkpoint
 from trio.testing import MockClock
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 from gpupool import (
     FakeGPUProvider,
@@ -543,3 +543,39 @@ async def test_an_error_in_the_body_comes_out_unwrapped() -> None:
 
     with pytest.raises(LookupError, match="from the body"):
         await body()
+
+
+async def test_cancelling_map_cancels_the_tasks_it_started(pool: GPUResourcePool) -> None:
+    async def forever(item: int, allocation: GPUAllocation | None) -> None:
+        await anyio.sleep_forever()
+
+    events: list[TaskStatus] = []
+    async with ParallelRunner(pool, max_parallel=4) as runner:
+        runner.subscribe(lambda event: events.append(event.status))
+        with anyio.move_on_after(0.05) as scope:
+            await runner.map(forever, range(6), required_gpus=1)
+        assert scope.cancelled_caught
+        await anyio.wait_all_tasks_blocked()
+        stats = runner.statistics()
+        assert (stats.submitted, stats.finished, stats.running) == (6, 6, 0)
+    assert events.count(TaskStatus.CANCELLED) == 6
+    assert_all_gpus_free(pool)
+
+
+async def test_async_tasks_use_the_runners_executors_for_run_blocking() -> None:
+    from gpupool._executors import current_executors
+
+    seen = []
+
+    async def task(item: int, allocation: object) -> int:
+        seen.append(current_executors())
+        return int(await run_blocking(pow, item, 2))
+
+    async with ParallelRunner(max_parallel=2, low_level_workers=1) as runner:
+        results = await runner.map(task, range(3))
+        stats = runner.statistics()
+    assert [r.value for r in results] == [0, 1, 4]
+    assert {id(e) for e in seen} == {id(runner._executors)}
+    assert stats.low_level.workers == 1
+    assert (stats.low_level.busy, stats.high_level.busy) == (0, 0)
+    assert stats.max_parallel == 2
