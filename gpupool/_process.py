@@ -44,7 +44,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from . import _journal
+from . import _journal, _pool
 from ._errors import GPUPoolError
 from ._model import GPUAllocation
 from ._proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all
@@ -195,7 +195,8 @@ async def run_process(
     :meth:`ProcessResult.check`). When the caller is cancelled, the job is
     ended the same way before the cancellation propagates.
 
-    ``on_start(pid)`` and ``pool.register_process(allocation, pid)`` are
+    ``on_start(pid)`` and ``pool.register_process(allocation, pid)`` (``pool``
+    defaults to the pool that granted ``allocation``, where it can be found) are
     called once the process exists (awaited if they return an awaitable). Inside
     a task of a :class:`ParallelRunner` with a journal, the process group is
     also recorded in the journal, so that a restarted run kills a crashed
@@ -215,6 +216,8 @@ async def run_process(
         raise TypeError(f"pool must have a register_process method, got {pool!r}")
     if pool is not None and allocation is None:
         raise ValueError("pool is only used with an allocation; pass allocation= too")
+    if pool is None and allocation is not None:
+        pool = _pool_of(allocation)
     if on_start is not None and not callable(on_start):
         raise TypeError(f"on_start must be callable or None, got {on_start!r}")
 
@@ -300,6 +303,19 @@ async def run_process(
         output=output,
         leftovers=leftovers,
     )
+
+
+def _pool_of(allocation: GPUAllocation) -> SupportsRegisterProcess | None:
+    """The open pool that granted ``allocation``, where the pool module can tell.
+
+    A seam: ``gpupool._pool.pool_of(allocation)``, if the pool module has it,
+    maps an allocation to its pool (by ``allocation.pool_id``), so that
+    ``run_process(cmd, allocation=alloc)`` registers with the pool without
+    being handed it.
+    """
+    lookup: Callable[[GPUAllocation], object] | None = getattr(_pool, "pool_of", None)
+    found = None if lookup is None else lookup(allocation)
+    return found if isinstance(found, SupportsRegisterProcess) else None
 
 
 async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float) -> int:

@@ -350,3 +350,19 @@ async def test_a_real_pool_learns_the_process_of_its_allocation() -> None:
             result = await run_process("echo $CUDA_VISIBLE_DEVICES", allocation=alloc, pool=pool)
         assert result.output == f"{alloc.gpu_uuids[0]}\n"
         assert pool.statistics().free_gpus == (0, 1)
+
+
+async def test_without_pool_the_granting_pool_is_found_through_the_seam(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpupool._pool
+
+    pool = _RecordingPool()
+    alloc = _allocation(0)
+    monkeypatch.setattr(
+        gpupool._pool, "pool_of", lambda a: pool if a == alloc else None, raising=False
+    )
+    result = await run_process(["true"], allocation=alloc)
+    assert pool.calls == [(alloc, result.pid)]
+    await run_process(["true"], allocation=_allocation(1))  # another pool's: not registered
+    assert len(pool.calls) == 1
