@@ -164,6 +164,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "priority=5 name=NAME]. Running the same command again resumes. "
             "See docs/jobs.md."
         ),
+        epilog=(
+            "exit codes: 0 every job succeeded, 1 a job failed or timed out, "
+            "2 bad usage or input (nothing run), 130 interrupted. "
+            "Inspect the journal with `gpupool journal show JOURNAL`."
+        ),
     )
     parser.add_argument("jobs_file", type=Path, metavar="JOBS_FILE")
     parser.add_argument(
