@@ -18,13 +18,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from . import _cli_demo, _cli_journal, _cli_run
 from ._commands import status
 from ._errors import GPUPoolError, ProviderError
 
 __all__ = ["build_parser", "main"]
 
 #: The subcommand modules, in the order ``gpupool --help`` lists them.
-COMMANDS = (status,)
+COMMANDS = (_cli_run, _cli_demo, status, _cli_journal)
 
 
 def _version() -> str:
