@@ -448,10 +448,16 @@ class Scheduler:
         if len(candidates) < needed:
             return None
         score = self._scorer
+        # Shared requests pack onto GPUs that are shared already (best fit first), keeping
+        # whole GPUs free for exclusive requests; within that, the best score, then the index.
+        pack = not request.exclusive
+
+        def rank(gpu: _GPU) -> tuple[bool, float, int]:
+            return (pack and gpu.idle, -score(gpu), gpu.index)
+
         if needed == 1:
-            best = max(candidates, key=lambda g: (score(g), -g.index))
-            return (best.index,)
-        candidates.sort(key=lambda g: (-score(g), g.index))
+            return (min(candidates, key=rank).index,)
+        candidates.sort(key=rank)
         return tuple(sorted(g.index for g in candidates[:needed]))
 
     def can_grant_more(self) -> bool:
