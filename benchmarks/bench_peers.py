@@ -798,23 +798,28 @@ async def _run_gpupool_runner(
     async def fn(demand: Demand, allocation: Any) -> Record:
         return await task(allocation, demand)
 
-    async def map_group(demand: Demand, count: int, out: list[Record]) -> None:
-        results = await runner.map(fn, [demand] * count, **request(demand))
-        for result in results:
+    async def map_group(exclusive: bool, items: list[Demand], out: list[Record]) -> None:
+        # Per-item resources as callables, as a user with a mixed sweep would
+        # write it; ``exclusive`` is per call, so shared items get their own map.
+        options: dict[str, Any] = {
+            "required_gpus": lambda d: int(request(d)["required_gpus"]),
+            "min_memory_mb": lambda d: int(request(d).get("min_memory_mb", 0)),
+        }
+        if not exclusive:
+            options["exclusive"] = False
+        for result in await runner.map(fn, items, **options):
             if not result.ok:
                 raise RuntimeError(f"runner task failed: {result.error}\n{result.traceback}")
             out.append(result.value)
 
     async def run_runner(demands: Sequence[Demand]) -> list[Record]:
-        # One runner.map per distinct demand (its resources are per call), all
-        # running at once, as a user with a mixed sweep would write it.
         records: list[Record] = []
-        groups: dict[Demand, int] = defaultdict(int)
+        groups: dict[bool, list[Demand]] = defaultdict(list)
         for demand in demands:
-            groups[demand] += 1
+            groups[demand.exclusive].append(demand)
         async with anyio.create_task_group() as tg:
-            for demand, count in groups.items():
-                tg.start_soon(map_group, demand, count, records)
+            for exclusive, items in groups.items():
+                tg.start_soon(map_group, exclusive, items, records)
         return records
 
     names = None if shares else ("trivial", "mixed", "sleep")
@@ -825,9 +830,10 @@ async def _run_gpupool_runner(
     await runner.__aexit__(None, None, None)
     await pool.__aexit__(None, None, None)
     notes.append(
-        f"gpupool runner: `ParallelRunner(pool, max_parallel={max_parallel})`, async task "
-        "function, one `runner.map` per distinct resource demand; start-up and shutdown "
-        "include the pool's."
+        f"gpupool runner: `ParallelRunner(pool, max_parallel={max_parallel})`, an async task "
+        "function, one `runner.map` per workload with per-item `required_gpus` / "
+        "`min_memory_mb` callables (`exclusive=False` for the fractional one); start-up and "
+        "shutdown include the pool's."
     )
     return {
         "key": "gpupool_runner",
