@@ -118,13 +118,23 @@ class Journal:
     ``docs/journal.md`` for what is promised after a crash or a power loss.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "normal"):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "normal",
+        retry_failed: bool = False,
+    ):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"journal path must be a str or os.PathLike, got {path!r}")
         if synchronous not in _SYNCHRONOUS_LEVEL:
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if not isinstance(retry_failed, bool):
+            raise TypeError(f"retry_failed must be a bool, got {retry_failed!r}")
         self.path = os.fspath(path)
         self.synchronous: Synchronous = synchronous
+        #: Whether `claim` runs failed and timed-out tasks again by default.
+        self.retry_failed = retry_failed
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -339,18 +349,20 @@ class Journal:
     # -- task states ----------------------------------------------------------
 
     def claim(
-        self, key: str, *, fn: str = "", item: object = None, retry_failed: bool = False
+        self, key: str, *, fn: str = "", item: object = None, retry_failed: bool | None = None
     ) -> TaskResult | None:
         """Register task ``key`` before it runs; say whether it must run.
 
         Returns the recorded result (``from_journal=True``) when the task
-        already succeeded (or failed or timed out, unless ``retry_failed``): do
-        not run it. Returns None when it must run; it is then QUEUED and in
+        already succeeded (or failed or timed out, unless ``retry_failed``,
+        which defaults to the journal's): do not run it. Returns None when it must run; it is then QUEUED and in
         flight until `finish`. A cancelled task always runs again. ``item`` is
         stored for reference when it has a JSON form. Raises `JournalError` if
         ``key`` is already in flight in this journal (see `JournalGate`).
         """
         check_key(key)
+        if retry_failed is None:
+            retry_failed = self.retry_failed
         try:
             item_json: str | None = canonical_json(item)
         except JournalEncodingError:

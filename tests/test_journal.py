@@ -128,6 +128,17 @@ def test_failed_task_is_kept_unless_retry_failed(journal: Journal) -> None:
     assert journal.claim("t1", retry_failed=True) is not None
 
 
+def test_journal_wide_retry_failed(path: Path) -> None:
+    with Journal(path) as journal:
+        assert journal.claim("t1") is None
+        journal.finish(TaskResult("t1", TaskStatus.TIMED_OUT, error="TimeoutError: slow"))
+    with Journal(path, retry_failed=True) as journal:
+        assert journal.claim("t1") is None
+        journal.finish(_ok("t1"))
+    with pytest.raises(TypeError, match="retry_failed must be a bool, got 1"):
+        Journal(path, retry_failed=1)  # type: ignore[arg-type]
+
+
 def test_cancelled_task_runs_again(journal: Journal) -> None:
     assert journal.claim("t1") is None
     journal.finish(TaskResult("t1", TaskStatus.CANCELLED))
