@@ -429,3 +429,28 @@ def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
     with Journal(path) as j:  # intact, and the owner closed cleanly
         assert j.takeover is None
         assert j.records() == []
+
+
+class _NoWal(sqlite3.Connection):
+    """A connection on which WAL does not take (as on some network file systems)."""
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        if sql.replace(" ", "").upper() == "PRAGMAJOURNAL_MODE=WAL":
+            return super().execute("SELECT 'delete'")
+        return super().execute(sql, *args)  # type: ignore[arg-type]
+
+
+def test_journal_mode_that_does_not_take_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=_NoWal, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(
+        JournalError, match="could not be put in WAL mode \\(SQLite kept 'delete'\\)"
+    ):
+        Journal(tmp_path / "j.sqlite")
+    assert list(tmp_path.iterdir()) == []
