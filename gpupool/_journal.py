@@ -358,7 +358,7 @@ class Journal:
         which defaults to the journal's): do not run it. Returns None when it must run; it is then QUEUED and in
         flight until `finish`. A cancelled task always runs again. ``item`` is
         stored for reference when it has a JSON form. Raises `JournalError` if
-        ``key`` is already in flight in this journal (see `JournalGate`).
+        ``key`` is already in flight in this journal (the runner submits a key once).
         """
         check_key(key)
         if retry_failed is None:

@@ -28,6 +28,7 @@ shielded scope on every path.
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
@@ -40,6 +41,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
+from ._journal import Journal, storable
+from ._journal_codec import task_key
+from ._journal_runner import RunnerJournal
 from ._model import GPUAllocation
 from ._pool import GPUResourcePool
 from ._request import check_int, check_seconds
@@ -135,6 +139,8 @@ class ParallelRunner:
             raise RuntimeError("a ParallelRunner can be entered only once")
         self._cancelled_class = anyio.get_cancelled_exc_class()
         self._gpu_gate = anyio.CapacityLimiter(self._max_parallel)
+        if isinstance(self._journal, RunnerJournal):
+            self._journal.open()  # before any GPU is granted: kills a crashed run's leftovers
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -160,6 +166,8 @@ class ParallelRunner:
         finally:
             self._closed = True
             self._hub.close()
+            if isinstance(self._journal, RunnerJournal):
+                self._journal.close()
 
     def cancel(self) -> None:
         """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
@@ -230,7 +238,9 @@ class ParallelRunner:
             retry_on=retry_on,
             retry_backoff=retry_backoff,
         )
-        if key is None:
+        if key is None and self._journal is not None:
+            key = task_key(fn, item)  # stable across runs: what the journal resumes by
+        elif key is None:
             key = f"task-{self._next_key}"
             self._next_key += 1
         elif not isinstance(key, str) or not key:
@@ -238,6 +248,8 @@ class ParallelRunner:
         existing = self._tasks.get(key)
         if existing is not None:
             return existing
+        if isinstance(self._journal, RunnerJournal):
+            self._journal.describe(key, fn, item)
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
         self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
@@ -386,6 +398,8 @@ class ParallelRunner:
         self._hub.publish(event)
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
+        if isinstance(self._journal, RunnerJournal):
+            result = storable(result)
         with anyio.CancelScope(shield=True):
             await self._record(
                 task, result.status, result.attempts, result.gpu_indices, result.error, result
@@ -553,22 +567,13 @@ class ParallelRunner:
 
 
 def _open_journal(journal: object) -> TaskJournal | None:
-    """``None``, a journal object, or a path that the SQLite journal opens."""
+    """``None``, a journal object, or a path (or `Journal`) for the SQLite journal."""
     if journal is None:
         return None
     if isinstance(journal, TaskJournal):
         return journal
-    import os
-
-    if isinstance(journal, (str, os.PathLike)):
-        try:
-            from . import _journal  # type: ignore[attr-defined, unused-ignore]
-        except ImportError:
-            raise NotImplementedError(
-                "journal=<path> needs gpupool's SQLite journal, which this build does not "
-                "have yet; pass an object with async finished(key) and record(event, result)"
-            ) from None
-        return _journal.open_journal(journal)  # type: ignore[attr-defined, no-any-return, unused-ignore]
+    if isinstance(journal, (str, os.PathLike, Journal)):
+        return RunnerJournal(journal)
     raise TypeError(
         "journal must be None, a path for the SQLite journal, or an object with async "
         f"finished(key) and record(event, result) methods, got {journal!r}"

@@ -57,9 +57,8 @@ def path(tmp_path: Path) -> Path:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The journal command in a fresh process, as a user runs it."""
-    code = "import sys; from gpupool._cli_journal import main; sys.exit(main())"
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "gpupool", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"},
         capture_output=True,

@@ -189,16 +189,6 @@ async def test_finished_keys_come_from_the_journal_without_running() -> None:
     assert ("x", OK) not in journal.log  # a replayed result is not written again
 
 
-async def test_journal_paths_need_the_sqlite_journal() -> None:
-    try:
-        from gpupool import _journal  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="SQLite journal"):
-            ParallelRunner(journal="sweep.sqlite")
-    else:  # pragma: no cover - once the journal lands, its own tests cover paths
-        pytest.skip("gpupool._journal exists; tested with the journal")
-
-
 @pytest.mark.parametrize(
     "anyio_backend",
     [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
