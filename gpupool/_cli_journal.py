@@ -271,7 +271,8 @@ def _unlock(path: str) -> None:
                 )
             conn.execute("DELETE FROM gpupool_owner")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     except sqlite3.Error as exc:

@@ -454,3 +454,20 @@ def test_journal_mode_that_does_not_take_is_refused(
     ):
         Journal(tmp_path / "j.sqlite")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_failure_mid_write_is_a_journal_error_and_keeps_nothing(journal: Journal) -> None:
+    assert journal.claim("t1") is None
+    assert journal._conn is not None
+    # Make the next write fail inside its transaction, as a full disk would.
+    journal._conn.execute(
+        "CREATE TRIGGER fail BEFORE UPDATE ON tasks BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(JournalError, match=r"journal '.*': disk full"):
+        journal.record("t1", TaskStatus.RUNNING, attempt=1)
+    journal._conn.execute("DROP TRIGGER fail")
+    record = journal.get("t1")
+    assert record is not None
+    assert (record.status, record.starts) == (TaskStatus.QUEUED, 0)
+    assert not journal._conn.in_transaction
+    journal.record("t1", TaskStatus.RUNNING, attempt=1)  # usable again
