@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,48 +199,58 @@ async def test_runner_borrows_an_open_journal(tmp_path: Path) -> None:
         assert journal.get(result.key).value == 9  # type: ignore[union-attr]
 
 
-def _gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie nobody reaped counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2] in "ZX"
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that have not exited (zombies count as exited)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[2] == str(pgid) and fields[0] not in "ZX":
+            members.append(int(stat_file.parent.name))
+    return members
 
 
 def _crashed_run_leaving_a_job(path: Path) -> int:
-    """Run the leftover worker on ``path``, kill -9 it once its job started,
-    and return the pid of the orphaned job (its process group leader)."""
+    """Run the leftover worker on ``path``, kill -9 it once its job's process
+    group is in the journal, and return that group's id."""
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/scripts/journal_leftover_worker.py"), str(path)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
     )
-    assert worker.stdout is not None
-    line = worker.stdout.readline()
-    worker.kill()
-    worker.stdout.close()
-    worker.wait()
-    assert line.startswith("spawned "), line
-    return int(line.split()[1])
+    try:
+        deadline = time.monotonic() + 60
+        groups: list[tuple[int]] = []
+        while not groups and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.02)
+            with contextlib.suppress(sqlite3.Error), sqlite3.connect(path) as conn:
+                groups = conn.execute("SELECT pgid FROM process_groups").fetchall()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert groups, "the worker never recorded its job's process group"
+    ((pgid,),) = groups
+    return pgid
 
 
 @pytest.mark.anyio
 async def test_restarted_runner_kills_a_crashed_runs_jobs_first(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    job = _crashed_run_leaving_a_job(path)
+    pgid = _crashed_run_leaving_a_job(path)
     try:
-        assert not _gone(job)  # the orphan outlived its runner
-        seen_alive: list[bool] = []
+        assert len(_live_members(pgid)) >= 2  # sh and its sleeps outlived their runner
+        alive_when_task_ran: list[list[int]] = []
 
         async def check(item: int, allocation: GPUAllocation | None) -> None:
-            seen_alive.append(not _gone(job))
+            alive_when_task_ran.append(_live_members(pgid))
 
         async with ParallelRunner(journal=path) as runner:
             await runner.map(check, [1], key=lambda item: "job")
-        assert seen_alive == [False]  # killed before the task ran again
+        assert alive_when_task_ran == [[]]  # all killed before the task ran again
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(job, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)

@@ -1,39 +1,25 @@
-"""A journaled runner whose only task starts a subprocess job and hangs.
+"""A journaled runner whose only task runs a subprocess job that never ends.
 
 Usage: python tests/scripts/journal_leftover_worker.py JOURNAL
 
-The task starts ``sleep 600`` in its own session (as ``run_process`` does),
-records its process group through the journal binding of the current task,
-prints ``spawned <pid>`` and waits forever, for the test to kill -9 this
-process and check that the next runner kills the orphaned job first.
+The job (``sh`` with a background ``sleep`` and a foreground one) runs
+through ``gpupool.run_process``, which records its process group in the
+journal of the task it runs for. The test kills this process with SIGKILL
+once the group is recorded, and checks that the next runner on the journal
+kills the orphaned job before it runs anything.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import anyio
 
-from gpupool import GPUAllocation, ParallelRunner
-from gpupool._journal import record_process_group
-
-
-def start_job() -> int:
-    job = subprocess.Popen(
-        ["sleep", "600"],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    record_process_group(job.pid)  # what run_process does right after the spawn
-    return job.pid
+from gpupool import GPUAllocation, ParallelRunner, run_process
 
 
 async def task(item: int, allocation: GPUAllocation | None) -> None:
-    print(f"spawned {start_job()}", flush=True)
-    await anyio.sleep_forever()
+    await run_process(["sh", "-c", "sleep 600 & sleep 600"], allocation=allocation)
 
 
 async def main(path: str) -> None:
