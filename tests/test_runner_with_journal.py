@@ -22,6 +22,7 @@ from gpupool import (
     GPUResourcePool,
     Journal,
     JournalEncodingError,
+    JournalError,
     JournalInUse,
     ParallelRunner,
     TaskStatus,
@@ -254,3 +255,29 @@ async def test_restarted_runner_kills_a_crashed_runs_jobs_first(tmp_path: Path) 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.anyio
+async def test_a_journal_that_cannot_write_stops_the_runner(tmp_path: Path) -> None:
+    """A result that cannot be committed must not be handed out as if it were."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal._conn is not None
+        journal._conn.execute(
+            "CREATE TRIGGER fail BEFORE UPDATE ON tasks WHEN NEW.status = 'succeeded' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(Exception) as info:  # noqa: PT011 - a group, checked below
+            async with ParallelRunner(max_parallel=2, journal=journal) as runner:
+                await runner.map(square, [1, 2, 3])
+        errors = _leaves(info.value)
+        assert errors
+        assert all(isinstance(e, JournalError) and "disk full" in str(e) for e in errors)
+        assert all(r.status is not TaskStatus.SUCCEEDED for r in journal.records())
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return [exc]
+    return [leaf for e in inner for leaf in _leaves(e)]
