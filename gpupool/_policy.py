@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, final
 
 from ._request import Request
 
@@ -60,6 +60,7 @@ class SchedulingPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
+@final
 class FifoPolicy:
     """Strict priority-then-arrival order: nobody overtakes the head of the queue.
 
