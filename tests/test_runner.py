@@ -579,3 +579,20 @@ async def test_async_tasks_use_the_runners_executors_for_run_blocking() -> None:
     assert stats.low_level.workers == 1
     assert (stats.low_level.busy, stats.high_level.busy) == (0, 0)
     assert stats.max_parallel == 2
+
+
+async def test_cancelling_returns_promptly_even_with_threads_stuck(pool: GPUResourcePool) -> None:
+    gate = threading.Event()
+
+    def stuck(item: int, allocation: GPUAllocation | None) -> None:
+        gate.wait(GENEROUS)
+
+    try:
+        with anyio.fail_after(GENEROUS / 2):  # far less than the stuck threads would take
+            with anyio.move_on_after(0.1):
+                async with ParallelRunner(pool, max_parallel=4) as runner:
+                    await runner.map(stuck, range(4), required_gpus=1)
+            assert_all_gpus_free(pool)
+            assert runner.statistics().high_level.abandoned_running == 4
+    finally:
+        gate.set()
