@@ -386,10 +386,12 @@ class ParallelRunner:
         self._hub.publish(event)
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._record(
-                task, result.status, result.attempts, result.gpu_indices, result.error, result
-            )
+        args = (task, result.status, result.attempts, result.gpu_indices, result.error, result)
+        if self._journal is None and not self._hub.active:
+            await self._record(*args)  # returns without a checkpoint: nothing to shield
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._record(*args)
         self._finished += 1
         task._finish(result)
 
