@@ -12,6 +12,7 @@ from ._events import TaskJournal as TaskJournal
 from ._executors import CallAbandoned as CallAbandoned
 from ._executors import ExecutorStatistics as ExecutorStatistics
 from ._executors import run_blocking as run_blocking
+from ._handle import TaskHandle as TaskHandle
 from ._memory import estimate_memory_mb as estimate_memory_mb
 from ._model import GPUAllocation as GPUAllocation
 from ._model import GPUProcess as GPUProcess
@@ -24,7 +25,6 @@ from ._pool import GPUResourcePool as GPUResourcePool
 from ._progress import ProgressDisplay as ProgressDisplay
 from ._runner import ParallelRunner as ParallelRunner
 from ._runner import RunnerStatistics as RunnerStatistics
-from ._task import TaskHandle as TaskHandle
 from ._tasks import TaskResult as TaskResult
 from ._tasks import TaskStatus as TaskStatus
 from ._tuning import OptimizeResult as OptimizeResult

@@ -40,12 +40,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
+from ._handle import (
+    TaskFunction,
+    TaskHandle,
+    _error_text,
+    _Outcome,
+    _Spec,
+    _TaskTimeout,
+    deliver_to,
+)
 from ._model import GPUAllocation
 from ._pool import GPUResourcePool
 from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
-from ._task import TaskFunction, TaskHandle, _error_text, _Outcome, _Spec, _TaskTimeout, deliver_to
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
 
