@@ -118,6 +118,8 @@ class ParallelRunner:
         self._max_parallel = check_int("max_parallel", max_parallel, 1)
         self._executors = Executors(high_level_workers, low_level_workers)
         self._journal = _open_journal(journal)
+        # A journal the runner opened from a path is the runner's to close.
+        self._owns_journal = self._journal is not None and self._journal is not journal
         self._hub = EventHub()
         self._tasks: dict[str, TaskHandle[Any]] = {}
         self._finished = 0
@@ -168,6 +170,10 @@ class ParallelRunner:
         finally:
             self._closed = True
             self._hub.close()
+            aclose = getattr(self._journal, "aclose", None)
+            if self._owns_journal and aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
 
     def cancel(self) -> None:
         """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
