@@ -28,6 +28,7 @@ shielded scope on every path.
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
@@ -110,7 +111,7 @@ class ParallelRunner:
         max_parallel: int = 1,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
-        journal: TaskJournal | str | Any | None = None,
+        journal: TaskJournal | str | os.PathLike[str] | None = None,
     ) -> None:
         if pool is not None and not isinstance(pool, GPUResourcePool):
             raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
@@ -574,8 +575,6 @@ def _open_journal(journal: object) -> TaskJournal | None:
         return None
     if isinstance(journal, TaskJournal):
         return journal
-    import os
-
     if isinstance(journal, (str, os.PathLike)):
         try:
             from . import _journal  # type: ignore[attr-defined]
