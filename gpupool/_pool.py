@@ -10,9 +10,9 @@ waiter costs nothing while nothing changes.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -31,6 +31,7 @@ from ._request import Request, check_int, check_seconds, make_request
 from ._scheduler import Failure, Grant, Outcome, Scheduler
 from ._scoring import Scorer, default_score
 from .providers import GPUProvider
+from .providers.nvml import NVMLProvider
 
 __all__ = ["GPUResourcePool"]
 
@@ -47,11 +48,14 @@ class _Waiter:
         self.outcome: Outcome | None = None
 
 
-def _default_provider() -> GPUProvider:
-    """The NVML provider, imported only when a pool is opened without a provider."""
-    module = importlib.import_module("gpupool.providers.nvml")
-    provider: GPUProvider = module.NVMLProvider()
-    return provider
+# Open pools by id, so that code holding only an allocation (run_process) can find the
+# pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
+_open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
+
+
+def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
+    """The open pool that granted ``allocation``, or ``None`` once it has closed."""
+    return _open_pools.get(allocation.pool_id)
 
 
 @final
@@ -104,6 +108,7 @@ class GPUResourcePool:
         self._monitor: GPUMonitor | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
+        self._owned_provider: NVMLProvider | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -114,14 +119,19 @@ class GPUResourcePool:
         if self._opened:
             raise RuntimeError("a GPUResourcePool can be entered only once")
         self._opened = True
-        provider = self._provider if self._provider is not None else _default_provider()
+        provider = self._provider
+        if provider is None:
+            # Pool-owned: NVML is shut down again when the pool closes.
+            provider = self._owned_provider = NVMLProvider()
         try:
             snapshot, _ = await anyio.to_thread.run_sync(take_snapshot, provider)
         except ProviderError:
             self._closed = True
+            self._close_owned_provider()
             raise
         except Exception as exc:
             self._closed = True
+            self._close_owned_provider()
             raise ProviderError(f"the GPU provider failed on its first snapshot: {exc!r}") from exc
         core = Scheduler(
             snapshot,
@@ -153,6 +163,7 @@ class GPUResourcePool:
         monitor.mark_fresh(anyio.current_time())
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
+        _open_pools[self._id] = self
         return self
 
     async def __aexit__(
@@ -175,11 +186,18 @@ class GPUResourcePool:
         if self._closed:
             return
         self._closed = True
+        _open_pools.pop(self._id, None)
         if self._core is not None:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
             self._monitor_scope.cancel()
+        self._close_owned_provider()
         await anyio.lowlevel.checkpoint()
+
+    def _close_owned_provider(self) -> None:
+        provider, self._owned_provider = self._owned_provider, None
+        if provider is not None:
+            provider.close()
 
     @property
     def closed(self) -> bool:

@@ -41,7 +41,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
-from ._handle import (
+from ._model import GPUAllocation
+from ._pool import GPUResourcePool
+from ._request import check_int, check_seconds
+from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
+from ._slots import Slots
+from ._task import (
     TaskFunction,
     TaskHandle,
     _error_text,
@@ -50,11 +55,6 @@ from ._handle import (
     _TaskTimeout,
     deliver_to,
 )
-from ._model import GPUAllocation
-from ._pool import GPUResourcePool
-from ._request import check_int, check_seconds
-from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
-from ._slots import Slots
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
 
@@ -577,13 +577,13 @@ def _open_journal(journal: object) -> TaskJournal | None:
         return journal
     if isinstance(journal, (str, os.PathLike)):
         try:
-            from . import _journal  # type: ignore[attr-defined]
+            from . import _journal  # type: ignore[attr-defined, unused-ignore]
         except ImportError:
             raise NotImplementedError(
                 "journal=<path> needs gpupool's SQLite journal, which this build does not "
                 "have yet; pass an object with async finished(key) and record(event, result)"
             ) from None
-        return _journal.open_journal(journal)  # type: ignore[no-any-return]
+        return _journal.open_journal(journal)  # type: ignore[attr-defined, no-any-return, unused-ignore]
     raise TypeError(
         "journal must be None, a path for the SQLite journal, or an object with async "
         f"finished(key) and record(event, result) methods, got {journal!r}"

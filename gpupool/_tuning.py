@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, fina
 import anyio
 import attrs
 
-from ._handle import TaskHandle, deliver_to
 from ._request import check_int
 from ._retry import RetryOn
+from ._task import TaskHandle, deliver_to
 from ._tasks import TaskResult
 
 if TYPE_CHECKING:
