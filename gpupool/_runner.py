@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -57,6 +57,10 @@ from ._task import (
 )
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+    from ._journal_runner import RunnerJournal
 
 __all__ = ["ParallelRunner", "RunnerStatistics"]
 
@@ -97,8 +101,11 @@ class ParallelRunner:
     once, ``low_level_workers`` caps :func:`gpupool.run_blocking` calls; see
     ``docs/runner.md`` for why two executors cannot deadlock.
 
-    ``journal`` is ``None``, a path for the SQLite journal, or any object
-    with the :class:`TaskJournal` methods.
+    ``journal`` is ``None``, a path for the SQLite journal (opened on
+    enter, closed on exit), an open :class:`~gpupool.Journal` (borrowed, left
+    open), or any object with the :class:`TaskJournal` methods. Every state
+    change is written to it before it is acted on; a key it reports finished
+    is not run again (see ``docs/runner.md``).
 
     Leaving the ``async with`` block waits for every submitted task; an
     exception or cancellation there cancels them all and releases every GPU.
@@ -111,16 +118,18 @@ class ParallelRunner:
         max_parallel: int = 1,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
-        journal: TaskJournal | str | os.PathLike[str] | None = None,
+        journal: TaskJournal | Journal | str | os.PathLike[str] | None = None,
     ) -> None:
         if pool is not None and not isinstance(pool, GPUResourcePool):
             raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
         self._pool = pool
         self._max_parallel = check_int("max_parallel", max_parallel, 1)
         self._executors = Executors(high_level_workers, low_level_workers)
-        self._journal = _open_journal(journal)
-        # A journal the runner opened from a path is the runner's to close.
-        self._owns_journal = self._journal is not None and self._journal is not journal
+        # A journal the runner made (from a path or a Journal) it opens and closes.
+        self._own_journal = _open_journal(journal)
+        self._journal: TaskJournal | None = (
+            self._own_journal if self._own_journal is not None else _check_journal(journal)
+        )
         self._hub = EventHub()
         self._tasks: dict[str, TaskHandle[Any]] = {}
         self._finished = 0
@@ -146,6 +155,9 @@ class ParallelRunner:
             raise RuntimeError("a ParallelRunner can be entered only once")
         self._cancelled_class = anyio.get_cancelled_exc_class()
         self._gpu_gate = anyio.CapacityLimiter(self._max_parallel)
+        if self._own_journal is not None:
+            # Opens the file and kills a dead run's leftover jobs, before any GPU is granted.
+            self._own_journal.open()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -171,10 +183,8 @@ class ParallelRunner:
         finally:
             self._closed = True
             self._hub.close()
-            aclose = getattr(self._journal, "aclose", None)
-            if self._owns_journal and aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            if self._own_journal is not None:
+                self._own_journal.close()
 
     def cancel(self) -> None:
         """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
@@ -255,6 +265,9 @@ class ParallelRunner:
             return existing
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
+        describe = getattr(self._journal, "describe", None)
+        if describe is not None:
+            describe(key, spec.fn, item)  # stored with the key when the journal claims it
         self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
         return handle
 
@@ -414,7 +427,12 @@ class ParallelRunner:
         _EXECUTORS.set(self._executors)
         try:
             if self._journal is not None:
-                prior = await self._journal.finished(task.key)
+                try:
+                    prior = await self._journal.finished(task.key)
+                except Exception as exc:
+                    # Not journaled, so not run: the task fails, the others go on.
+                    await self._end(task, _Outcome(error=exc).result(task.key, 0, None))
+                    return
                 if prior is not None:
                     await self._end(task, attrs.evolve(prior, key=task.key, from_journal=True))
                     return
@@ -569,22 +587,22 @@ class ParallelRunner:
         )
 
 
-def _open_journal(journal: object) -> TaskJournal | None:
-    """``None``, a journal object, or a path that the SQLite journal opens."""
-    if journal is None:
-        return None
-    if isinstance(journal, TaskJournal):
+def _open_journal(journal: object) -> RunnerJournal | None:
+    """The SQLite journal for a path or a ``Journal``; ``None`` for anything else."""
+    from ._journal import Journal
+
+    if isinstance(journal, (str, os.PathLike, Journal)):
+        from ._journal_runner import open_journal
+
+        return open_journal(journal)
+    return None
+
+
+def _check_journal(journal: object) -> TaskJournal | None:
+    if journal is None or isinstance(journal, TaskJournal):
         return journal
-    if isinstance(journal, (str, os.PathLike)):
-        try:
-            from . import _journal  # type: ignore[attr-defined, unused-ignore]
-        except ImportError:
-            raise NotImplementedError(
-                "journal=<path> needs gpupool's SQLite journal, which this build does not "
-                "have yet; pass an object with async finished(key) and record(event, result)"
-            ) from None
-        return _journal.open_journal(journal)  # type: ignore[attr-defined, no-any-return, unused-ignore]
     raise TypeError(
-        "journal must be None, a path for the SQLite journal, or an object with async "
-        f"finished(key) and record(event, result) methods, got {journal!r}"
+        "journal must be None, a path for the SQLite journal, a gpupool.Journal, or an "
+        "object with async finished(key) and record(event, result) methods, "
+        f"got {journal!r}"
     )

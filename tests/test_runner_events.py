@@ -189,16 +189,6 @@ async def test_finished_keys_come_from_the_journal_without_running() -> None:
     assert ("x", OK) not in journal.log  # a replayed result is not written again
 
 
-async def test_journal_paths_need_the_sqlite_journal() -> None:
-    try:
-        from gpupool import _journal  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="SQLite journal"):
-            ParallelRunner(journal="sweep.sqlite")
-    else:  # pragma: no cover - once the journal lands, its own tests cover paths
-        pytest.skip("gpupool._journal exists; tested with the journal")
-
-
 @pytest.mark.parametrize(
     "anyio_backend",
     [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
@@ -234,38 +224,3 @@ async def test_a_done_callback_that_raises_is_logged(caplog: pytest.LogCaptureFi
         result = await handle.wait()
     assert result.ok
     assert "callback bug" in caplog.text
-
-
-async def test_a_journal_opened_from_a_path_is_closed_with_the_runner(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The contract the SQLite journal plugs into: gpupool._journal.open_journal(path)."""
-    import sys
-    import types
-
-    import gpupool
-
-    opened: list[object] = []
-
-    class ClosingJournal(MemoryJournal):
-        closed = False
-
-        async def aclose(self) -> None:
-            self.closed = True
-
-    def open_journal(path: object) -> ClosingJournal:
-        opened.append(path)
-        return ClosingJournal()
-
-    fake = types.ModuleType("gpupool._journal")
-    fake.open_journal = open_journal  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "gpupool._journal", fake)
-    monkeypatch.setattr(gpupool, "_journal", fake, raising=False)
-    runner = ParallelRunner(journal="sweep.sqlite")
-    async with runner:
-        await runner.map(behave, ["a"], key=str)
-    (journal,) = [runner._journal]
-    assert opened == ["sweep.sqlite"]
-    assert isinstance(journal, ClosingJournal)
-    assert journal.closed
-    assert journal.log == [("a", Q), ("a", R), ("a", OK)]
