@@ -130,6 +130,7 @@ class ParallelRunner:
         self._journal: TaskJournal | None = (
             self._own_journal if self._own_journal is not None else _check_journal(journal)
         )
+        self._sqlite_journal = _is_sqlite_journal(self._journal)
         self._hub = EventHub()
         self._tasks: dict[str, TaskHandle[Any]] = {}
         self._finished = 0
@@ -255,7 +256,12 @@ class ParallelRunner:
             retry_on=retry_on,
             retry_backoff=retry_backoff,
         )
-        if key is None:
+        if key is None and self._sqlite_journal:
+            # Stable across runs, so a restarted sweep finds its tasks (docs/journal.md).
+            from ._journal_codec import task_key
+
+            key = task_key(spec.fn, item)
+        elif key is None:
             key = f"task-{self._next_key}"
             self._next_key += 1
         elif not isinstance(key, str) or not key:
@@ -340,7 +346,9 @@ class ParallelRunner:
         predicate; timeouts are ``TimeoutError``s), after a backoff starting
         at ``retry_backoff`` seconds and doubling. Cancellation is never
         retried. ``key(item)`` names each task (for events and the journal);
-        by default tasks are numbered in submission order.
+        by default tasks are numbered in submission order (``task-0``, ...),
+        or, with the SQLite journal, keyed by a stable hash of ``fn`` and the
+        item so that a restarted sweep finds them.
 
         Cancelling ``map`` itself cancels the tasks it submitted.
         """
@@ -414,6 +422,11 @@ class ParallelRunner:
         self._hub.publish(event)
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
+        if self._sqlite_journal and not result.from_journal:
+            from ._journal import storable
+
+            # A value the journal cannot store fails the task, here as in the journal.
+            result = storable(result)
         args = (task, result.status, result.attempts, result.gpu_indices, result.error, result)
         if self._journal is None and not self._hub.active:
             await self._record(*args)  # returns without a checkpoint: nothing to shield
@@ -596,6 +609,14 @@ def _open_journal(journal: object) -> RunnerJournal | None:
 
         return open_journal(journal)
     return None
+
+
+def _is_sqlite_journal(journal: object) -> bool:
+    if journal is None:
+        return False
+    from ._journal_runner import RunnerJournal
+
+    return isinstance(journal, RunnerJournal)
 
 
 def _check_journal(journal: object) -> TaskJournal | None:

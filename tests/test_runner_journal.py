@@ -94,3 +94,33 @@ async def test_a_journal_that_fails_to_claim_fails_that_task_alone() -> None:
     assert ran == ["ok"]
     assert results[0].ok
     assert (results[1].status, results[1].error) == (TaskStatus.FAILED, "OSError: disk full")
+
+
+def score(item: dict[str, float], allocation: GPUAllocation | None) -> object:
+    """A named task function, so that default keys can be derived from it."""
+    if item["lr"] < 0:
+        return object()  # no JSON form
+    return item["lr"] * 2
+
+
+async def test_default_keys_are_stable_so_a_rerun_finds_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite"
+    items = [{"lr": 0.1}, {"lr": 0.2}, {"lr": -1.0}]
+    async with ParallelRunner(max_parallel=2, journal=path) as runner:
+        first = await runner.map(score, items)
+    assert all(r.key.startswith("score:") for r in first)
+    assert len({r.key for r in first}) == 3
+    assert [r.status for r in first] == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED]
+    assert str(first[2].error).startswith("JournalEncodingError: result of task")
+
+    async with ParallelRunner(max_parallel=2, journal=path) as runner:
+        again = await runner.map(score, list(reversed(items)))
+    assert [r.key for r in again] == [r.key for r in reversed(first)]
+    assert all(r.from_journal for r in again)
+    assert [r.value for r in again] == [None, 0.4, 0.2]
+
+
+async def test_items_without_a_json_form_need_an_explicit_key(tmp_path: Path) -> None:
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(TypeError, match="pass key="):
+            runner.submit(score, {"lr": {1, 2}})
