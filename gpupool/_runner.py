@@ -69,6 +69,7 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
+@final
 @attrs.frozen
 class RunnerStatistics:
     """A snapshot of a runner: its tasks by state and its two executors."""
