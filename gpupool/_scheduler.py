@@ -31,14 +31,15 @@ releases it and re-grants to the next in line, as anyio's
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TypeAlias
 
 import attrs
 
+from ._backfill import BackfillPolicy
 from ._errors import AllocationNotHeld, GPUPoolError, PoolClosed, UnsatisfiableRequest
 from ._model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
-from ._policy import FifoPolicy, SchedulingPolicy
+from ._policy import SchedulingPolicy
 from ._request import Request
 from ._scoring import Scorer, default_score
 
@@ -188,7 +189,7 @@ class Scheduler:
         }
         self._max_parallel = max_parallel
         self._scorer = scorer
-        self._policy: SchedulingPolicy = policy if policy is not None else FifoPolicy()
+        self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
         self._settle_timeout = settle_timeout
         self._pool_id = pool_id
         self._tickets = itertools.count(1)
@@ -218,6 +219,10 @@ class Scheduler:
     @property
     def holding(self) -> int:
         return len(self._holdings)
+
+    @property
+    def max_parallel(self) -> int | None:
+        return self._max_parallel
 
     @property
     def closed(self) -> bool:
@@ -424,8 +429,11 @@ class Scheduler:
 
     # --------------------------------------------------- the policy's interface
 
-    def find_gpus(self, request: Request) -> tuple[int, ...] | None:
-        """The best-scored GPUs that satisfy ``request`` right now, or ``None``."""
+    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+        """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
+
+        GPUs in ``avoid`` are not considered (a policy keeping them for someone else).
+        """
         memory = request.min_memory_mb
         allowed = request.allowed_gpus
         gpus = self._gpus
@@ -444,6 +452,8 @@ class Scheduler:
                 and g.memory_free_mb >= memory
                 and (allowed is None or g.index in allowed)
             ]
+        if avoid:
+            candidates = [g for g in candidates if g.index not in avoid]
         needed = request.required_gpus
         if len(candidates) < needed:
             return None
@@ -460,15 +470,33 @@ class Scheduler:
         candidates.sort(key=rank)
         return tuple(sorted(g.index for g in candidates[:needed]))
 
+    def hosts(self, request: Request) -> dict[int, int]:
+        """The GPUs that could host ``request`` once this pool's holders leave them.
+
+        Healthy GPUs (settling ones included) that ``request`` allows and
+        whose memory, less what processes outside the pool use, is enough;
+        each mapped to that memory (what the pool's holders share). For
+        policies that plan ahead.
+        """
+        memory = request.min_memory_mb
+        allowed = request.allowed_gpus
+        return {
+            g.index: g.memory_total_mb - g.foreign_mb
+            for g in self._gpus.values()
+            if g.healthy
+            and (allowed is None or g.index in allowed)
+            and g.memory_total_mb - g.foreign_mb >= memory
+        }
+
     def can_grant_more(self) -> bool:
         """False while ``max_parallel`` allocations are held."""
         return self._max_parallel is None or len(self._holdings) < self._max_parallel
 
-    def try_grant(self, waiter: Waiter) -> bool:
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
         """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
         if not self.can_grant_more():
             return False
-        chosen = self.find_gpus(waiter.request)
+        chosen = self.find_gpus(waiter.request, avoid)
         if chosen is None:
             return False
         self._grant(waiter, chosen)

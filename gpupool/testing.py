@@ -52,9 +52,7 @@ def request_kwargs(
     return result
 
 
-def gpu_snapshots(
-    gpu_count: int, *, memory_mb: int = 24_576
-) -> SearchStrategy[list[GPUStats]]:
+def gpu_snapshots(gpu_count: int, *, memory_mb: int = 24_576) -> SearchStrategy[list[GPUStats]]:
     """Snapshots of ``gpu_count`` GPUs with random foreign memory, utilization and health."""
     st = _strategies()
 

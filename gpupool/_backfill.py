@@ -1,0 +1,509 @@
+"""Backfilling without starvation: gpupool's default scheduling policy.
+
+Strict first-come-first-served idles GPUs: while the head of the queue waits
+for 4 GPUs, the 3 that are free sit unused. Greedy "start whatever fits"
+keeps them busy but starves multi-GPU requests behind a stream of small ones.
+:class:`BackfillPolicy` sits between the two. The order of service is
+priority, then arrival; a later request may start before the *head* (the
+first waiter in that order, when it cannot start yet) only under one of these
+rules:
+
+1. **It cannot delay the head** (EASY backfilling, Lifka 1995). When the
+   holders of the GPUs the head needs gave duration hints
+   (``expected_duration``), the head gets a *reserved start*: the earliest
+   moment enough of those GPUs are expected to be free (and, with
+   ``max_parallel``, a slot). A later request may start if, by its own hint,
+   it ends by then, or if it takes only GPUs the head will not need then. A
+   request on GPUs the head can never use (``allowed_gpus``, memory) cannot
+   delay it either.
+2. **Batch-mates, for a while** (only when no reserved start can be worked
+   out: a holder the head waits for gave no hint, or outlived it). A request
+   submitted at most ``batch_window`` seconds after the head, and already
+   waiting when the head reached the front, may overtake it during the first
+   ``patience`` seconds the head spends at the front. Nothing else may take
+   GPUs the head could use.
+
+Rule 2 is what lets a sweep submitted all at once pack the GPUs like greedy
+does, while a request that arrives into a steady stream is overtaken by
+nobody who came after it. A request at the front therefore starts within
+``patience`` seconds plus the time for the allocations running then to end
+(with hints that are not exceeded); until it reaches the front the same holds
+for each request ahead of it, so nobody starves. With exact hints the head
+never starts later than its reserved start. A job that outlives its hint is
+treated as one without a hint: the head's reservation is dropped and rule 2
+takes over, so once the head's patience is used up nothing new may take its
+GPUs, and the overrun delays it by no more than the overrun itself.
+
+Cost. Waiters are grouped by *shape* (GPUs, memory, exclusive,
+allowed_gpus, hint rounded to a power of two), first come first served
+within a shape, and a scheduling pass looks only at the oldest waiter of at
+most ``depth`` shapes (oldest shapes first). A request whose shape-mate ahead
+of it cannot start is not considered, which also keeps FIFO order among
+identical requests. A pass costs O(depth) calls into the core whatever the
+queue's length, plus a plan of the head's reserved start, O(GPUs + holders),
+made only when some later request would fit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, TypeAlias, final
+
+import attrs
+
+from ._policy import SchedulerView
+from ._request import Request, check_int, check_seconds
+
+if TYPE_CHECKING:
+    from ._scheduler import Holding, Waiter
+
+__all__ = ["BackfillPolicy", "FrontInfo", "GreedyPolicy"]
+
+#: (required_gpus, min_memory_mb, exclusive, allowed_gpus, hint's power of two)
+Shape: TypeAlias = "tuple[int, int, bool, frozenset[int] | None, int | None]"
+
+_INF = math.inf
+
+
+def _shape(request: Request) -> Shape:
+    hint = request.expected_duration
+    bucket = None if hint is None else math.frexp(hint)[1]
+    return (
+        request.required_gpus,
+        request.min_memory_mb,
+        request.exclusive,
+        request.allowed_gpus,
+        bucket,
+    )
+
+
+class _Level:
+    """The waiters of one priority: a FIFO per shape, shapes ordered by their oldest waiter."""
+
+    __slots__ = ("count", "heads", "heap", "shapes")
+
+    def __init__(self) -> None:
+        self.shapes: dict[Shape, OrderedDict[int, Waiter]] = {}
+        #: The ticket of each shape's oldest waiter, and that shape.
+        self.heads: dict[int, Shape] = {}
+        #: Those tickets as a min-heap, plus stale ones (no longer in ``heads``) popped lazily.
+        self.heap: list[int] = []
+        self.count = 0
+
+    def push(self, waiter: Waiter) -> None:
+        shape = _shape(waiter.request)
+        members = self.shapes.get(shape)
+        if members is None:
+            members = self.shapes[shape] = OrderedDict()
+            self.heads[waiter.ticket] = shape
+            heapq.heappush(self.heap, waiter.ticket)
+        members[waiter.ticket] = waiter
+        self.count += 1
+
+    def remove(self, waiter: Waiter) -> None:
+        shape = _shape(waiter.request)
+        members = self.shapes[shape]
+        del members[waiter.ticket]
+        self.count -= 1
+        if self.heads.pop(waiter.ticket, None) is not None:
+            if members:
+                first = next(iter(members))
+                self.heads[first] = shape
+                heapq.heappush(self.heap, first)
+            else:
+                del self.shapes[shape]
+
+    def oldest(self) -> Waiter:
+        heap, heads = self.heap, self.heads
+        while heap[0] not in heads:
+            heapq.heappop(heap)
+        ticket = heap[0]
+        return self.shapes[heads[ticket]][ticket]
+
+    def oldest_shapes(self, limit: int | None) -> list[Shape]:
+        """The shapes of the ``limit`` oldest shape queues, oldest first."""
+        if limit is None:
+            return [self.heads[t] for t in sorted(self.heads)]
+        heap, heads = self.heap, self.heads
+        taken: list[int] = []
+        while heap and len(taken) < limit:
+            ticket = heapq.heappop(heap)
+            if ticket in heads:
+                taken.append(ticket)
+        for ticket in taken:
+            heapq.heappush(heap, ticket)
+        return [heads[t] for t in taken]
+
+    def __iter__(self) -> Iterator[Waiter]:
+        queues = [list(members.values()) for members in self.shapes.values()]
+        return heapq.merge(*queues, key=lambda w: w.ticket)
+
+
+class _ShapeQueues:
+    """Priority levels of shape queues: the bookkeeping both policies share."""
+
+    def __init__(self) -> None:
+        self._levels: dict[int, _Level] = {}
+        # Distinct priorities present, highest first.
+        self._priorities: list[int] = []
+        self._count = 0
+        self._last_ticket = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Waiter]:
+        for priority in list(self._priorities):
+            yield from list(self._levels[priority])
+
+    def push(self, waiter: Waiter) -> None:
+        priority = waiter.request.priority
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = _Level()
+            self._priorities.append(priority)
+            self._priorities.sort(reverse=True)
+        level.push(waiter)
+        self._count += 1
+        self._last_ticket = max(self._last_ticket, waiter.ticket)
+
+    def remove(self, waiter: Waiter) -> None:
+        priority = waiter.request.priority
+        level = self._levels[priority]
+        level.remove(waiter)
+        self._count -= 1
+        if not level.count:
+            del self._levels[priority]
+            self._priorities.remove(priority)
+
+    def head(self) -> Waiter | None:
+        """The first waiter in order of service (priority, then arrival)."""
+        if not self._priorities:
+            return None
+        return self._levels[self._priorities[0]].oldest()
+
+    def _serve_heads(self, view: SchedulerView) -> Waiter | None:
+        """Start heads in order while they fit; return the one that does not (or None)."""
+        while (head := self.head()) is not None and view.try_grant(head):
+            self.remove(head)
+        return head
+
+    def _candidates(self, head: Waiter, depth: int | None) -> Iterator[OrderedDict[int, Waiter]]:
+        """The shape queues a pass may take from, oldest first, skipping the head's needs."""
+        needs = _shape(head.request)[:4]
+        left = depth
+        for priority in list(self._priorities):
+            level = self._levels.get(priority)
+            if level is None:
+                continue
+            limit = None if left is None else left + 1
+            for shape in level.oldest_shapes(limit):
+                if shape[:4] == needs:
+                    continue  # what the head needs does not fit, so neither does this
+                if left is not None:
+                    if left == 0:
+                        return
+                    left -= 1
+                members = level.shapes.get(shape)
+                if members:
+                    yield members
+
+
+@attrs.frozen
+class FrontInfo:
+    """What :class:`BackfillPolicy` has promised the request at the front of the queue."""
+
+    ticket: int
+    #: When it reached the front (the patience clock starts here).
+    reached_front_at: float
+    #: Requests with tickets up to this one were waiting then; only they may overtake it.
+    last_ticket_waiting: int
+    #: Until when they may (``inf`` with ``patience=None``).
+    patience_ends_at: float
+    #: The earliest start reserved for it from the holders' hints, once worked out.
+    reserved_start: float | None
+
+
+@final
+class BackfillPolicy(_ShapeQueues):
+    """Priority, then arrival, with backfilling that cannot starve anyone.
+
+    The default policy of :class:`gpupool.GPUResourcePool`. A later request
+    starts ahead of the head of the queue only if, by the duration hints, it
+    cannot delay the head's reserved start; or, where no start can be
+    reserved, if it was submitted at most ``batch_window`` seconds after the
+    head, was waiting when the head reached the front, and the head has been
+    there less than ``patience`` seconds. See ``docs/scheduling.md``.
+
+    ``patience``: seconds (default 3600; ``0`` turns the second rule off,
+    ``None`` removes the time limit). ``batch_window``: seconds (default
+    300; ``None``: no limit). ``depth``: how many request shapes besides the
+    head's one scheduling pass considers (default 64; ``None``: all).
+    """
+
+    def __init__(
+        self,
+        *,
+        patience: float | None = 3600.0,
+        batch_window: float | None = 300.0,
+        depth: int | None = 64,
+    ) -> None:
+        limit = check_seconds("patience", patience)
+        window = check_seconds("batch_window", batch_window)
+        if depth is not None:
+            check_int("depth", depth, minimum=1)
+        super().__init__()
+        self._patience = _INF if limit is None else limit
+        self._window = _INF if window is None else window
+        self._depth = depth
+        #: Waiters that reached the front: (when, the last ticket issued by then).
+        self._fronts: dict[int, tuple[float, int]] = {}
+        self._reserved: dict[int, float] = {}
+
+    @property
+    def patience(self) -> float | None:
+        return None if self._patience == _INF else self._patience
+
+    @property
+    def batch_window(self) -> float | None:
+        return None if self._window == _INF else self._window
+
+    @property
+    def depth(self) -> int | None:
+        return self._depth
+
+    def __repr__(self) -> str:
+        return (
+            f"BackfillPolicy(patience={self.patience!r}, batch_window={self.batch_window!r}, "
+            f"depth={self._depth!r})"
+        )
+
+    def remove(self, waiter: Waiter) -> None:
+        super().remove(waiter)
+        self._fronts.pop(waiter.ticket, None)
+        self._reserved.pop(waiter.ticket, None)
+
+    def front(self) -> FrontInfo | None:
+        """The request at the front of the queue and what it was promised (None if no one waits)."""
+        head = self.head()
+        if head is None or head.ticket not in self._fronts:
+            return None
+        reached, last = self._fronts[head.ticket]
+        return FrontInfo(
+            ticket=head.ticket,
+            reached_front_at=reached,
+            last_ticket_waiting=last,
+            patience_ends_at=reached + self._patience,
+            reserved_start=self._reserved.get(head.ticket),
+        )
+
+    def schedule(self, view: SchedulerView, now: float) -> None:
+        head = self._serve_heads(view)
+        if head is None:
+            return
+        front = self._fronts.get(head.ticket)
+        if front is None:
+            front = self._fronts[head.ticket] = (now, self._last_ticket)
+        if not view.can_grant_more():
+            return
+        reached, last = front
+        patient = now < reached + self._patience
+        plan: _Plan | None = None
+        for members in self._candidates(head, self._depth):
+            while members:
+                waiter = next(iter(members.values()))
+                request = waiter.request
+                chosen = view.find_gpus(request)
+                if chosen is None:
+                    break
+                if plan is None:
+                    plan = _Plan(view, head.request, now)
+                    if plan.shadow is not None:
+                        start = self._reserved.get(head.ticket, _INF)
+                        self._reserved[head.ticket] = min(start, plan.shadow)
+                avoid: Collection[int] = ()
+                may_delay = (
+                    plan.shadow is None
+                    and patient
+                    and waiter.ticket <= last
+                    and waiter.submitted_at <= head.submitted_at + self._window
+                )
+                if not may_delay and plan.delays(chosen, request):
+                    avoid = plan.protected(request)
+                    chosen = view.find_gpus(request, avoid) if avoid else None
+                    if chosen is None or plan.delays(chosen, request):
+                        break
+                if not view.try_grant(waiter, avoid):
+                    return  # max_parallel reached
+                plan.take(chosen, request)
+                self.remove(waiter)
+
+
+@final
+class GreedyPolicy(_ShapeQueues):
+    """Start every request that fits, oldest first: keeps GPUs busy, but starves.
+
+    A baseline for comparison in the simulator and benchmarks: behind a
+    steady stream of 1-GPU requests, an 8-GPU request may wait forever.
+    """
+
+    def __repr__(self) -> str:
+        return "GreedyPolicy()"
+
+    def schedule(self, view: SchedulerView, now: float) -> None:
+        head = self._serve_heads(view)
+        if head is None:
+            return
+        for members in self._candidates(head, None):
+            while members:
+                waiter = next(iter(members.values()))
+                if not view.try_grant(waiter):
+                    break
+                self.remove(waiter)
+
+
+def _expected_end(holding: Holding, now: float) -> float:
+    """When ``holding`` should end by its hint; ``inf`` without a hint or past it."""
+    hint = holding.request.expected_duration
+    if hint is None:
+        return _INF
+    end = holding.granted_at + hint
+    return end if end >= now else _INF
+
+
+#: (expected end, memory reserved per GPU) of one shared allocation on one GPU.
+_Use: TypeAlias = "tuple[float, int]"
+
+
+class _Plan:
+    """When the head could start, by the holders' hints, and what would delay that.
+
+    ``free_at`` maps each GPU that could host the head to when it could,
+    ``shadow`` is the head's reserved start (``None`` when the hints cannot
+    tell), ``spare`` counts the GPUs free by then beyond what the head needs,
+    and ``slots`` the ``max_parallel`` slots free then beyond the head's own.
+    Built in O(GPUs + holders); each later check costs O(GPUs of the request).
+    """
+
+    def __init__(self, view: SchedulerView, head: Request, now: float) -> None:
+        self.now = now
+        self.need = head.required_gpus
+        self.memory = head.min_memory_mb
+        self.capacity = view.hosts(head)
+        free_at = self.free_at = dict.fromkeys(self.capacity, now)
+        # An exclusive head waits for every holder of a GPU; a shared one for memory (and
+        # for an exclusive holder), so it keeps the list of what is on each GPU.
+        self.shared: dict[int, list[_Use]] | None = None
+        self.blocked: dict[int, float] = {}
+        if not head.exclusive:
+            self.shared = {g: [] for g in self.capacity}
+        ends: list[float] = []
+        for holding in view.holdings():
+            end = _expected_end(holding, now)
+            ends.append(end)
+            allocation = holding.allocation
+            for index in allocation.gpu_indices:
+                if index in free_at:
+                    self._add(index, end, allocation.memory_mb, allocation.exclusive)
+        if self.shared is not None:
+            for index in self.shared:
+                free_at[index] = self._shared_free_time(index)
+        times = sorted(free_at.values())
+        shadow = times[self.need - 1] if len(times) >= self.need else _INF
+        limit = view.max_parallel
+        if limit is not None and len(ends) >= limit:
+            # The head also needs a max_parallel slot: enough holders must have ended.
+            ends.sort()
+            shadow = max(shadow, ends[len(ends) - limit])
+        self.shadow: float | None = shadow if shadow < _INF else None
+        self.spare = 0
+        #: max_parallel slots free at the shadow (ever, without one) beyond the head's.
+        self.slots: float = _INF
+        if self.shadow is not None:
+            self.spare = sum(1 for t in times if t <= shadow) - self.need
+            if limit is not None:
+                self.slots = limit - 1 - sum(1 for e in ends if e > shadow)
+        elif limit is not None:
+            self.slots = limit - 1 - len(ends)
+
+    def _add(self, index: int, end: float, memory: int, exclusive: bool) -> None:
+        if self.shared is None:
+            if end > self.free_at[index]:
+                self.free_at[index] = end
+        elif exclusive:
+            self.blocked[index] = max(self.blocked.get(index, self.now), end)
+        else:
+            self.shared[index].append((end, memory))
+
+    def _shared_free_time(self, index: int, extra: _Use | None = None) -> float:
+        """When enough memory on GPU ``index`` is free for the (shared) head."""
+        assert self.shared is not None
+        uses = self.shared[index] if extra is None else [*self.shared[index], extra]
+        free = self.capacity[index] - sum(mb for _, mb in uses)
+        at = self.now
+        for end, mb in sorted(uses):
+            if free >= self.memory:
+                break
+            free += mb
+            at = end
+        return max(self.blocked.get(index, self.now), at)
+
+    def _free_time_with(self, index: int, request: Request) -> float:
+        end = self._end(request)
+        if self.shared is None:
+            return max(self.free_at[index], end)
+        if request.exclusive:
+            return max(self._shared_free_time(index), end)
+        return self._shared_free_time(index, (end, request.min_memory_mb))
+
+    def _end(self, request: Request) -> float:
+        hint = request.expected_duration
+        return _INF if hint is None else self.now + hint
+
+    def _lost(self, chosen: tuple[int, ...], request: Request) -> int:
+        """How many GPUs of ``chosen`` would no longer be free for the head by the shadow."""
+        shadow = self.shadow
+        assert shadow is not None
+        lost = 0
+        for index in chosen:
+            free_at = self.free_at.get(index)
+            if free_at is not None and free_at <= shadow:
+                lost += self._free_time_with(index, request) > shadow
+        return lost
+
+    def delays(self, chosen: tuple[int, ...], request: Request) -> bool:
+        """Would granting ``chosen`` to ``request`` now delay the head?"""
+        if self.shadow is None:
+            return self.slots < 1 or any(index in self.capacity for index in chosen)
+        if self._end(request) > self.shadow and self.slots < 1:
+            return True
+        return self._lost(chosen, request) > self.spare
+
+    def protected(self, request: Request) -> Collection[int]:
+        """GPUs ``request`` must keep off so as not to delay the head (empty: no way to)."""
+        if self.shadow is None:
+            return self.capacity.keys() if self.slots >= 1 else ()
+        if self._end(request) > self.shadow and self.slots < 1:
+            return ()
+        shadow = self.shadow
+        ready = sorted((t, g) for g, t in self.free_at.items() if t <= shadow)
+        # Of the GPUs free by the shadow, the latest-free ``spare`` ones may go.
+        return {g for _, g in ready[: len(ready) - self.spare]}
+
+    def take(self, chosen: tuple[int, ...], request: Request) -> None:
+        """Account for ``request`` having been granted ``chosen``."""
+        end = self._end(request)
+        if self.shadow is None:
+            self.slots -= 1
+        else:
+            self.spare -= self._lost(chosen, request)
+            if end > self.shadow:
+                self.slots -= 1
+        for index in chosen:
+            if index in self.free_at:
+                self._add(index, end, request.min_memory_mb, request.exclusive)
+                if self.shared is not None:
+                    self.free_at[index] = self._shared_free_time(index)
