@@ -1,5 +1,6 @@
 """gpupool: share the GPUs of one machine between many concurrent experiments."""
 
+from ._backfill import BackfillPolicy as BackfillPolicy
 from ._errors import AllocationNotHeld as AllocationNotHeld
 from ._errors import GPUPoolError as GPUPoolError
 from ._errors import PoolClosed as PoolClosed
@@ -22,6 +23,7 @@ from .providers import GPUProvider as GPUProvider
 
 __all__ = [
     "AllocationNotHeld",
+    "BackfillPolicy",
     "FakeGPUProvider",
     "FifoPolicy",
     "GPUAllocation",
