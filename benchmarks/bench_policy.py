@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -203,6 +204,18 @@ def targets(
     return checks
 
 
+def _cpu() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} CPUs)"
+
+
 def write_docs(section: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -226,10 +239,7 @@ def main() -> None:
     scale = run_scale()
     table = markdown(traces, scale)
     checks = targets(traces, scale)
-    machine = (
-        f"{platform.machine()}, {platform.processor() or 'cpu'}, Python "
-        f"{platform.python_version()}, {platform.system()}"
-    )
+    machine = f"{_cpu()}, Python {platform.python_version()}, {platform.system()}"
     lines = [table, "", *(f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks)]
     print("\n".join(lines))
     print(f"\n({time.perf_counter() - began:.0f} s; {machine})")
