@@ -46,6 +46,7 @@ made only when some later request would fit.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import OrderedDict
@@ -58,7 +59,7 @@ from ._policy import SchedulerView
 from ._request import Request, check_int, check_seconds
 
 if TYPE_CHECKING:
-    from ._scheduler import Holding, Waiter
+    from ._scheduler import Waiter
 
 __all__ = ["BackfillPolicy", "FrontInfo", "GreedyPolicy"]
 
@@ -365,15 +366,6 @@ class GreedyPolicy(_ShapeQueues):
                 self.remove(waiter)
 
 
-def _expected_end(holding: Holding, now: float) -> float:
-    """When ``holding`` should end by its hint; ``inf`` without a hint or past it."""
-    hint = holding.request.expected_duration
-    if hint is None:
-        return _INF
-    end = holding.granted_at + hint
-    return end if end >= now else _INF
-
-
 #: (expected end, memory reserved per GPU) of one shared allocation on one GPU.
 _Use: TypeAlias = "tuple[float, int]"
 
@@ -393,6 +385,22 @@ class _Plan:
         self.need = head.required_gpus
         self.memory = head.min_memory_mb
         self.capacity = view.hosts(head)
+        self.shadow: float | None = None
+        self.spare = 0
+        #: max_parallel slots free at the shadow (ever, without one) beyond the head's.
+        self.slots: float = _INF
+        self.free_at: dict[int, float] = {}
+        limit = view.max_parallel
+        if head.exclusive and not any(
+            h.request.expected_duration is not None for h in view.holdings()
+        ):
+            # The common case without hints, in O(holders) and no more: nothing can be
+            # reserved, as the head cannot start on the idle GPUs alone. (A GPU settling
+            # after a release counts as busy here, and as free below: within one snapshot
+            # interval either way.)
+            if limit is not None:
+                self.slots = limit - 1 - sum(1 for _ in view.holdings())
+            return
         free_at = self.free_at = dict.fromkeys(self.capacity, now)
         # An exclusive head waits for every holder of a GPU; a shared one for memory (and
         # for an exclusive holder), so it keeps the list of what is on each GPU.
@@ -401,29 +409,36 @@ class _Plan:
         if not head.exclusive:
             self.shared = {g: [] for g in self.capacity}
         ends: list[float] = []
+        exclusive = head.exclusive
         for holding in view.holdings():
-            end = _expected_end(holding, now)
+            # When it should end by its hint; unknown (inf) without a hint or past it.
+            hint = holding.request.expected_duration
+            end = _INF if hint is None else holding.granted_at + hint
+            if end < now:
+                end = _INF
             ends.append(end)
             allocation = holding.allocation
             for index in allocation.gpu_indices:
-                if index in free_at:
+                free = free_at.get(index)
+                if free is None:
+                    continue
+                if exclusive:
+                    if end > free:
+                        free_at[index] = end
+                else:
                     self._add(index, end, allocation.memory_mb, allocation.exclusive)
         if self.shared is not None:
             for index in self.shared:
                 free_at[index] = self._shared_free_time(index)
         times = sorted(free_at.values())
         shadow = times[self.need - 1] if len(times) >= self.need else _INF
-        limit = view.max_parallel
         if limit is not None and len(ends) >= limit:
             # The head also needs a max_parallel slot: enough holders must have ended.
             ends.sort()
             shadow = max(shadow, ends[len(ends) - limit])
-        self.shadow: float | None = shadow if shadow < _INF else None
-        self.spare = 0
-        #: max_parallel slots free at the shadow (ever, without one) beyond the head's.
-        self.slots: float = _INF
+        self.shadow = shadow if shadow < _INF else None
         if self.shadow is not None:
-            self.spare = sum(1 for t in times if t <= shadow) - self.need
+            self.spare = bisect.bisect_right(times, shadow) - self.need
             if limit is not None:
                 self.slots = limit - 1 - sum(1 for e in ends if e > shadow)
         elif limit is not None:

@@ -205,6 +205,9 @@ class Scheduler:
         self._closed = False
         self._now = 0.0
         self._outcomes: list[Outcome] = []
+        # hosts() answers, by (allowed_gpus, min_memory_mb); cleared when health or
+        # foreign memory may have changed.
+        self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -376,6 +379,7 @@ class Scheduler:
         as used counts as foreign.
         """
         by_index = {s.index: s for s in snapshot}
+        self._hosts.clear()
         lost_health = False
         for gpu in self._gpus.values():
             stats = by_index.get(gpu.index)
@@ -402,6 +406,7 @@ class Scheduler:
     ) -> list[Outcome]:
         """Stop granting GPU ``index`` (it stays unhealthy until :meth:`mark_healthy`)."""
         gpu = self._gpu(index)
+        self._hosts.clear()
         gpu.marked_unhealthy = True
         gpu.health_detail = detail
         self._refresh_idle(gpu)
@@ -410,6 +415,7 @@ class Scheduler:
     def mark_healthy(self, index: int, now: float) -> list[Outcome]:
         """Undo :meth:`mark_unhealthy`; the provider's own report still applies."""
         gpu = self._gpu(index)
+        self._hosts.clear()
         gpu.marked_unhealthy = False
         self._refresh_idle(gpu)
         return self._schedule(now)
@@ -476,17 +482,20 @@ class Scheduler:
         Healthy GPUs (settling ones included) that ``request`` allows and
         whose memory, less what processes outside the pool use, is enough;
         each mapped to that memory (what the pool's holders share). For
-        policies that plan ahead.
+        policies that plan ahead; do not modify the answer.
         """
-        memory = request.min_memory_mb
-        allowed = request.allowed_gpus
-        return {
-            g.index: g.memory_total_mb - g.foreign_mb
-            for g in self._gpus.values()
-            if g.healthy
-            and (allowed is None or g.index in allowed)
-            and g.memory_total_mb - g.foreign_mb >= memory
-        }
+        key = (request.allowed_gpus, request.min_memory_mb)
+        found = self._hosts.get(key)
+        if found is None:
+            allowed, memory = key
+            found = self._hosts[key] = {
+                g.index: g.memory_total_mb - g.foreign_mb
+                for g in self._gpus.values()
+                if g.healthy
+                and (allowed is None or g.index in allowed)
+                and g.memory_total_mb - g.foreign_mb >= memory
+            }
+        return found
 
     def can_grant_more(self) -> bool:
         """False while ``max_parallel`` allocations are held."""
