@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
+import attrs
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import rule
 from trio.testing import MockClock
 
-from gpupool import BackfillPolicy, FakeGPUProvider, FifoPolicy, GPUResourcePool, WouldBlock
-from gpupool._request import make_request
+from gpupool import (
+    BackfillPolicy,
+    FakeGPUProvider,
+    FifoPolicy,
+    GPUResourcePool,
+    UnsatisfiableRequest,
+    WouldBlock,
+)
+from gpupool._request import Request, make_request
 from gpupool._scheduler import Grant, Scheduler
 from gpupool.sim import GreedyPolicy, Job, simulate
+from gpupool.testing import request_kwargs
 
-from .strategies import gpus
+from .strategies import MB, gpu, gpus
+from .test_scheduler_machine import GPU_COUNT, SchedulerMachine
 
 
 def starts(jobs: list[Job], count: int, policy: object = None) -> list[float]:
@@ -329,3 +344,93 @@ async def test_pool_acquire_nowait_does_not_jump_a_blocked_head() -> None:
             await anyio.wait_all_tasks_blocked()
             assert pool.statistics().waiters == 0
             tg.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------ the core's state machine
+
+
+class BackfillMachine(SchedulerMachine):
+    """The core's state machine (random submit / cancel / release / update /
+    mark_unhealthy, nowait included) run under BackfillPolicy, with duration hints.
+
+    Strict FIFO does not hold here by design; what does: no GPU over-committed,
+    nothing leaked, every waiter eventually served (the parent's invariants and
+    teardown), and identical requests in arrival order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Scheduler(
+            [gpu(i) for i in range(GPU_COUNT)],
+            max_parallel=3,
+            policy=BackfillPolicy(patience=5, batch_window=3, depth=2),
+        )
+
+    def check_grant(self, grant: Grant, request: Request) -> None:
+        alloc = grant.allocation
+        assert len(alloc.gpu_indices) == request.required_gpus
+        assert alloc.exclusive == request.exclusive
+        if request.allowed_gpus is not None:
+            assert set(alloc.gpu_indices) <= request.allowed_gpus
+        for ticket, other in self.waiting.items():
+            same = attrs.evolve(other, experiment_id=None) == attrs.evolve(
+                request, experiment_id=None
+            )
+            assert not (same and ticket < grant.ticket), (
+                f"ticket {grant.ticket} overtook the identical waiting ticket {ticket}"
+            )
+
+    @rule(
+        kwargs=st.one_of(
+            request_kwargs(GPU_COUNT, memory_mb=MB, max_priority=1),
+            # A few shapes, often repeated: queues of identical requests.
+            st.fixed_dictionaries(
+                {"required_gpus": st.integers(1, 2), "priority": st.integers(0, 1)}
+            ),
+        ),
+        hint=st.sampled_from([None, 2.0, 20.0]),
+        nowait=st.booleans(),
+    )
+    def submit_with_hint(self, kwargs: dict[str, Any], hint: float | None, nowait: bool) -> None:
+        request = make_request(expected_duration=hint, **kwargs)
+        try:
+            submission = self.core.submit(request, self.tick(), nowait=nowait)
+        except UnsatisfiableRequest:
+            return
+        self.waiting[submission.ticket] = request
+        if submission.allocation is not None:
+            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
+        else:
+            self.apply(submission.outcomes)
+            if nowait:
+                self.waiting.pop(submission.ticket)
+
+
+BackfillMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestBackfillMachine = BackfillMachine.TestCase
+
+
+def test_unhealthy_gpu_drops_out_of_the_heads_plan() -> None:
+    # 4 GPUs, GPU 3 unhealthy: the 3-GPU head waits for GPUs 0-2. A 1-GPU request with a
+    # long hint may not take GPU 2 (free now, needed at t=50) but nothing else is free.
+    s = Scheduler(gpus(4), policy=BackfillPolicy(patience=0))
+    s.mark_unhealthy(3, 0)
+    held = s.submit(make_request(2, expected_duration=50), 0).allocation
+    assert held is not None
+    head = s.submit(make_request(3), 0)
+    late = s.submit(make_request(1, expected_duration=500), 1)
+    assert s.waiting == 2
+    quick = s.submit(make_request(1, expected_duration=40), 2)
+    assert quick.allocation is not None
+    assert quick.allocation.gpu_indices == (2,)
+    assert s.release(quick.allocation, 42) == []
+    granted = [o.ticket for o in s.release(held, 50) if isinstance(o, Grant)]
+    assert granted == [head.ticket]
+    # GPU 3 healthy again: the late request, now at the front, gets it.
+    outcomes = s.mark_healthy(3, 51)
+    assert [o.ticket for o in outcomes if isinstance(o, Grant)] == [late.ticket]
