@@ -84,14 +84,15 @@ def _shape(request: Request) -> Shape:
 class _Level:
     """The waiters of one priority: a FIFO per shape, shapes ordered by their oldest waiter."""
 
-    __slots__ = ("count", "heads", "heap", "shapes")
+    __slots__ = ("count", "heads", "order", "shapes")
 
     def __init__(self) -> None:
         self.shapes: dict[Shape, OrderedDict[int, Waiter]] = {}
         #: The ticket of each shape's oldest waiter, and that shape.
         self.heads: dict[int, Shape] = {}
-        #: Those tickets as a min-heap, plus stale ones (no longer in ``heads``) popped lazily.
-        self.heap: list[int] = []
+        #: Those tickets, sorted (a change costs a bisect and a memmove of one pointer
+        #: per shape, cheap for the few hundred shapes a queue has at most in practice).
+        self.order: list[int] = []
         self.count = 0
 
     def push(self, waiter: Waiter) -> None:
@@ -100,7 +101,7 @@ class _Level:
         if members is None:
             members = self.shapes[shape] = OrderedDict()
             self.heads[waiter.ticket] = shape
-            heapq.heappush(self.heap, waiter.ticket)
+            bisect.insort(self.order, waiter.ticket)
         members[waiter.ticket] = waiter
         self.count += 1
 
@@ -110,33 +111,22 @@ class _Level:
         del members[waiter.ticket]
         self.count -= 1
         if self.heads.pop(waiter.ticket, None) is not None:
+            del self.order[bisect.bisect_left(self.order, waiter.ticket)]
             if members:
                 first = next(iter(members))
                 self.heads[first] = shape
-                heapq.heappush(self.heap, first)
+                bisect.insort(self.order, first)
             else:
                 del self.shapes[shape]
 
     def oldest(self) -> Waiter:
-        heap, heads = self.heap, self.heads
-        while heap[0] not in heads:
-            heapq.heappop(heap)
-        ticket = heap[0]
-        return self.shapes[heads[ticket]][ticket]
+        ticket = self.order[0]
+        return self.shapes[self.heads[ticket]][ticket]
 
     def oldest_shapes(self, limit: int | None) -> list[Shape]:
         """The shapes of the ``limit`` oldest shape queues, oldest first."""
-        if limit is None:
-            return [self.heads[t] for t in sorted(self.heads)]
-        heap, heads = self.heap, self.heads
-        taken: list[int] = []
-        while heap and len(taken) < limit:
-            ticket = heapq.heappop(heap)
-            if ticket in heads:
-                taken.append(ticket)
-        for ticket in taken:
-            heapq.heappush(heap, ticket)
-        return [heads[t] for t in taken]
+        heads = self.heads
+        return [heads[t] for t in self.order[:limit]]
 
     def __iter__(self) -> Iterator[Waiter]:
         queues = [list(members.values()) for members in self.shapes.values()]
@@ -151,6 +141,8 @@ class _ShapeQueues:
         # Distinct priorities present, highest first.
         self._priorities: list[int] = []
         self._count = 0
+        #: Waiters that are shared or pinned to allowed_gpus (see ``_plain``).
+        self._special = 0
         self._last_ticket = 0
 
     def __len__(self) -> int:
@@ -169,6 +161,7 @@ class _ShapeQueues:
             self._priorities.sort(reverse=True)
         level.push(waiter)
         self._count += 1
+        self._special += not _plain(waiter.request)
         self._last_ticket = max(self._last_ticket, waiter.ticket)
 
     def remove(self, waiter: Waiter) -> None:
@@ -176,6 +169,7 @@ class _ShapeQueues:
         level = self._levels[priority]
         level.remove(waiter)
         self._count -= 1
+        self._special -= not _plain(waiter.request)
         if not level.count:
             del self._levels[priority]
             self._priorities.remove(priority)
@@ -313,12 +307,26 @@ class BackfillPolicy(_ShapeQueues):
         reached, last = front
         patient = now < reached + self._patience
         plan: _Plan | None = None
+        # (GPUs, memory) of unpinned exclusive requests that did not fit, or that were
+        # refused for holding GPUs too long: nothing asking for as much or more fares
+        # better in this pass (grants only take GPUs away), so those are skipped.
+        unfit: list[tuple[int, int]] = []
+        refused: list[tuple[int, int]] = []
+        if head.request.exclusive and head.request.allowed_gpus is None:
+            unfit.append((head.request.required_gpus, head.request.min_memory_mb))
         for members in self._candidates(head, self._depth):
             while members:
                 waiter = next(iter(members.values()))
                 request = waiter.request
+                plain = _plain(request)
+                if plain and _covers(unfit, request):
+                    break
                 chosen = view.find_gpus(request)
                 if chosen is None:
+                    if plain:
+                        unfit.append((request.required_gpus, request.min_memory_mb))
+                        if not self._special and unfit[-1] == (1, 0):
+                            return  # no GPU is free: nobody else fits either
                     break
                 if plan is None:
                     plan = _Plan(view, head.request, now)
@@ -332,15 +340,34 @@ class BackfillPolicy(_ShapeQueues):
                     and waiter.ticket <= last
                     and waiter.submitted_at <= head.submitted_at + self._window
                 )
+                # A request that may not delay the head and would hold GPUs past its
+                # reserved start must keep off the same GPUs as any other such request.
+                late = not may_delay and plan.late(request)
+                if plain and late and _covers(refused, request):
+                    break
                 if not may_delay and plan.delays(chosen, request):
                     avoid = plan.protected(request)
                     chosen = view.find_gpus(request, avoid) if avoid else None
                     if chosen is None or plan.delays(chosen, request):
+                        if plain and late:
+                            refused.append((request.required_gpus, request.min_memory_mb))
                         break
                 if not view.try_grant(waiter, avoid):
                     return  # max_parallel reached
                 plan.take(chosen, request)
                 self.remove(waiter)
+
+
+def _plain(request: Request) -> bool:
+    """Exclusive and not pinned: what fits of it depends only on its GPUs and memory."""
+    return request.exclusive and request.allowed_gpus is None
+
+
+def _covers(needs: list[tuple[int, int]], request: Request) -> bool:
+    """Does ``request`` ask for at least as many GPUs and as much memory as one of ``needs``?"""
+    return any(
+        gpus <= request.required_gpus and memory <= request.min_memory_mb for gpus, memory in needs
+    )
 
 
 @final
@@ -390,6 +417,7 @@ class _Plan:
         #: max_parallel slots free at the shadow (ever, without one) beyond the head's.
         self.slots: float = _INF
         self.free_at: dict[int, float] = {}
+        self._protected: set[int] | None = None
         limit = view.max_parallel
         if head.exclusive and not any(
             h.request.expected_duration is not None for h in view.holdings()
@@ -489,6 +517,10 @@ class _Plan:
                 lost += self._free_time_with(index, request) > shadow
         return lost
 
+    def late(self, request: Request) -> bool:
+        """Would ``request`` hold GPUs past the reserved start (or with none, for long)?"""
+        return self.shadow is None or self._end(request) > self.shadow
+
     def delays(self, chosen: tuple[int, ...], request: Request) -> bool:
         """Would granting ``chosen`` to ``request`` now delay the head?"""
         if self.shadow is None:
@@ -503,13 +535,16 @@ class _Plan:
             return self.capacity.keys() if self.slots >= 1 else ()
         if self._end(request) > self.shadow and self.slots < 1:
             return ()
-        shadow = self.shadow
-        ready = sorted((t, g) for g, t in self.free_at.items() if t <= shadow)
-        # Of the GPUs free by the shadow, the latest-free ``spare`` ones may go.
-        return {g for _, g in ready[: len(ready) - self.spare]}
+        if self._protected is None:
+            shadow = self.shadow
+            ready = sorted((t, g) for g, t in self.free_at.items() if t <= shadow)
+            # Of the GPUs free by the shadow, the latest-free ``spare`` ones may go.
+            self._protected = {g for _, g in ready[: len(ready) - self.spare]}
+        return self._protected
 
     def take(self, chosen: tuple[int, ...], request: Request) -> None:
         """Account for ``request`` having been granted ``chosen``."""
+        self._protected = None
         end = self._end(request)
         if self.shadow is None:
             self.slots -= 1
