@@ -10,6 +10,9 @@ from __future__ import annotations
 __all__ = [
     "AllocationNotHeld",
     "GPUPoolError",
+    "JournalEncodingError",
+    "JournalError",
+    "JournalInUse",
     "PoolClosed",
     "PoolTimeout",
     "ProviderError",
@@ -44,3 +47,15 @@ class ProviderError(GPUPoolError):
 
 class WouldBlock(GPUPoolError):
     """``acquire_nowait`` could not grant at once (GPUs busy, or others queued first)."""
+
+
+class JournalError(GPUPoolError):
+    """A task journal cannot be opened or used (not a journal, not writable, ...)."""
+
+
+class JournalInUse(JournalError):
+    """Another live process (or another runner in this one) owns the journal."""
+
+
+class JournalEncodingError(JournalError, TypeError):
+    """A value has no canonical JSON form, so it cannot key a task or be stored."""

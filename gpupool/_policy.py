@@ -62,7 +62,9 @@ class SchedulingPolicy(Protocol):
     waiter is withdrawn (cancelled, timed out, failed), and :meth:`schedule`
     after every change. :meth:`schedule` calls ``view.try_grant(waiter)`` for
     the waiters to start and must itself drop every waiter it granted.
-    Iteration yields the waiters in order of service.
+    Iteration yields the waiters in order of service. When nobody waits, the
+    core grants a request that fits at once without asking the policy: with an
+    empty queue there is nobody to be fair to.
     """
 
     def push(self, waiter: Waiter, /) -> None: ...

@@ -10,10 +10,11 @@ waiter costs nothing while nothing changes.
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import final
@@ -31,6 +32,7 @@ from ._request import Request, check_int, check_seconds, make_request
 from ._scheduler import Failure, Grant, Outcome, Scheduler
 from ._scoring import Scorer, default_score
 from .providers import GPUProvider
+from .providers.nvml import NVMLProvider
 
 __all__ = ["GPUResourcePool"]
 
@@ -47,11 +49,34 @@ class _Waiter:
         self.outcome: Outcome | None = None
 
 
-def _default_provider() -> GPUProvider:
-    """The NVML provider, imported only when a pool is opened without a provider."""
-    module = importlib.import_module("gpupool.providers.nvml")
-    provider: GPUProvider = module.NVMLProvider()
-    return provider
+# Open pools by id, so that code holding only an allocation (run_process) can find the
+# pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
+_open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
+
+
+def _native_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
+    """The running backend's own clock and checkpoint, looked up once per pool.
+
+    They are what ``anyio.current_time`` and ``anyio.lowlevel.checkpoint`` call
+    after finding the backend on every call; the uncontended acquire is about
+    two of each, so the lookups would be a large share of its cost.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.current_time, trio.lowlevel.checkpoint
+    return loop.time, _asyncio_checkpoint
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
+
+
+def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
+    """The open pool that granted ``allocation``, or ``None`` once it has closed."""
+    return _open_pools.get(allocation.pool_id)
 
 
 @final
@@ -104,6 +129,9 @@ class GPUResourcePool:
         self._monitor: GPUMonitor | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
+        self._owned_provider: NVMLProvider | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -114,14 +142,19 @@ class GPUResourcePool:
         if self._opened:
             raise RuntimeError("a GPUResourcePool can be entered only once")
         self._opened = True
-        provider = self._provider if self._provider is not None else _default_provider()
+        provider = self._provider
+        if provider is None:
+            # Pool-owned: NVML is shut down again when the pool closes.
+            provider = self._owned_provider = NVMLProvider()
         try:
             snapshot, _ = await anyio.to_thread.run_sync(take_snapshot, provider)
         except ProviderError:
             self._closed = True
+            self._close_owned_provider()
             raise
         except Exception as exc:
             self._closed = True
+            self._close_owned_provider()
             raise ProviderError(f"the GPU provider failed on its first snapshot: {exc!r}") from exc
         core = Scheduler(
             snapshot,
@@ -151,8 +184,10 @@ class GPUResourcePool:
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
+        self._clock, self._checkpoint = _native_primitives()
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
+        _open_pools[self._id] = self
         return self
 
     async def __aexit__(
@@ -175,11 +210,18 @@ class GPUResourcePool:
         if self._closed:
             return
         self._closed = True
+        _open_pools.pop(self._id, None)
         if self._core is not None:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
             self._monitor_scope.cancel()
+        self._close_owned_provider()
         await anyio.lowlevel.checkpoint()
+
+    def _close_owned_provider(self) -> None:
+        provider, self._owned_provider = self._owned_provider, None
+        if provider is not None:
+            provider.close()
 
     @property
     def closed(self) -> bool:
@@ -231,15 +273,20 @@ class GPUResourcePool:
             experiment_id=experiment_id,
             expected_duration=expected_duration,
         )
-        limit = check_seconds("timeout", timeout)
+        limit = None if timeout is None else check_seconds("timeout", timeout)
         core, monitor = self._require_open()
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        if monitor.is_stale(anyio.current_time()):
+        # Yield (and see any pending cancellation) *before* deciding, so that the
+        # decision and its return happen with no await between them: a grant is
+        # never made to a caller that cancellation then takes away.
+        await self._checkpoint()
+        now = self._clock()
+        if monitor.is_stale(now):
             await monitor.refresh()
-        submission = core.submit(request, anyio.current_time())
-        self._dispatch(submission.outcomes)
+            now = self._clock()
+        submission = core.submit(request, now)
+        if submission.outcomes:
+            self._dispatch(submission.outcomes)
         if submission.allocation is not None:
-            await anyio.lowlevel.cancel_shielded_checkpoint()
             return submission.allocation
         return await self._wait(core, submission.ticket, request, limit)
 
@@ -292,7 +339,9 @@ class GPUResourcePool:
             raise AllocationNotHeld(
                 f"allocation {allocation.id} is not held: the pool never opened"
             )
-        self._dispatch(core.release(allocation, anyio.current_time()))
+        outcomes = core.release(allocation, self._clock())
+        if outcomes:
+            self._dispatch(outcomes)
         if self._monitor is not None and core.wants_refresh:
             self._monitor.wake()
 

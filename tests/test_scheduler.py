@@ -34,7 +34,8 @@ def test_exclusive_request_gets_distinct_whole_gpus() -> None:
     s = core(4)
     a = s.submit(req(2), 0).allocation
     b = s.submit(req(2), 0).allocation
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     assert set(a.gpu_indices).isdisjoint(b.gpu_indices)
     assert s.submit(req(1), 0).allocation is None
     stats = s.statistics()
@@ -47,7 +48,9 @@ def test_best_scored_gpu_wins_and_ties_break_by_lowest_index() -> None:
     first = s.submit(req(1), 0).allocation
     second = s.submit(req(1), 0).allocation
     third = s.submit(req(1), 0).allocation
-    assert first is not None and second is not None and third is not None
+    assert first is not None
+    assert second is not None
+    assert third is not None
     # GPUs 2 and 3 are equally good: the lower index first; then the idle-but-busy GPU 1
     # (score 0.6 + 0.2) beats the half-full GPU 0 (0.3 + 0.4).
     assert (first.gpu_indices, second.gpu_indices, third.gpu_indices) == ((2,), (3,), (1,))
@@ -66,7 +69,8 @@ def test_multi_gpu_allocation_lists_indices_and_uuids_in_index_order() -> None:
 def test_foreign_memory_counts_as_used() -> None:
     s = Scheduler([gpu(0, used=MB - 1000), gpu(1, used=MB - 5000)], policy=FifoPolicy())
     alloc = s.submit(req(1, min_memory_mb=4000), 0).allocation
-    assert alloc is not None and alloc.gpu_indices == (1,)
+    assert alloc is not None
+    assert alloc.gpu_indices == (1,)
     assert s.submit(req(1, min_memory_mb=4000), 0).allocation is None
 
 
@@ -82,12 +86,14 @@ def test_shared_requests_pack_by_memory_and_reserve_from_the_grant() -> None:
     s = core(2)
     a = s.submit(req(1, exclusive=False, min_memory_mb=10_000), 0).allocation
     b = s.submit(req(1, exclusive=False, min_memory_mb=10_000), 0).allocation
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     # Packed onto the same GPU (best fit), keeping GPU 1 whole for exclusive work.
     assert a.gpu_indices == b.gpu_indices == (0,)
     assert s.statistics().gpus[0].memory_reserved_mb == 20_000
     c = s.submit(req(1, exclusive=False, min_memory_mb=10_000), 0).allocation
-    assert c is not None and c.gpu_indices == (1,)
+    assert c is not None
+    assert c.gpu_indices == (1,)
     whole = s.submit(req(1), 0)
     assert whole.allocation is None  # both GPUs are shared now
 
@@ -110,7 +116,8 @@ def test_shared_request_does_not_share_an_exclusively_held_gpu() -> None:
 def test_allowed_gpus_restricts_the_choice() -> None:
     s = core(4)
     alloc = s.submit(req(2, allowed_gpus={1, 3}), 0).allocation
-    assert alloc is not None and alloc.gpu_indices == (1, 3)
+    assert alloc is not None
+    assert alloc.gpu_indices == (1, 3)
 
 
 def test_max_parallel_caps_allocations_not_gpus() -> None:
@@ -132,7 +139,8 @@ def test_fifo_head_is_never_overtaken() -> None:
     assert first is not None
     big = s.submit(req(2), 0)  # needs both GPUs: waits
     small = s.submit(req(1), 0)  # would fit on GPU 1, but must not overtake the head
-    assert big.allocation is None and small.allocation is None
+    assert big.allocation is None
+    assert small.allocation is None
     outcomes = s.release(first, 1)
     assert granted(outcomes) == {big.ticket: (0, 1)}
     assert s.waiting == 1
@@ -204,7 +212,8 @@ def test_losing_a_gpu_fails_waiters_that_can_no_longer_be_served() -> None:
     needs_two = s.submit(req(2), 0)
     outcomes = s.update([gpu(0), gpu(1, healthy=False)], 1)
     (failure,) = outcomes
-    assert isinstance(failure, Failure) and failure.ticket == needs_two.ticket
+    assert isinstance(failure, Failure)
+    assert failure.ticket == needs_two.ticket
     assert isinstance(failure.error, UnsatisfiableRequest)
     with pytest.raises(UnsatisfiableRequest, match="only 1 GPU"):
         s.submit(req(2), 1)
@@ -214,7 +223,8 @@ def test_unhealthy_gpu_is_not_granted_but_others_keep_working() -> None:
     s = core(2)
     s.mark_unhealthy(0, 0, "Xid 79")
     a = s.submit(req(1), 0).allocation
-    assert a is not None and a.gpu_indices == (1,)
+    assert a is not None
+    assert a.gpu_indices == (1,)
     b = s.submit(req(1), 0)
     assert b.allocation is None
     stats = s.statistics().gpus[0]
@@ -252,7 +262,8 @@ def test_release_of_another_pools_allocation_is_refused() -> None:
     alloc = theirs.submit(req(1), 0).allocation
     assert alloc is not None
     held = mine.submit(req(1), 0).allocation
-    assert held is not None and held.id == alloc.id  # same id, different pool
+    assert held is not None
+    assert held.id == alloc.id
     with pytest.raises(AllocationNotHeld):
         mine.release(alloc, 1)
     assert mine.holds(held)
@@ -295,7 +306,8 @@ def test_close_fails_waiters_and_refuses_new_requests() -> None:
     assert holder is not None
     waiting = s.submit(req(1), 0)
     (failure,) = s.close()
-    assert isinstance(failure, Failure) and failure.ticket == waiting.ticket
+    assert isinstance(failure, Failure)
+    assert failure.ticket == waiting.ticket
     assert isinstance(failure.error, PoolClosed)
     with pytest.raises(PoolClosed):
         s.submit(req(1), 1)
@@ -391,5 +403,6 @@ def test_scale_grant_under_contention_does_not_rescan_the_queue() -> None:
 
     s.find_gpus = counting_find  # type: ignore[method-assign]
     (grant,) = s.release(held[0], 1)  # type: ignore[arg-type]
-    assert isinstance(grant, Grant) and grant.ticket == tickets[0]
+    assert isinstance(grant, Grant)
+    assert grant.ticket == tickets[0]
     assert calls <= 2

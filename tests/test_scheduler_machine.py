@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -14,7 +15,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from gpupool import GPUAllocation, UnsatisfiableRequest
+from gpupool import AllocationNotHeld, GPUAllocation, UnsatisfiableRequest
 from gpupool._policy import FifoPolicy
 from gpupool._request import Request, make_request
 from gpupool._scheduler import Failure, Grant, Outcome, Scheduler
@@ -122,12 +123,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         alloc = self.held.pop(alloc_id)
         self.apply(self.core.release(alloc, self.tick()))
         before = self.core.statistics()
-        try:
+        with pytest.raises(AllocationNotHeld):
             self.core.release(alloc, self.tick())
-        except Exception as exc:
-            assert type(exc).__name__ == "AllocationNotHeld"
-        else:
-            raise AssertionError("a second release was accepted")
         assert self.core.statistics() == before
 
     @rule(snapshot=gpu_snapshots(GPU_COUNT, memory_mb=MB))
@@ -161,7 +158,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             allocs = holders_of[g.index]
             assert sorted(g.holders) == sorted(a.id for a in allocs)
             if any(a.exclusive for a in allocs):
-                assert len(allocs) == 1 and g.exclusive
+                assert len(allocs) == 1
+                assert g.exclusive
             assert g.memory_reserved_mb == sum(a.memory_mb for a in allocs)
             assert g.memory_reserved_mb <= g.memory_total_mb
 
@@ -179,9 +177,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert not self.waiting, f"waiters left unserved: {sorted(self.waiting)}"
         assert not self.held
         stats = self.core.statistics()
-        assert stats.holders == 0 and stats.waiters == 0
+        assert stats.holders == 0
+        assert stats.waiters == 0
         for g in stats.gpus:
-            assert g.holders == () and g.memory_reserved_mb == 0 and not g.exclusive
+            assert g.holders == ()
+            assert g.memory_reserved_mb == 0
+            assert not g.exclusive
 
 
 SchedulerMachine.TestCase.settings = settings(

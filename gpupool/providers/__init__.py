@@ -2,5 +2,6 @@
 
 from ._base import GPUProvider as GPUProvider
 from .fake import FakeGPUProvider as FakeGPUProvider
+from .nvml import NVMLProvider as NVMLProvider
 
-__all__ = ["FakeGPUProvider", "GPUProvider"]
+__all__ = ["FakeGPUProvider", "GPUProvider", "NVMLProvider"]

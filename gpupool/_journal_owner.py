@@ -1,0 +1,165 @@
+"""Who owns a journal: process identities that survive pid reuse, and leftovers.
+
+A pid alone does not identify a process for long: after the owner dies the
+kernel hands its pid to someone else, and a journal that trusted the pid
+would stay locked forever (or, worse, be taken from a live owner). So an
+owner is recorded as (pid, start time, boot id): the start time is field 22
+of ``/proc/<pid>/stat`` (clock ticks since boot) and the boot id tells two
+boots apart. Where ``/proc`` does not exist (macOS) only the pid is checked,
+which errs on the side of "still alive".
+
+Process groups of subprocess jobs are recorded the same way, so a restarted
+runner can end the leftovers of a crashed one before it hands their GPUs out
+again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+__all__ = [
+    "LeftoverProcessGroup",
+    "ProcessIdentity",
+    "current_identity",
+    "is_alive",
+    "kill_process_groups",
+    "process_start_time",
+]
+
+_PROC = Path("/proc")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if unknown/gone."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces or
+    # parentheses itself, so split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    # fields[0] is field 3 (state); starttime is field 22.
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+@attrs.frozen
+class ProcessIdentity:
+    """A process as recorded in a journal: pid plus what makes it unique."""
+
+    pid: int
+    start_time: int | None
+    boot_id: str | None
+    hostname: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.hostname}"
+
+
+def current_identity() -> ProcessIdentity:
+    pid = os.getpid()
+    return ProcessIdentity(pid, process_start_time(pid), _boot_id(), socket.gethostname())
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return True
+
+
+def is_alive(owner: ProcessIdentity) -> bool | None:
+    """Whether ``owner`` still runs: True, False, or None when it cannot be told.
+
+    None means the owner ran on another host, whose processes this one cannot
+    see; the caller must not take such a journal over on its own.
+    """
+    me = current_identity()
+    if owner.hostname != me.hostname:
+        return None
+    if owner.boot_id is not None and me.boot_id is not None and owner.boot_id != me.boot_id:
+        return False  # recorded before the last reboot
+    if owner.start_time is not None and me.start_time is not None:
+        return process_start_time(owner.pid) == owner.start_time
+    return _pid_exists(owner.pid)
+
+
+@attrs.frozen
+class LeftoverProcessGroup:
+    """A subprocess job's process group recorded by a runner that died."""
+
+    key: str
+    pgid: int
+    #: Start time of the group leader (pid == pgid) when it was recorded.
+    leader_start_time: int | None
+    boot_id: str | None
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in _PROC.iterdir() if _PROC.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(entry.name))
+    return members
+
+
+def _still_ours(group: LeftoverProcessGroup) -> bool:
+    """Whether processes in ``group.pgid`` can still be the recorded job's.
+
+    If the leader is alive its start time must match. If it is gone, Linux
+    never gives out a pid that is still some group's id, so surviving members
+    belong to the recorded group unless the whole group died and the number
+    was reused since, which needs a full wrap of the pid space: accepted.
+    """
+    if group.boot_id is not None and group.boot_id != _boot_id():
+        return False
+    leader_start = process_start_time(group.pgid)
+    if leader_start is not None and group.leader_start_time is not None:
+        return leader_start == group.leader_start_time
+    return True
+
+
+def kill_process_groups(groups: Iterable[LeftoverProcessGroup]) -> list[int]:
+    """SIGKILL every leftover group that still has processes; return their pgids.
+
+    The runner that started them is dead, so there is nobody to shut them down
+    gracefully for; what matters is that they stop holding GPU memory before
+    the GPUs are granted again.
+    """
+    killed = []
+    for group in groups:
+        if not _still_ours(group):
+            continue
+        if _PROC.is_dir() and not _group_members(group.pgid):
+            continue
+        try:
+            os.killpg(group.pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(group.pgid)
+    return killed

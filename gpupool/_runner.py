@@ -1,0 +1,575 @@
+"""ParallelRunner: many experiments at once, each isolated from the others.
+
+A task's life, and the one place it is written down
+---------------------------------------------------
+QUEUED -> [WAITING_FOR_GPU] -> RUNNING -> SUCCEEDED | FAILED | TIMED_OUT |
+CANCELLED, with RETRYING between a failed attempt and the next. Every change
+goes through :meth:`ParallelRunner._record`, which writes it to the journal
+(if any) before anything acts on it, then tells subscribers. Before a task
+runs, the journal is asked whether its key already finished.
+
+Order of resources
+------------------
+A GPU task first waits for its GPUs (at most ``max_parallel`` of this
+runner's tasks wait on the pool at once), *then* for one of the
+``max_parallel`` slots, in the slots' front lane. A task that waits for GPUs
+therefore holds no slot, and CPU-only tasks (``required_gpus=0``, which never
+ask the pool) keep running while GPU work queues. ``max_parallel`` caps tasks
+in the RUNNING state.
+
+Isolation
+---------
+Whatever one attempt raises, ``BaseException`` included, ends in its
+:class:`TaskResult`; only cancellation (the runner's or the task's own) and
+``KeyboardInterrupt`` (the user's Ctrl-C) propagate. GPUs are released in a
+shielded scope on every path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._events import EventHub, TaskEvent, TaskJournal
+from ._executors import _EXECUTORS, Executors, ExecutorStatistics
+from ._model import GPUAllocation
+from ._pool import GPUResourcePool
+from ._request import check_int, check_seconds
+from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
+from ._slots import Slots
+from ._task import TaskFunction, TaskHandle, _error_text, _Outcome, _Spec, _TaskTimeout, deliver_to
+from ._tasks import TaskResult, TaskStatus
+from ._tuning import Direction, OptimizeResult, Strategy, optimize
+
+__all__ = ["ParallelRunner", "RunnerStatistics"]
+
+ItemT = TypeVar("ItemT")
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+@attrs.frozen
+class RunnerStatistics:
+    """A snapshot of a runner: its tasks by state and its two executors."""
+
+    max_parallel: int
+    submitted: int
+    finished: int
+    running: int
+    waiting_for_slot: int
+    high_level: ExecutorStatistics
+    low_level: ExecutorStatistics
+
+
+def _is_async(fn: Callable[..., object]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+@final
+class ParallelRunner:
+    """Runs many tasks at once on a :class:`~gpupool.GPUResourcePool`.
+
+    ``max_parallel`` (an int >= 1) caps tasks running at once. It may exceed
+    the number of GPUs: GPU tasks beyond what the GPUs can hold wait for GPUs
+    without taking a slot, and the spare slots run CPU-only tasks. Below the
+    GPU count, at most ``max_parallel`` GPUs' worth of tasks run at once.
+
+    ``high_level_workers`` caps plain task functions running in threads at
+    once, ``low_level_workers`` caps :func:`gpupool.run_blocking` calls; see
+    ``docs/runner.md`` for why two executors cannot deadlock.
+
+    ``journal`` is ``None``, a path for the SQLite journal, or any object
+    with the :class:`TaskJournal` methods.
+
+    Leaving the ``async with`` block waits for every submitted task; an
+    exception or cancellation there cancels them all and releases every GPU.
+    """
+
+    def __init__(
+        self,
+        pool: GPUResourcePool | None = None,
+        *,
+        max_parallel: int = 1,
+        high_level_workers: int = 4,
+        low_level_workers: int = 4,
+        journal: TaskJournal | str | Any | None = None,
+    ) -> None:
+        if pool is not None and not isinstance(pool, GPUResourcePool):
+            raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
+        self._pool = pool
+        self._max_parallel = check_int("max_parallel", max_parallel, 1)
+        self._executors = Executors(high_level_workers, low_level_workers)
+        self._journal = _open_journal(journal)
+        self._hub = EventHub()
+        self._tasks: dict[str, TaskHandle[Any]] = {}
+        self._finished = 0
+        self._next_key = 0
+        self._slots = Slots(self._max_parallel)
+        self._gpu_gate: anyio.CapacityLimiter | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._cancelled_class: type[BaseException] = BaseException
+        self._closed = False
+
+    @property
+    def max_parallel(self) -> int:
+        return self._max_parallel
+
+    @property
+    def pool(self) -> GPUResourcePool | None:
+        return self._pool
+
+    # -- lifetime ---------------------------------------------------------
+
+    async def __aenter__(self) -> ParallelRunner:
+        if self._task_group is not None or self._closed:
+            raise RuntimeError("a ParallelRunner can be entered only once")
+        self._cancelled_class = anyio.get_cancelled_exc_class()
+        self._gpu_gate = anyio.CapacityLimiter(self._max_parallel)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseException as error:
+            # Tasks never raise (their failures are results), so a group that
+            # holds just the body's own exception is that exception: give it
+            # back unwrapped, as a user of the runner expects.
+            inner = getattr(error, "exceptions", None)
+            if exc is not None and inner is not None and len(inner) == 1 and inner[0] is exc:
+                raise exc from None
+            raise
+        finally:
+            self._closed = True
+            self._hub.close()
+
+    def cancel(self) -> None:
+        """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    # -- events -----------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[TaskEvent], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every transition; returns the unsubscribe function."""
+        return self._hub.add_callback(callback)
+
+    def events(self) -> MemoryObjectReceiveStream[TaskEvent]:
+        """An async iterator of every later transition; ends when the runner closes.
+
+        Use it as ``async with runner.events() as events: async for event in
+        events: ...``; closing it unsubscribes. Its buffer is unbounded, so a
+        slow reader costs memory, never runner speed.
+        """
+        return self._hub.open_stream()
+
+    def statistics(self) -> RunnerStatistics:
+        running = self._slots.in_use
+        return RunnerStatistics(
+            max_parallel=self._max_parallel,
+            submitted=len(self._tasks),
+            finished=self._finished,
+            running=running,
+            waiting_for_slot=self._slots.waiting,
+            high_level=self._executors.high.statistics(),
+            low_level=self._executors.low.statistics(),
+        )
+
+    # -- submitting -------------------------------------------------------
+
+    def submit(
+        self,
+        fn: TaskFunction,
+        item: ItemT,
+        *,
+        required_gpus: int = 0,
+        min_memory_mb: int = 0,
+        exclusive: bool = True,
+        priority: int = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: RetryOn = Exception,
+        retry_backoff: float = 1.0,
+        key: str | None = None,
+    ) -> TaskHandle[ItemT]:
+        """Start ``fn(item, allocation)`` as a task and return its handle at once.
+
+        A key already submitted to this runner returns that task's handle:
+        one key runs once. See :meth:`map` for the options.
+        """
+        if self._task_group is None or self._closed:
+            raise RuntimeError(
+                "submit() needs an open runner: use `async with ParallelRunner(...)`"
+            )
+        spec = self._spec(
+            fn,
+            required_gpus=required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            priority=priority,
+            timeout=timeout,
+            retries=retries,
+            retry_on=retry_on,
+            retry_backoff=retry_backoff,
+        )
+        if key is None:
+            key = f"task-{self._next_key}"
+            self._next_key += 1
+        elif not isinstance(key, str) or not key:
+            raise TypeError(f"key must be a non-empty str or None, got {key!r}")
+        existing = self._tasks.get(key)
+        if existing is not None:
+            return existing
+        handle = TaskHandle(key, item, spec)
+        self._tasks[key] = handle
+        self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
+        return handle
+
+    def _spec(
+        self,
+        fn: TaskFunction,
+        *,
+        required_gpus: int,
+        min_memory_mb: int,
+        exclusive: bool,
+        priority: int,
+        timeout: float | None,
+        retries: int,
+        retry_on: RetryOn,
+        retry_backoff: float,
+    ) -> _Spec:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable as fn(item, allocation), got {fn!r}")
+        gpus = check_int("required_gpus", required_gpus, 0)
+        if gpus and self._pool is None:
+            raise ValueError(
+                f"required_gpus={gpus} needs a pool: ParallelRunner(GPUResourcePool(...), ...)"
+            )
+        if not isinstance(exclusive, bool):
+            raise TypeError(f"exclusive must be a bool, got {exclusive!r}")
+        backoff = check_seconds("retry_backoff", retry_backoff)
+        if backoff is None:
+            raise ValueError(
+                f"retry_backoff must be a finite number of seconds >= 0, got {retry_backoff!r}"
+            )
+        return _Spec(
+            fn=fn,
+            is_async=_is_async(fn),
+            required_gpus=gpus,
+            min_memory_mb=check_int("min_memory_mb", min_memory_mb, 0),
+            exclusive=exclusive,
+            priority=check_int("priority", priority),
+            timeout=check_seconds("timeout", timeout, allow_zero=False),
+            retries=check_int("retries", retries, 0),
+            retry_on=check_retry_on(retry_on),
+            retry_backoff=backoff,
+        )
+
+    async def map(
+        self,
+        fn: TaskFunction,
+        items: Iterable[ItemT],
+        *,
+        required_gpus: int | Callable[[ItemT], int] = 0,
+        min_memory_mb: int | Callable[[ItemT], int] = 0,
+        exclusive: bool = True,
+        priority: int = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: RetryOn = Exception,
+        retry_backoff: float = 1.0,
+        key: Callable[[ItemT], str] | None = None,
+    ) -> list[TaskResult]:
+        """Run ``fn(item, allocation)`` for every item; results in input order.
+
+        Never raises for a task's own failure: look at each result's
+        ``status``. ``allocation`` is ``None`` when ``required_gpus`` is 0.
+
+        ``required_gpus`` / ``min_memory_mb``: an int for every item, or a
+        function of the item (a config that knows its model size).
+        ``exclusive=False`` shares GPUs by memory, ``priority`` orders GPU
+        waiters (higher first). ``timeout``: seconds per attempt, counted
+        from RUNNING (waiting for GPUs is not included). ``retries``: extra
+        attempts for failures that ``retry_on`` selects (exception types or a
+        predicate; timeouts are ``TimeoutError``s), after a backoff starting
+        at ``retry_backoff`` seconds and doubling. Cancellation is never
+        retried. ``key(item)`` names each task (for events and the journal);
+        by default tasks are numbered in submission order.
+
+        Cancelling ``map`` itself cancels the tasks it submitted.
+        """
+        materialised = list(items)
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of the item or None, got {key!r}")
+        handles = [
+            self.submit(
+                fn,
+                item,
+                required_gpus=required_gpus(item) if callable(required_gpus) else required_gpus,
+                min_memory_mb=min_memory_mb(item) if callable(min_memory_mb) else min_memory_mb,
+                exclusive=exclusive,
+                priority=priority,
+                timeout=timeout,
+                retries=retries,
+                retry_on=retry_on,
+                retry_backoff=retry_backoff,
+                key=None if key is None else key(item),
+            )
+            for item in materialised
+        ]
+        try:
+            return [await handle.wait() for handle in handles]
+        except BaseException:
+            # Cancelling map() (an outer timeout, say) stops the sweep it started.
+            for handle in handles:
+                handle.cancel()
+            raise
+
+    async def as_completed(
+        self, handles: Sequence[TaskHandle[ItemT]]
+    ) -> AsyncIterator[TaskHandle[ItemT]]:
+        """Yield each handle as its task ends (results via ``handle.result``)."""
+        pending = len(handles)
+        if not pending:
+            return
+        send, receive = anyio.create_memory_object_stream[TaskHandle[ItemT]](pending)
+        with send, receive:
+            for handle in handles:
+                handle.add_done_callback(deliver_to(send))
+            for _ in range(pending):
+                yield await receive.receive()
+
+    # -- running ----------------------------------------------------------
+
+    async def _record(
+        self,
+        task: TaskHandle[Any],
+        status: TaskStatus,
+        attempt: int,
+        gpu_indices: tuple[int, ...] = (),
+        error: str | None = None,
+        result: TaskResult | None = None,
+    ) -> None:
+        """THE place every state change goes through: journal first, then subscribers."""
+        task.status = status
+        if self._journal is None and not self._hub.active:
+            return
+        event = TaskEvent(
+            key=task.key,
+            status=status,
+            time=anyio.current_time(),
+            attempt=attempt,
+            gpu_indices=gpu_indices,
+            error=error,
+            from_journal=result is not None and result.from_journal,
+        )
+        if self._journal is not None and not event.from_journal:
+            await self._journal.record(event, result)
+        self._hub.publish(event)
+
+    async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._record(
+                task, result.status, result.attempts, result.gpu_indices, result.error, result
+            )
+        self._finished += 1
+        task._finish(result)
+
+    async def _drive(self, task: TaskHandle[Any]) -> None:
+        _EXECUTORS.set(self._executors)
+        try:
+            if self._journal is not None:
+                prior = await self._journal.finished(task.key)
+                if prior is not None:
+                    await self._end(task, attrs.evolve(prior, key=task.key, from_journal=True))
+                    return
+            await self._record(task, TaskStatus.QUEUED, 0)
+            with task._scope:
+                result = await self._attempts(task)
+            if task._scope.cancelled_caught:
+                result = self._cancelled(task)
+        except self._cancelled_class:
+            await self._end(task, self._cancelled(task))
+            raise
+        await self._end(task, result)
+
+    def _cancelled(self, task: TaskHandle[Any]) -> TaskResult:
+        return TaskResult(
+            key=task.key,
+            status=TaskStatus.CANCELLED,
+            error="Cancelled: the task or its runner was cancelled",
+            attempts=task._attempts,
+        )
+
+    async def _attempts(self, task: TaskHandle[Any]) -> TaskResult:
+        spec = task._spec
+        attempt = 0
+        started: float | None = None
+        while True:
+            attempt += 1
+            task._attempts = attempt
+            outcome = await self._attempt(task, attempt)
+            if started is None:
+                started = outcome.started
+            if outcome.error is None or not (
+                attempt <= spec.retries and should_retry(spec.retry_on, outcome.error)
+            ):
+                return outcome.result(task.key, attempt, started)
+            await self._record(
+                task, TaskStatus.RETRYING, attempt, outcome.gpu_indices, _error_text(outcome.error)
+            )
+            await anyio.sleep(
+                backoff_delay(attempt, initial=spec.retry_backoff, jitter=random.random())
+            )
+
+    async def _attempt(self, task: TaskHandle[Any], attempt: int) -> _Outcome:
+        spec = task._spec
+        outcome = _Outcome()
+        allocation: GPUAllocation | None = None
+        try:
+            if spec.required_gpus:
+                await self._record(task, TaskStatus.WAITING_FOR_GPU, attempt)
+                assert self._pool is not None
+                assert self._gpu_gate is not None
+                async with self._gpu_gate:
+                    allocation = await self._pool.acquire(
+                        spec.required_gpus,
+                        min_memory_mb=spec.min_memory_mb,
+                        exclusive=spec.exclusive,
+                        priority=spec.priority,
+                        experiment_id=task.key,
+                    )
+                outcome.gpu_indices = allocation.gpu_indices
+            await self._slots.acquire(front=allocation is not None)
+            try:
+                # A task cancelled before it started never starts.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                await self._record(task, TaskStatus.RUNNING, attempt, outcome.gpu_indices)
+                outcome.started = anyio.current_time()
+                outcome.value = await self._call(spec, task.item, allocation)
+                outcome.ended = anyio.current_time()
+            finally:
+                self._slots.release()
+        except self._cancelled_class:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            outcome.error = exc
+            outcome.ended = anyio.current_time()
+        finally:
+            if allocation is not None:
+                with anyio.CancelScope(shield=True):
+                    assert self._pool is not None
+                    await self._pool.release(allocation)
+        return outcome
+
+    async def _call(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+        if spec.is_async:
+            return await self._timed(spec, item, allocation)
+        # A plain function's timeout starts once it has a high-level worker.
+        async with self._executors.high.slot():
+            return await self._timed(spec, item, allocation)
+
+    async def _timed(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+        if spec.timeout is None:
+            return await self._invoke(spec, item, allocation)
+        with anyio.move_on_after(spec.timeout) as scope:
+            return await self._invoke(spec, item, allocation)
+        if scope.cancelled_caught:
+            raise _TaskTimeout(f"the task ran past its timeout of {spec.timeout} s")
+        raise AssertionError(
+            "unreachable: the timeout scope ended without a value"
+        )  # pragma: no cover
+
+    async def _invoke(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+        if spec.is_async:
+            return await spec.fn(item, allocation)
+        value = await self._executors.high.run(
+            self._executors, spec.fn, (item, allocation), capped=False
+        )
+        if inspect.isawaitable(value):  # a plain function that returned a coroutine
+            value = await value
+        return value
+
+    # -- tuning -----------------------------------------------------------
+
+    async def optimize(
+        self,
+        strategy: Strategy[S],
+        objective: Callable[[S, GPUAllocation | None], Any],
+        *,
+        n_trials: int,
+        max_parallel: int | None = None,
+        direction: Direction | None = None,
+        required_gpus: int = 0,
+        min_memory_mb: int = 0,
+        exclusive: bool = True,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: RetryOn | None = None,
+        retry_backoff: float = 1.0,
+        key_prefix: str = "trial-",
+    ) -> OptimizeResult[S]:
+        """Ask/tell tuning: keep up to ``max_parallel`` trials of ``objective`` in flight.
+
+        ``strategy.ask()`` is called as slots free up, ``strategy.tell(suggestion,
+        result)`` with every result, failures included; see ``docs/tutorial.md``.
+        """
+        return await optimize(
+            self,
+            strategy,
+            objective,
+            n_trials=n_trials,
+            max_parallel=max_parallel,
+            direction=direction,
+            required_gpus=required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            timeout=timeout,
+            retries=retries,
+            retry_on=retry_on,
+            retry_backoff=retry_backoff,
+            key_prefix=key_prefix,
+        )
+
+
+def _open_journal(journal: object) -> TaskJournal | None:
+    """``None``, a journal object, or a path that the SQLite journal opens."""
+    if journal is None:
+        return None
+    if isinstance(journal, TaskJournal):
+        return journal
+    import os
+
+    if isinstance(journal, (str, os.PathLike)):
+        try:
+            from . import _journal  # type: ignore[attr-defined, unused-ignore]
+        except ImportError:
+            raise NotImplementedError(
+                "journal=<path> needs gpupool's SQLite journal, which this build does not "
+                "have yet; pass an object with async finished(key) and record(event, result)"
+            ) from None
+        return _journal.open_journal(journal)  # type: ignore[attr-defined, no-any-return, unused-ignore]
+    raise TypeError(
+        "journal must be None, a path for the SQLite journal, or an object with async "
+        f"finished(key) and record(event, result) methods, got {journal!r}"
+    )

@@ -1,0 +1,159 @@
+"""``gpupool status`` through real subprocesses (``python -m gpupool``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ..fake_nvml import DRIVER_NOT_LOADED, GPU_IS_LOST, FakeMachine, gpu_uuid
+from .conftest import PYTHON, REPO_ROOT, subprocess_env
+
+
+def gpupool(
+    *args: str, library_dir: Path | None = None, state: FakeMachine | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = subprocess_env(library_dir, state)
+    environ.update(env)
+    return subprocess.run(
+        [PYTHON, "-m", "gpupool", *args],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def fake_machine(fake_nvml_build: Callable[..., Path], tmp_path: Path) -> tuple[Path, FakeMachine]:
+    """A fake libnvidia-ml directory (for LD_LIBRARY_PATH) and the machine it reports."""
+    return fake_nvml_build(), FakeMachine(tmp_path / "nvml-state")
+
+
+def test_fake_gpus_table() -> None:
+    done = gpupool("status", "--fake-gpus", "4")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "Fake GPU" in line]
+    assert len(rows) == 4
+    assert "0 / 24,576" in rows[3]
+    assert "4 fake GPU(s)" in done.stdout
+
+
+def test_fake_gpus_json() -> None:
+    done = gpupool("status", "--fake-gpus", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    gpus = json.loads(done.stdout)
+    assert [g["index"] for g in gpus] == [0, 1]
+    assert gpus[0]["memory_free_mb"] == gpus[0]["memory_total_mb"] == 24_576
+    assert gpus[1]["healthy"] is True
+    assert gpus[1]["processes"] == []
+
+
+def test_nvml_table_and_json(fake_machine: tuple[Path, FakeMachine]) -> None:
+    library, machine = fake_machine
+    machine.add_gpu(name="NVIDIA A100-SXM4-80GB", total_mb=81_920, used_mb=20_000,
+                    utilization=63, processes={4242: 19_000, 5151: None})  # fmt: skip
+    machine.add_gpu(name="NVIDIA A100-SXM4-80GB", errors={"error": GPU_IS_LOST})
+    table = gpupool("status", library_dir=library, state=machine)
+    assert table.returncode == 0, table.stderr
+    first, second = [line for line in table.stdout.splitlines() if line.startswith("│")]
+    assert "20,000 / 81,920" in first
+    assert "63%" in first
+    assert "4242: 19,000, 5151: ?" in first
+    # Lost from the start, so NVML could not even tell its name or UUID.
+    assert "unidentified GPU" in second
+    assert "UNHEALTHY: GPU is lost" in second
+    assert "NVIDIA driver 550.54.15" in table.stdout
+
+    as_json = gpupool("status", "--json", library_dir=library, state=machine)
+    assert as_json.returncode == 0, as_json.stderr
+    gpus = json.loads(as_json.stdout)
+    assert len(gpus) == 2
+    assert gpus[0]["uuid"] == gpu_uuid(0)
+    assert gpus[0]["processes"] == [
+        {"pid": 4242, "used_memory_mb": 19_000},
+        {"pid": 5151, "used_memory_mb": None},
+    ]
+    assert gpus[1]["healthy"] is False
+    assert "lost" in gpus[1]["health_detail"].lower()
+
+
+def test_nvml_honours_cuda_visible_devices(fake_machine: tuple[Path, FakeMachine]) -> None:
+    library, machine = fake_machine
+    for _ in range(3):
+        machine.add_gpu()
+    done = gpupool(
+        "status", "--json", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
+    )
+    assert done.returncode == 0, done.stderr
+    assert [g["uuid"] for g in json.loads(done.stdout)] == [gpu_uuid(0), gpu_uuid(2)]
+    table = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0")
+    assert table.returncode == 0, table.stderr
+    assert [line.split("│")[1].strip() for line in table.stdout.splitlines() if "│" in line] == [
+        "0",
+        "2",
+    ]
+    assert "CUDA_VISIBLE_DEVICES=2,0" in table.stdout
+    none = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="")
+    assert none.returncode == 0, none.stderr
+    assert "No GPUs visible" in none.stdout
+
+
+def test_no_nvml_driver_is_a_clear_error(fake_machine: tuple[Path, FakeMachine]) -> None:
+    library, machine = fake_machine
+    machine.init_error = DRIVER_NOT_LOADED
+    machine.add_gpu()
+    done = gpupool("status", library_dir=library, state=machine)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("gpupool: error: cannot use NVML: the NVIDIA kernel driver")
+    assert "--fake-gpus" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_nvml_library_is_a_clear_error(tmp_path: Path) -> None:
+    import ctypes.util
+
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("this machine has a real libnvidia-ml")
+    done = gpupool("status", "--json", library_dir=tmp_path)
+    assert done.returncode == 2
+    assert "libnvidia-ml.so.1) was not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_cuda_visible_devices_is_a_clear_error(
+    fake_machine: tuple[Path, FakeMachine],
+) -> None:
+    library, machine = fake_machine
+    machine.add_gpu()
+    done = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="0,gpu0")
+    assert done.returncode == 2
+    assert "CUDA_VISIBLE_DEVICES='0,gpu0' has entry 'gpu0'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ((), "the following arguments are required: COMMAND"),
+        (("status", "--fake-gpus", "0"), "N must be an int >= 1, got '0'"),
+        (("status", "--fake-gpus", "two"), "N must be an int >= 1, got 'two'"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors(args: tuple[str, ...], fragment: str) -> None:
+    done = gpupool(*args)
+    assert done.returncode == 2
+    assert fragment in done.stderr
+
+
+def test_version() -> None:
+    done = gpupool("--version")
+    assert done.returncode == 0
+    assert done.stdout.startswith("gpupool ")

@@ -1,0 +1,400 @@
+"""``gpupool run`` and ``gpupool demo`` end to end: real CLI processes, real jobs, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gpupool._proctree import read_stat
+from gpupool.providers.fake import fake_uuid
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each job appends "start" and "end" to a file named after its key, so a test
+# can tell how often each job ran and whether it finished.
+MARK = 'echo start >> "marks/$GPUPOOL_JOB_KEY"; {body}; echo end >> "marks/$GPUPOOL_JOB_KEY"'
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("COLUMNS", None)
+    return env
+
+
+def _gpupool(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpupool", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpupool", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _marks(tmp_path: Path) -> dict[str, list[str]]:
+    marks = tmp_path / "marks"
+    if not marks.is_dir():
+        return {}
+    return {p.name: p.read_text().split() for p in marks.iterdir()}
+
+
+def _statuses(journal: Path) -> dict[str, str]:
+    if not journal.exists():
+        return {}
+    conn = sqlite3.connect(journal)
+    try:
+        return dict(conn.execute("SELECT key, status FROM tasks").fetchall())
+    except sqlite3.OperationalError:  # created but no schema yet
+        return {}
+    finally:
+        conn.close()
+
+
+def _jobs_file(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "marks").mkdir(exist_ok=True)
+    path = tmp_path / "jobs.txt"
+    path.write_text(text)
+    return path
+
+
+def test_a_failing_job_fails_the_run_and_the_others_still_run(tmp_path: Path) -> None:
+    _jobs_file(
+        tmp_path,
+        "# two GPUs each see their own device\n"
+        'echo "$CUDA_VISIBLE_DEVICES"\n'
+        '[gpus=2] echo "$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"\n'
+        "[gpus=0 name=broken] echo oops [$CUDA_VISIBLE_DEVICES] >&2; exit 3\n",
+    )
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "3", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "2 succeeded, 1 failed" in run.stdout
+    assert "exit code 3" in run.stdout
+    logs = tmp_path / "jobs.txt.logs"
+    contents = sorted(p.read_text() for p in logs.iterdir())
+    assert "oops []\n" in contents  # a CPU-only job sees no GPU
+    one_gpu = [c for c in contents if c.count("GPU-") == 1]
+    two_gpus = [c for c in contents if c.count("GPU-") == 2]
+    assert len(one_gpu) == len(two_gpus) == 1
+    assert one_gpu[0].strip() in {fake_uuid(i) for i in range(3)}
+    assert two_gpus[0].strip().endswith(" PCI_BUS_ID")
+    statuses = _statuses(tmp_path / "jobs.txt.journal.sqlite")
+    assert sorted(statuses.values()) == ["failed", "succeeded", "succeeded"]
+    assert statuses["broken"] == "failed"
+
+
+def test_a_successful_run_exits_0_and_a_second_run_runs_nothing(tmp_path: Path) -> None:
+    _jobs_file(
+        tmp_path,
+        "\n".join(MARK.format(body=f"echo job {i}") for i in range(3)) + "\n",
+    )
+    first = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "3 succeeded, 0 failed" in first.stdout
+    again = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "succeeded (earlier run)" in again.stdout
+    assert all(marks == ["start", "end"] for marks in _marks(tmp_path).values())
+    assert len(_marks(tmp_path)) == 3
+
+
+def test_failed_jobs_run_again_only_with_retry_failed(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, MARK.format(body="exit 1") + "\n" + MARK.format(body="true") + "\n")
+    assert _gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path).returncode == 1
+    second = _gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path)
+    assert second.returncode == 1
+    assert "add --retry-failed" in second.stdout
+    assert sorted(len(m) for m in _marks(tmp_path).values()) == [1, 2]  # failed: start only
+    third = _gpupool("run", "jobs.txt", "--gpus", "0", "--retry-failed", cwd=tmp_path)
+    assert third.returncode == 1
+    assert sorted(len(m) for m in _marks(tmp_path).values()) == [2, 2]  # failed one ran again
+
+
+def test_resume_after_kill_9_runs_no_finished_job_again(tmp_path: Path) -> None:
+    count = 8
+    _jobs_file(
+        tmp_path,
+        "\n".join(MARK.format(body=f"sleep 0.4; echo {i}") for i in range(count)) + "\n",
+    )
+    journal = tmp_path / "jobs.txt.journal.sqlite"
+    runner = _start("run", "jobs.txt", "--fake-gpus", "2", "--grace", "1", cwd=tmp_path)
+    try:
+        _wait_for(
+            lambda: list(_statuses(journal).values()).count("succeeded") >= 2,
+            "two jobs to finish",
+        )
+        runner.send_signal(signal.SIGKILL)
+    finally:
+        runner.wait(timeout=30)
+        assert runner.stdout is not None
+        assert runner.stderr is not None
+        runner.stdout.close()
+        runner.stderr.close()
+    finished_at_kill = {k for k, s in _statuses(journal).items() if s == "succeeded"}
+    running_at_kill = {k for k, s in _statuses(journal).items() if s == "running"}
+    assert finished_at_kill
+
+    resumed = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{count} succeeded, 0 failed" in resumed.stdout
+    marks = _marks(tmp_path)
+    assert len(marks) == count
+    for key, lines in marks.items():
+        starts = lines.count("start")
+        if key in finished_at_kill:
+            assert starts == 1, f"{key} finished before the kill but ran again"
+        elif key not in running_at_kill:
+            assert starts == 1, f"{key} was only queued at the kill but ran {starts} times"
+        assert "end" in lines
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT COUNT(*) FROM process_groups").fetchone() == (0,)
+
+
+def test_a_restarted_run_kills_the_jobs_a_killed_run_left_behind(tmp_path: Path) -> None:
+    # Runs long the first time only; the re-run after the restart is quick.
+    _jobs_file(
+        tmp_path,
+        "[gpus=0] if [ -e marks/once ]; then exit 0; fi; touch marks/once; "
+        "echo $$ > marks/pid; sleep 60\n",
+    )
+    runner = _start("run", "jobs.txt", cwd=tmp_path)
+    try:
+        pid_file = tmp_path / "marks" / "pid"
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        runner.send_signal(signal.SIGKILL)
+    finally:
+        runner.communicate(timeout=30)
+    orphan = int(pid_file.read_text())
+    assert _is_alive(orphan)  # kill -9 gave gpupool no chance to end it
+    restarted = _gpupool("run", "jobs.txt", cwd=tmp_path)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "killed 1 leftover process group(s) of an earlier run that died" in restarted.stderr
+    _wait_for(lambda: not _is_alive(orphan), "the orphan to be gone", timeout=5)
+
+
+def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
+    jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
+    runner = _start("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
+    try:
+        _wait_for(
+            lambda: (
+                len(_marks(tmp_path)) == 1 and all("end" in m for m in _marks(tmp_path).values())
+            ),
+            "the first job",
+        )
+        with jobs.open("a") as handle:
+            handle.write("# appended while running\n" + MARK.format(body="echo second") + "\n")
+        journal = tmp_path / "jobs.txt.journal.sqlite"
+        _wait_for(
+            lambda: list(_statuses(journal).values()) == ["succeeded", "succeeded"],
+            "the appended job to finish",
+        )
+        runner.send_signal(signal.SIGINT)
+        out, err = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 0, err
+    assert "2 succeeded, 0 failed" in out
+    assert "line 3" in err  # the appended job, reported with its line number
+
+
+def test_ctrl_c_ends_running_jobs_and_journals_them_as_cancelled(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
+    runner = _start("run", "jobs.txt", "--grace", "0.5", cwd=tmp_path)
+    try:
+        pid_file = tmp_path / "marks" / "pid"
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        job_pid = int(pid_file.read_text())
+        runner.send_signal(signal.SIGINT)
+        out, err = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 130, err
+    assert "stopping" in err
+    assert "0 succeeded, 0 failed, 1 interrupted" in out
+    info = read_stat(job_pid)
+    assert info is None or not info.alive
+    assert set(_statuses(tmp_path / "jobs.txt.journal.sqlite").values()) == {"cancelled"}
+
+
+def test_bad_lines_are_reported_with_their_line_numbers_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    _jobs_file(tmp_path, "echo fine\n\n[gpus=two] echo a\n[gpus=1 mem=lots] echo b\n")
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "gpupool run: error: jobs.txt:3: gpus must be an int >= 0, got 'two'",
+        "gpupool run: error: jobs.txt:4: memory must look like 8G, 512M or 8000 (MB), got 'lots'",
+    ]
+    assert run.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.txt", "marks"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "gpupool run: error: jobs.txt: no such file"),
+        (lambda d: (d / "jobs.txt").mkdir(), "gpupool run: error: jobs.txt: is a directory"),
+        (
+            lambda d: (d / "jobs.txt").write_bytes(b"echo \xff\n"),
+            "gpupool run: error: jobs.txt:1: not UTF-8 text",
+        ),
+    ],
+    ids=["missing", "directory", "not-text"],
+)
+def test_an_unusable_jobs_file_is_one_line_and_exit_2(
+    tmp_path: Path, setup: Callable[[Path], object], message: str
+) -> None:
+    setup(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [message] or run.stderr.startswith(message)
+    assert len(run.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_job_needing_more_gpus_than_exist_is_refused_up_front(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "echo small\n[gpus=3] echo big\n")
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "gpupool run: error: jobs.txt:2: gpus=3 but there are only 2 GPUs"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.txt", "marks"]
+
+
+def test_a_journal_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "echo hi\n")
+    journal = tmp_path / "jobs.txt.journal.sqlite"
+    journal.write_bytes(b"this is not a database, it is a shopping list\n" * 20)
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    assert run.returncode == 2
+    assert len(run.stderr.splitlines()) == 1
+    assert run.stderr.startswith("gpupool run: error: cannot use the journal")
+    assert journal.read_bytes().startswith(b"this is not a database")
+    assert not (tmp_path / "jobs.txt.logs").exists()
+
+
+def test_a_read_only_directory_is_one_line_exit_2_and_nothing_half_written(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "ro"
+    workdir.mkdir()
+    (workdir / "jobs.txt").write_text("echo hi\n")
+    # chmod does not stop root; the immutable attribute does.
+    made = subprocess.run(["chattr", "+i", str(workdir)], capture_output=True, check=False)
+    if made.returncode != 0:
+        workdir.chmod(0o555)
+        if os.access(workdir, os.W_OK):
+            pytest.skip("cannot make a read-only directory here (root without chattr)")
+    try:
+        run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=workdir)
+        assert run.returncode == 2
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+        assert run.stderr.startswith("gpupool run: error: cannot write the log directory")
+        assert sorted(p.name for p in workdir.iterdir()) == ["jobs.txt"]
+    finally:
+        subprocess.run(["chattr", "-i", str(workdir)], capture_output=True, check=False)
+        workdir.chmod(0o755)
+
+
+def test_bad_options_exit_2(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "echo hi\n")
+    run = _gpupool("run", "jobs.txt", "--gpus", "-1", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "--gpus: must be an int >= 0, got '-1'" in run.stderr
+    run = _gpupool("run", "jobs.txt", "--timeout", "soon", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "timeout must be a duration" in run.stderr
+
+
+def test_demo_runs_the_bundled_jobs_file(tmp_path: Path) -> None:
+    run = _gpupool("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "8 succeeded, 0 failed" in run.stdout
+    logs = tmp_path / "demo" / "demo_jobs.txt.logs"
+    text = "".join(p.read_text() for p in logs.iterdir())
+    assert fake_uuid(0) in text
+    assert "first try fails" in text
+    assert "retry succeeds" in text
+
+
+def test_timeouts_and_cuda_oom_show_in_the_summary(tmp_path: Path) -> None:
+    _jobs_file(
+        tmp_path,
+        "[gpus=0 timeout=1s name=slow] sleep 30\n"
+        "[gpus=0 name=oom] echo 'RuntimeError: CUDA out of memory. Tried to allocate' >&2; exit 1\n",
+    )
+    run = _gpupool("run", "jobs.txt", "--grace", "0.2", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "exit code 1 (CUDA out of memory)" in run.stdout
+    assert _statuses(tmp_path / "jobs.txt.journal.sqlite") == {
+        "slow": "timed_out",
+        "oom": "failed",
+    }
+
+
+def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
+    runner = _start("run", "jobs.txt", "--grace", "60", cwd=tmp_path)
+    try:
+        pid_file = tmp_path / "marks" / "pid"
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        job_pid = int(pid_file.read_text())
+        runner.send_signal(signal.SIGINT)
+        assert runner.stderr is not None
+        while "stopping" not in (line := runner.stderr.readline()):
+            assert line, "gpupool run ended before it said it was stopping"
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=30)  # far less than the 60 s grace period
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 130
+    assert "forced stop" in err
+    _wait_for(lambda: not _is_alive(job_pid), "the job to be killed", timeout=5)
+    # The journal is consistent: the next run takes it over and runs the job again.
+    assert list(_statuses(tmp_path / "jobs.txt.journal.sqlite").values()) == ["running"]
+
+
+def _is_alive(pid: int) -> bool:
+    info = read_stat(pid)
+    return info is not None and info.alive

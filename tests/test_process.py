@@ -1,0 +1,368 @@
+"""run_process with real processes, real signals and real files, on asyncio and trio."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import gpupool
+from gpupool import GPUAllocation, ProcessFailed, ProcessResult, run_process
+from gpupool._proctree import read_stat
+from gpupool.providers.fake import fake_uuid
+
+pytestmark = pytest.mark.anyio
+
+# A job that ignores SIGTERM and leaves three helpers that ignore it too: one in
+# its process group, one in a session of its own, and one in a session of its
+# own whose parent has exited (reparented to init, no parent chain back).
+STUBBORN_JOB = """
+trap '' TERM
+sleep 1000 &
+echo $! >> "$PIDS"
+setsid sleep 1000 &
+echo $! >> "$PIDS"
+( setsid sleep 1000 & echo $! >> "$PIDS" )
+echo ready >> "$PIDS"
+exec sleep 1000
+"""
+
+
+def _allocation(*indices: int) -> GPUAllocation:
+    return GPUAllocation(
+        id=7,
+        gpu_indices=indices,
+        gpu_uuids=tuple(fake_uuid(i) for i in indices),
+        memory_mb=0,
+    )
+
+
+def _alive(pid: int) -> bool:
+    info = read_stat(pid)
+    if info is None:
+        return False
+    if info.alive:
+        return True
+    # A zombie is dead. It must not be ours to reap, though: we reap our child,
+    # init reaps orphans (this machine's PID 1 may not, which is not our leak).
+    assert info.ppid != os.getpid(), f"process {pid} is a zombie child of the test"
+    return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_stat(int(name))
+            if info is not None and info.alive and info.pgrp == pgid:
+                found.append(info.pid)
+    return found
+
+
+def _recorded_pids(path: Path) -> list[int]:
+    lines = path.read_text().split()
+    assert "ready" in lines, f"the job did not get going: {lines}"
+    return [int(line) for line in lines if line != "ready"]
+
+
+def _assert_all_gone(result_pid: int, pids: list[int]) -> None:
+    assert len(pids) == 3
+    assert not _alive(result_pid)
+    assert [p for p in pids if _alive(p)] == []
+    assert _group_members(result_pid) == []
+
+
+async def test_timeout_ends_the_whole_job_within_grace_plus_one_second(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    grace = 0.5
+    timeout = 2.0
+    started = time.monotonic()
+    result = await run_process(
+        STUBBORN_JOB, timeout=timeout, grace_period=grace, env={"PIDS": str(pids)}
+    )
+    elapsed_after_timeout = time.monotonic() - started - timeout
+    assert result.timed_out
+    assert not result.ok
+    assert result.returncode == -9  # the leader ignored SIGTERM
+    assert result.leftovers == 3
+    _assert_all_gone(result.pid, _recorded_pids(pids))
+    # The bound the issue promises: gone within the grace period plus 1 s.
+    assert elapsed_after_timeout < grace + 1.0
+
+
+async def test_cancel_ends_the_whole_job_then_propagates(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    grace = 0.5
+    started_pid: list[int] = []
+    cancelled_at = 0.0
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_process(
+                    STUBBORN_JOB,
+                    grace_period=grace,
+                    env={"PIDS": str(pids)},
+                    on_start=started_pid.append,
+                )
+            )
+            # The job is another process: a file is all there is to wait on.
+            while "ready" not in (pids.read_text() if pids.exists() else ""):  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            cancelled_at = time.monotonic()
+            scope.cancel()
+    elapsed = time.monotonic() - cancelled_at
+    assert scope.cancelled_caught
+    _assert_all_gone(started_pid[0], _recorded_pids(pids))
+    assert elapsed < grace + 1.0
+
+
+async def test_leftovers_of_a_finished_job_are_ended(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    result = await run_process(
+        ["sh", "-c", 'sleep 1000 & echo $! > "$1"; exit 0', "sh", str(pidfile)],
+        grace_period=0.2,
+    )
+    assert result.ok
+    assert result.leftovers == 1
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_exit_codes_and_check() -> None:
+    ok = await run_process(["sh", "-c", "exit 0"])
+    assert ok.ok
+    assert ok.returncode == ok.exit_code == 0
+    assert ok.check() is ok
+    assert ok.leftovers == 0
+    failed = await run_process("exit 3")
+    assert failed.returncode == 3
+    assert not failed.ok
+    assert not failed.timed_out
+    with pytest.raises(ProcessFailed, match="exit code 3") as info:
+        failed.check()
+    assert info.value.result is failed
+
+
+async def test_timeout_of_a_polite_command_uses_sigterm() -> None:
+    result = await run_process(["sleep", "30"], timeout=0.2, grace_period=5)
+    assert result.timed_out
+    assert result.returncode == -15
+    assert "timed out" in result.describe()
+
+
+async def test_output_goes_to_the_log_file_and_is_appended(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    first = await run_process("echo to-stdout; echo to-stderr >&2", log_path=log)
+    assert first.log_path == log
+    assert first.output is None
+    assert log.read_text() == "to-stdout\nto-stderr\n"
+    await run_process(["echo", "second attempt"], log_path=str(log))
+    assert log.read_text() == "to-stdout\nto-stderr\nsecond attempt\n"
+
+
+async def test_output_is_captured_without_a_log_file() -> None:
+    result = await run_process([sys.executable, "-c", "print('hello'); print('é')"])
+    assert result.output == "hello\né\n"
+    assert result.log_path is None
+
+
+async def test_environment_carries_the_allocation_devices(tmp_path: Path) -> None:
+    code = (
+        "import os; print(os.environ['CUDA_VISIBLE_DEVICES']);"
+        "print(os.environ['CUDA_DEVICE_ORDER']); print(os.environ['MINE'])"
+    )
+    result = await run_process(
+        [sys.executable, "-c", code],
+        allocation=_allocation(1, 3),
+        # The allocation wins over the caller's env: a job cannot escape its GPUs.
+        env={"CUDA_VISIBLE_DEVICES": "0", "MINE": "kept"},
+    )
+    assert result.output is not None
+    devices, order, mine = result.output.split()
+    assert devices == f"{fake_uuid(1)},{fake_uuid(3)}"
+    assert order == "PCI_BUS_ID"
+    assert mine == "kept"
+
+
+async def test_without_allocation_the_parent_environment_is_inherited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GPUPOOL_TEST_INHERITED", "yes")
+    result = await run_process("echo $GPUPOOL_TEST_INHERITED")
+    assert result.output == "yes\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "RuntimeError: CUDA error: out of memory",
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory",
+    ],
+)
+async def test_cuda_oom_is_detected_in_a_log(tmp_path: Path, message: str) -> None:
+    log = tmp_path / "oom.log"
+    code = f"import sys; print('step 1'); print({message!r}, file=sys.stderr); sys.exit(1)"
+    result = await run_process([sys.executable, "-c", code], log_path=log)
+    assert result.cuda_oom
+    assert result.returncode == 1
+    assert "CUDA out of memory" in result.describe()
+
+
+async def test_cuda_oom_is_detected_in_captured_output_and_only_there(tmp_path: Path) -> None:
+    oom = await run_process("echo 'CUDA out of memory' >&2; exit 1")
+    assert oom.cuda_oom
+    clean = await run_process("echo 'MemoryError in host code'; exit 1")
+    assert not clean.cuda_oom
+    # An earlier attempt's OOM in the same log does not taint a later attempt.
+    log = tmp_path / "retries.log"
+    await run_process("echo 'CUDA out of memory'; exit 1", log_path=log)
+    retry = await run_process("echo fine", log_path=log)
+    assert not retry.cuda_oom
+
+
+class _RecordingPool:
+    def __init__(self) -> None:
+        self.calls: list[tuple[GPUAllocation, int]] = []
+
+    async def register_process(self, allocation: GPUAllocation, pid: int) -> None:
+        self.calls.append((allocation, pid))
+
+
+async def test_hooks_learn_the_process_group() -> None:
+    pool = _RecordingPool()
+    seen: list[int] = []
+    alloc = _allocation(0)
+    result = await run_process(
+        ["sh", "-c", "exit 0"], allocation=alloc, pool=pool, on_start=seen.append
+    )
+    assert seen == [result.pid]
+    assert pool.calls == [(alloc, result.pid)]
+    assert result.pgid == result.pid
+
+
+async def test_a_failing_hook_ends_the_job_and_propagates(tmp_path: Path) -> None:
+    started: list[int] = []
+
+    def hook(pid: int) -> None:
+        started.append(pid)
+        raise RuntimeError("journal is unavailable")
+
+    with pytest.raises(RuntimeError, match="journal is unavailable"):
+        await run_process(["sleep", "1000"], on_start=hook, grace_period=0.5)
+    assert not _alive(started[0])
+
+
+async def test_a_missing_executable_raises() -> None:
+    with pytest.raises(FileNotFoundError):
+        await run_process(["/nonexistent/gpupool-test-binary"])
+
+
+async def test_a_missing_log_directory_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await run_process(["true"], log_path=tmp_path / "no" / "such" / "dir.log")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"cmd": ""}, ValueError, "cmd must be a non-empty str"),
+        ({"cmd": []}, ValueError, "cmd must be"),
+        ({"cmd": b"ls"}, TypeError, "cmd must be"),
+        ({"cmd": ["ls", 3]}, TypeError, "every argument of cmd"),
+        ({"cmd": 42}, TypeError, "cmd must be"),
+        ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds > 0"),
+        ({"timeout": -1}, ValueError, "timeout must be"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be"),
+        ({"timeout": "5"}, TypeError, "timeout must be"),
+        (
+            {"grace_period": -0.1},
+            ValueError,
+            "grace_period must be a finite number of seconds >= 0",
+        ),
+        ({"grace_period": None}, TypeError, "grace_period must be"),
+        ({"env": {"A": 1}}, TypeError, "env must map str to str"),
+        ({"env": ["A=1"]}, TypeError, "env must be a mapping"),
+        ({"env": {"A=B": "1"}}, ValueError, "invalid variable"),
+        ({"allocation": "0"}, TypeError, "allocation must be a GPUAllocation"),
+        ({"log_path": 3}, TypeError, "log_path must be"),
+        ({"pool": object()}, TypeError, "pool must have a register_process"),
+        ({"pool": _RecordingPool()}, ValueError, "pool is only used with an allocation"),
+        ({"on_start": 3}, TypeError, "on_start must be callable"),
+    ],
+)
+async def test_bad_arguments_are_rejected_before_anything_starts(
+    kwargs: dict[str, object], error: type[Exception], match: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    call: dict[str, object] = {"cmd": ["touch", str(marker)], **kwargs}
+    cmd = call.pop("cmd")
+    with pytest.raises(error, match=match):
+        await run_process(cmd, **call)  # type: ignore[arg-type]
+    assert not marker.exists()
+
+
+def test_exported() -> None:
+    assert gpupool.run_process is run_process
+    assert gpupool.ProcessResult is ProcessResult
+    assert gpupool.ProcessFailed is ProcessFailed
+
+
+async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path: Path) -> None:
+    from gpupool._journal import Journal, current_task
+
+    path = tmp_path / "journal.sqlite"
+    seen_during_run: list[list[tuple[str, int]]] = []
+
+    def rows() -> list[tuple[str, int]]:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT key, pgid FROM process_groups").fetchall()
+
+    with Journal(path) as journal:
+        assert journal.claim("trial-1") is None
+        token = current_task.set((journal, "trial-1"))
+        try:
+            async with anyio.create_task_group() as tg:
+                started: list[int] = []
+
+                async def run() -> None:
+                    await run_process(["sleep", "0.5"], on_start=lambda pid: started.append(pid))
+
+                tg.start_soon(run)
+                while not rows():  # noqa: ASYNC110 -- the journal is a file, not an event
+                    await anyio.sleep(0.01)
+                seen_during_run.append(rows())
+        finally:
+            current_task.reset(token)
+        assert seen_during_run == [[("trial-1", started[0])]]
+        assert rows() == []
+
+
+async def test_a_real_pool_learns_the_process_of_its_allocation() -> None:
+    from gpupool import FakeGPUProvider, GPUResourcePool
+
+    async with GPUResourcePool(FakeGPUProvider(count=2), settle_timeout=0) as pool:
+        async with pool.allocation(required_gpus=1) as alloc:
+            result = await run_process("echo $CUDA_VISIBLE_DEVICES", allocation=alloc, pool=pool)
+        assert result.output == f"{alloc.gpu_uuids[0]}\n"
+        assert pool.statistics().free_gpus == (0, 1)
+
+
+async def test_without_pool_the_granting_pool_is_found_through_the_seam(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpupool._pool
+
+    pool = _RecordingPool()
+    alloc = _allocation(0)
+    monkeypatch.setattr(
+        gpupool._pool, "pool_of", lambda a: pool if a == alloc else None, raising=False
+    )
+    result = await run_process(["true"], allocation=alloc)
+    assert pool.calls == [(alloc, result.pid)]
+    await run_process(["true"], allocation=_allocation(1))  # another pool's: not registered
+    assert len(pool.calls) == 1
