@@ -38,6 +38,7 @@ from .providers.fake import DEFAULT_MEMORY_MB, fake_uuid
 __all__ = [
     "BackfillPolicy",
     "FifoPolicy",
+    "FrontInfo",
     "GreedyPolicy",
     "Job",
     "JobRecord",

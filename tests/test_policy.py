@@ -434,3 +434,31 @@ def test_unhealthy_gpu_drops_out_of_the_heads_plan() -> None:
     # GPU 3 healthy again: the late request, now at the front, gets it.
     outcomes = s.mark_healthy(3, 51)
     assert [o.ticket for o in outcomes if isinstance(o, Grant)] == [late.ticket]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", MOCK_TRIO)
+async def test_pool_passes_hints_through_to_backfilling() -> None:
+    async with GPUResourcePool(FakeGPUProvider(count=2), refresh_interval=1e9) as pool:
+        start = anyio.current_time()
+        first = await pool.acquire(1, expected_duration=100)
+        granted: list[float] = []
+
+        async def head() -> None:
+            allocation = await pool.acquire(2, expected_duration=10)
+            granted.append(anyio.current_time() - start)
+            await pool.release(allocation)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(head)
+            await anyio.wait_all_tasks_blocked()
+            # The 2-GPU head may start at t=100: a 1-GPU job that says 500 s would delay
+            # it, one that says 50 s would not.
+            with pytest.raises(WouldBlock):
+                pool.acquire_nowait(1, expected_duration=500)
+            quick = pool.acquire_nowait(1, expected_duration=50)
+            await anyio.sleep(50)
+            await pool.release(quick)
+            await anyio.sleep(50)
+            await pool.release(first)
+        assert granted == [pytest.approx(100)]
