@@ -170,6 +170,8 @@ class _ShapeQueues:
         level.remove(waiter)
         self._count -= 1
         self._special -= not _plain(waiter.request)
+        if not self._count:
+            self._last_ticket = 0  # nobody to compare with: a reused policy starts afresh
         if not level.count:
             del self._levels[priority]
             self._priorities.remove(priority)

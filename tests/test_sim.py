@@ -217,3 +217,18 @@ def test_identical_requests_start_in_arrival_order(jobs: list[Job]) -> None:
         by_shape[shape].append(record.start)
     for starts in by_shape.values():
         assert starts == sorted(starts)
+
+
+def test_a_policy_reused_after_a_finished_run_behaves_like_a_fresh_one() -> None:
+    jobs = [
+        Job(arrival=0, gpus=2, duration=100),
+        Job(arrival=0, gpus=4, duration=50),
+        Job(arrival=0, gpus=2, duration=100),
+        Job(arrival=0, gpus=1, duration=100),
+    ]
+    policy = BackfillPolicy()
+    first = simulate(jobs * 3, gpus=4, policy=policy)
+    again = simulate(jobs, gpus=4, policy=policy)
+    fresh = simulate(jobs, gpus=4, policy=BackfillPolicy())
+    assert len(first.records) == 12
+    assert [r.start for r in again.records] == [r.start for r in fresh.records]
