@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, final
 
 from ._request import Request
 
@@ -74,6 +74,7 @@ class SchedulingPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
+@final
 class FifoPolicy:
     """Strict priority-then-arrival order: nobody overtakes the head of the queue.
 
