@@ -94,7 +94,8 @@ class GPUResourcePool:
     ``refresh_interval`` bounds how often the provider is asked;
     ``settle_timeout`` bounds how long a GPU waits, after a release, for the
     memory of the released job's processes to come back (see docs/devices.md).
-    ``policy`` orders the waiters (default: strict priority, then arrival);
+    ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
+    then arrival with backfilling that starves nobody; see docs/scheduling.md);
     ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
     """
 
@@ -256,7 +257,10 @@ class GPUResourcePool:
         ``required_gpus`` whole GPUs that no other allocation holds, each with
         at least ``min_memory_mb`` free; with ``exclusive=False``, GPUs shared
         with other shared allocations while their memory fits. Higher
-        ``priority`` is served first, equal priorities in arrival order.
+        ``priority`` is served first, equal priorities in arrival order; a
+        later request starts first only within the bounds docs/scheduling.md
+        gives. ``expected_duration`` (seconds) is a hint that lets shorter
+        requests use GPUs the queue's head is waiting for without delaying it.
 
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy

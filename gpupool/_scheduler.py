@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import NamedTuple, TypeAlias
 
 import attrs
 
+from ._backfill import BackfillPolicy
 from ._errors import AllocationNotHeld, GPUPoolError, PoolClosed, UnsatisfiableRequest
 from ._model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
-from ._policy import FifoPolicy, SchedulingPolicy
+from ._policy import SchedulingPolicy
 from ._request import Request
 from ._scoring import Scorer, default_score
 
@@ -207,7 +208,10 @@ class Scheduler:
             gpu.rescore(scorer)
         # Whether a request shape could ever be served; only health changes alter the answer.
         self._impossible_cache: dict[tuple[int, int, frozenset[int] | None], str | None] = {}
-        self._policy: SchedulingPolicy = policy if policy is not None else FifoPolicy()
+        self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
+        # hosts() answers, by (allowed_gpus, min_memory_mb); cleared when health or
+        # foreign memory may have changed.
+        self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
         self._settle_timeout = settle_timeout
         self._pool_id = pool_id
         self._tickets = itertools.count(1)
@@ -241,6 +245,10 @@ class Scheduler:
     @property
     def holding(self) -> int:
         return len(self._holdings)
+
+    @property
+    def max_parallel(self) -> int | None:
+        return self._max_parallel
 
     @property
     def closed(self) -> bool:
@@ -403,6 +411,7 @@ class Scheduler:
         as used counts as foreign.
         """
         by_index = {s.index: s for s in snapshot}
+        self._hosts.clear()
         lost_health = health_changed = False
         for gpu in self._gpus.values():
             stats = by_index.get(gpu.index)
@@ -438,6 +447,7 @@ class Scheduler:
         gpu.marked_unhealthy = True
         gpu.health_detail = detail
         self._impossible_cache.clear()
+        self._hosts.clear()
         self._refresh_idle(gpu)
         return self._fail_impossible() + self._schedule(now)
 
@@ -446,6 +456,7 @@ class Scheduler:
         gpu = self._gpu(index)
         gpu.marked_unhealthy = False
         self._impossible_cache.clear()
+        self._hosts.clear()
         self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -464,8 +475,11 @@ class Scheduler:
 
     # --------------------------------------------------- the policy's interface
 
-    def find_gpus(self, request: Request) -> tuple[int, ...] | None:
-        """The best-scored GPUs that satisfy ``request`` right now, or ``None``."""
+    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+        """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
+
+        GPUs in ``avoid`` are not considered (a policy keeping them for someone else).
+        """
         memory = request.min_memory_mb
         allowed = request.allowed_gpus
         needed = request.required_gpus
@@ -473,7 +487,11 @@ class Scheduler:
         if request.exclusive:
             chosen: list[int] = []
             for _, index in self._idle:  # best first
-                if gpus[index].free_mb >= memory and (allowed is None or index in allowed):
+                if (
+                    gpus[index].free_mb >= memory
+                    and (allowed is None or index in allowed)
+                    and index not in avoid
+                ):
                     chosen.append(index)
                     if len(chosen) == needed:
                         return tuple(sorted(chosen))
@@ -485,6 +503,7 @@ class Scheduler:
             and g.exclusive_holder is None
             and g.free_mb >= memory
             and (allowed is None or g.index in allowed)
+            and g.index not in avoid
         ]
         if len(candidates) < needed:
             return None
@@ -493,15 +512,36 @@ class Scheduler:
         candidates.sort(key=_packed_first)
         return tuple(sorted(g.index for g in candidates[:needed]))
 
+    def hosts(self, request: Request) -> dict[int, int]:
+        """The GPUs that could host ``request`` once this pool's holders leave them.
+
+        Healthy GPUs (settling ones included) that ``request`` allows and
+        whose memory, less what processes outside the pool use, is enough;
+        each mapped to that memory (what the pool's holders share). For
+        policies that plan ahead; do not modify the answer.
+        """
+        key = (request.allowed_gpus, request.min_memory_mb)
+        found = self._hosts.get(key)
+        if found is None:
+            allowed, memory = key
+            found = self._hosts[key] = {
+                g.index: g.memory_total_mb - g.foreign_mb
+                for g in self._gpus.values()
+                if g.healthy
+                and (allowed is None or g.index in allowed)
+                and g.memory_total_mb - g.foreign_mb >= memory
+            }
+        return found
+
     def can_grant_more(self) -> bool:
         """False while ``max_parallel`` allocations are held."""
         return self._max_parallel is None or len(self._holdings) < self._max_parallel
 
-    def try_grant(self, waiter: Waiter) -> bool:
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
         """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
         if not self.can_grant_more():
             return False
-        chosen = self.find_gpus(waiter.request)
+        chosen = self.find_gpus(waiter.request, avoid)
         if chosen is None:
             return False
         allocation = self._grant(waiter.ticket, waiter.request, chosen)
