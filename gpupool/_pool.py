@@ -10,10 +10,11 @@ waiter costs nothing while nothing changes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import final
@@ -53,6 +54,26 @@ class _Waiter:
 _open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
 
 
+def _native_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
+    """The running backend's own clock and checkpoint, looked up once per pool.
+
+    They are what ``anyio.current_time`` and ``anyio.lowlevel.checkpoint`` call
+    after finding the backend on every call; the uncontended acquire is about
+    two of each, so the lookups would be a large share of its cost.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.current_time, trio.lowlevel.checkpoint
+    return loop.time, _asyncio_checkpoint
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
+
+
 def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
     """The open pool that granted ``allocation``, or ``None`` once it has closed."""
     return _open_pools.get(allocation.pool_id)
@@ -73,7 +94,8 @@ class GPUResourcePool:
     ``refresh_interval`` bounds how often the provider is asked;
     ``settle_timeout`` bounds how long a GPU waits, after a release, for the
     memory of the released job's processes to come back (see docs/devices.md).
-    ``policy`` orders the waiters (default: strict priority, then arrival);
+    ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
+    then arrival with backfilling that starves nobody; see docs/scheduling.md);
     ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
     """
 
@@ -109,6 +131,8 @@ class GPUResourcePool:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
         self._owned_provider: NVMLProvider | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -161,6 +185,7 @@ class GPUResourcePool:
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
+        self._clock, self._checkpoint = _native_primitives()
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
         _open_pools[self._id] = self
@@ -232,7 +257,10 @@ class GPUResourcePool:
         ``required_gpus`` whole GPUs that no other allocation holds, each with
         at least ``min_memory_mb`` free; with ``exclusive=False``, GPUs shared
         with other shared allocations while their memory fits. Higher
-        ``priority`` is served first, equal priorities in arrival order.
+        ``priority`` is served first, equal priorities in arrival order; a
+        later request starts first only within the bounds docs/scheduling.md
+        gives. ``expected_duration`` (seconds) is a hint that lets shorter
+        requests use GPUs the queue's head is waiting for without delaying it.
 
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
@@ -249,15 +277,20 @@ class GPUResourcePool:
             experiment_id=experiment_id,
             expected_duration=expected_duration,
         )
-        limit = check_seconds("timeout", timeout)
+        limit = None if timeout is None else check_seconds("timeout", timeout)
         core, monitor = self._require_open()
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        if monitor.is_stale(anyio.current_time()):
+        # Yield (and see any pending cancellation) *before* deciding, so that the
+        # decision and its return happen with no await between them: a grant is
+        # never made to a caller that cancellation then takes away.
+        await self._checkpoint()
+        now = self._clock()
+        if monitor.is_stale(now):
             await monitor.refresh()
-        submission = core.submit(request, anyio.current_time())
-        self._dispatch(submission.outcomes)
+            now = self._clock()
+        submission = core.submit(request, now)
+        if submission.outcomes:
+            self._dispatch(submission.outcomes)
         if submission.allocation is not None:
-            await anyio.lowlevel.cancel_shielded_checkpoint()
             return submission.allocation
         return await self._wait(core, submission.ticket, request, limit)
 
@@ -310,7 +343,9 @@ class GPUResourcePool:
             raise AllocationNotHeld(
                 f"allocation {allocation.id} is not held: the pool never opened"
             )
-        self._dispatch(core.release(allocation, anyio.current_time()))
+        outcomes = core.release(allocation, self._clock())
+        if outcomes:
+            self._dispatch(outcomes)
         if self._monitor is not None and core.wants_refresh:
             self._monitor.wake()
 

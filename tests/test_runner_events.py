@@ -212,3 +212,15 @@ async def test_progress_display_counts_every_outcome(anyio_backend: object) -> N
     text = output.getvalue()
     assert "9/9" in text
     assert "failed 3" in text
+
+
+async def test_a_done_callback_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(handle: object) -> None:
+        raise RuntimeError("callback bug")
+
+    async with ParallelRunner() as runner:
+        handle = runner.submit(behave, "a")
+        handle.add_done_callback(broken)
+        result = await handle.wait()
+    assert result.ok
+    assert "callback bug" in caplog.text
