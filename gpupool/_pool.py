@@ -22,11 +22,10 @@ from typing import final
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
 
 from ._errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from ._model import GPUAllocation, GPUStats, PoolStatistics
-from ._monitor import GPUMonitor, take_snapshot
+from ._monitor import GPUMonitor, snapshot_off_loop
 from ._policy import SchedulingPolicy
 from ._request import Request, check_int, check_seconds, make_request
 from ._scheduler import Failure, Grant, Outcome, Scheduler
@@ -148,7 +147,7 @@ class GPUResourcePool:
             # Pool-owned: NVML is shut down again when the pool closes.
             provider = self._owned_provider = NVMLProvider()
         try:
-            snapshot, _ = await anyio.to_thread.run_sync(take_snapshot, provider)
+            snapshot, _ = await snapshot_off_loop(provider)
         except ProviderError:
             self._closed = True
             self._close_owned_provider()

@@ -300,9 +300,9 @@ async def test_pool_grants_a_4_gpu_request_inside_a_stream_of_1_gpu_jobs(policy:
     that is one job's length. Greedy, the control, starves it."""
     hold = 60.0
     chosen = BackfillPolicy() if policy == "backfill" else GreedyPolicy()
-    # No refreshes during the test: under autojump, a snapshot thread lets virtual time
-    # run ahead of the tasks waiting for it.
-    pool = GPUResourcePool(FakeGPUProvider(count=4), policy=chosen, refresh_interval=1e9)
+    # The default refresh_interval: a fake provider is asked on the event loop, so
+    # autojump cannot run virtual time ahead while a snapshot is taken.
+    pool = GPUResourcePool(FakeGPUProvider(count=4), policy=chosen)
     async with pool:
         stop = anyio.Event()
 
@@ -333,7 +333,7 @@ async def test_pool_grants_a_4_gpu_request_inside_a_stream_of_1_gpu_jobs(policy:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", MOCK_TRIO)
 async def test_pool_acquire_nowait_does_not_jump_a_blocked_head() -> None:
-    async with GPUResourcePool(FakeGPUProvider(count=2), refresh_interval=1e9) as pool:
+    async with GPUResourcePool(FakeGPUProvider(count=2)) as pool:
         first = await pool.acquire(1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(pool.acquire, 2)
@@ -439,7 +439,7 @@ def test_unhealthy_gpu_drops_out_of_the_heads_plan() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", MOCK_TRIO)
 async def test_pool_passes_hints_through_to_backfilling() -> None:
-    async with GPUResourcePool(FakeGPUProvider(count=2), refresh_interval=1e9) as pool:
+    async with GPUResourcePool(FakeGPUProvider(count=2)) as pool:
         start = anyio.current_time()
         first = await pool.acquire(1, expected_duration=100)
         granted: list[float] = []
