@@ -281,3 +281,15 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if inner is None:
         return [exc]
     return [leaf for e in inner for leaf in _leaves(e)]
+
+
+@pytest.mark.anyio
+async def test_runner_on_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    runner = ParallelRunner(journal=notes)
+    with pytest.raises(JournalError, match="is not a gpupool journal"):
+        async with runner:
+            pass  # pragma: no cover
+    assert notes.read_text() == "my notes\n"
+    assert os.listdir(tmp_path) == ["notes.txt"]
