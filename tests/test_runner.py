@@ -73,12 +73,15 @@ async def test_map_returns_results_in_input_order_for_async_and_plain_functions(
 async def test_max_parallel_caps_tasks_running_at_once() -> None:
     running = 0
     peak = 0
+    # An event, not a sleep: on a loaded machine a 10 ms sleep could end
+    # before the statistics are read.
+    go = anyio.Event()
 
     async def task(item: int, allocation: object) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await anyio.sleep(0.01)
+        await go.wait()
         running -= 1
 
     async with ParallelRunner(max_parallel=3) as runner:
@@ -86,6 +89,7 @@ async def test_max_parallel_caps_tasks_running_at_once() -> None:
         await anyio.wait_all_tasks_blocked()
         assert runner.statistics().running == 3
         assert runner.statistics().waiting_for_slot == 9
+        go.set()
         for handle in handles:
             await handle.wait()
     assert peak == 3
