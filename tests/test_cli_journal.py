@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,11 @@ from gpupool import Journal, TaskResult, TaskStatus
 from gpupool._cli_journal import main
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 def _fill(journal: Journal) -> None:
@@ -161,9 +168,7 @@ def test_usage_errors_exit_2(path: Path) -> None:
 
 
 def test_unlock(path: Path, tmp_path: Path) -> None:
-    import sqlite3
-
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("INSERT INTO gpupool_owner VALUES (1, 4242, 1, 'b', 'elsewhere', 0)")
     result = _cli("journal", "unlock", str(path))
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,11 @@ from gpupool._journal_owner import current_identity
 from gpupool._journal_schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 @pytest.fixture
@@ -41,7 +47,7 @@ def _run(journal: Journal, key: str, value: object = None) -> TaskResult:
 
 
 def _events(path: Path, key: str) -> list[tuple[str, str | None]]:
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         return conn.execute(
             "SELECT status, note FROM events WHERE key = ? ORDER BY seq", (key,)
         ).fetchall()
@@ -65,7 +71,7 @@ def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
 
 
 def test_new_journal_is_wal_with_schema_and_verified_pragmas(journal: Journal, path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -250,7 +256,7 @@ def test_owner_with_reused_pid_is_taken_over(path: Path) -> None:
     Journal(path).close()
     me = current_identity()
     assert me.start_time is not None
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         # pid 1 is alive, but it did not start at this time: the pid was reused.
         conn.execute(
             "INSERT INTO gpupool_owner VALUES (1, 1, ?, ?, ?, 0)",
@@ -263,7 +269,7 @@ def test_owner_with_reused_pid_is_taken_over(path: Path) -> None:
 
 def test_owner_on_another_host_is_not_taken_over(path: Path) -> None:
     Journal(path).close()
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("INSERT INTO gpupool_owner VALUES (1, 4242, 1, 'b', 'elsewhere', 0)")
     with pytest.raises(JournalInUse, match="owned by pid 4242 on elsewhere, which this host"):
         Journal(path)
@@ -324,7 +330,7 @@ def test_file_that_is_not_sqlite_is_refused_and_untouched(tmp_path: Path) -> Non
 
 def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("CREATE TABLE t (x)")
     with pytest.raises(JournalError, match="an SQLite database but not a gpupool journal"):
         Journal(path)
@@ -332,7 +338,7 @@ def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(path: Path) -> None:
     Journal(path).close()
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(JournalError, match="written by a newer gpupool"):
         Journal(path)

@@ -30,6 +30,13 @@ from gpupool import (
 from gpupool._journal import current_task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
+
+
 calls: list[Any] = []
 
 
@@ -54,7 +61,7 @@ def plain_key_of_current_task(item: int, allocation: GPUAllocation | None) -> st
 
 
 def _events(path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         return conn.execute("SELECT key, status FROM events ORDER BY seq").fetchall()
 
 
@@ -228,7 +235,7 @@ def _crashed_run_leaving_a_job(path: Path) -> int:
         groups: list[tuple[int]] = []
         while not groups and time.monotonic() < deadline and worker.poll() is None:
             time.sleep(0.02)
-            with contextlib.suppress(sqlite3.Error), sqlite3.connect(path) as conn:
+            with contextlib.suppress(sqlite3.Error), _sql(path) as conn:
                 groups = conn.execute("SELECT pgid FROM process_groups").fetchall()
     finally:
         worker.kill()
