@@ -84,6 +84,18 @@ def test_show_counts_and_failures(path: Path, capsys: pytest.CaptureFixture[str]
     assert ["running", "1"] in lines
     assert ["t2", "failed", "2", "ValueError:", "diverged"] in lines
     assert "at step 9" not in out  # first line of the error only
+    assert "cut short" not in out
+
+
+def test_show_counts_tasks_cut_short_by_crashes(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _sql(path) as conn:
+        conn.execute("UPDATE tasks SET interrupted = 2 WHERE key = 't0'")
+        conn.execute("UPDATE tasks SET interrupted = 1 WHERE key = 't1'")
+    assert main(["journal", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s) were cut short by a crash and queued again (3 interruption(s) in all)" in out
 
 
 def test_show_while_a_runner_owns_the_journal(tmp_path: Path) -> None:
