@@ -9,13 +9,13 @@ Design notes (the invariants the rest of gpupool relies on):
   RUNNING ran partly and runs again (at-least-once for interrupted tasks,
   exactly-once for finished ones).
 * **Inline, not on a thread.** A commit here is one small transaction on a
-  local file: tens of microseconds with ``synchronous=NORMAL`` (measured in
-  ``benchmarks/bench_journal.py``), less than a hop to a worker thread would
-  cost. Calls are therefore synchronous and made inline, even from the event
-  loop; they cannot be interrupted by cancellation half-way, which is what
-  "commit, then act" needs. ``synchronous="full"`` adds an fsync per change
-  (milliseconds): choose it for tasks that run minutes, where it does not
-  matter.
+  local file: 0.06 to 0.2 ms with ``synchronous=NORMAL`` on the CI machine,
+  and the same commit behind a worker-thread hop measured 2 to 4 times
+  slower (``benchmarks/bench_journal.py``). Calls are therefore synchronous
+  and made inline, even from the event loop; they cannot be interrupted by
+  cancellation half-way, which is what "commit, then act" needs.
+  ``synchronous="full"`` adds an fsync per change (milliseconds): choose it
+  for tasks that run minutes, where it does not matter.
 * **One owner.** The owner's identity (pid, process start time, boot id,
   host) is stored in the file. Opening a journal whose owner is alive raises
   `JournalInUse`; an owner that died is taken over: its queued and running
