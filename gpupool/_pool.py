@@ -1,7 +1,7 @@
 """GPUResourcePool: the async shell around the scheduling core.
 
 The shell does three things and decides nothing: it turns calls into core
-inputs (with the current time), it parks each waiter on an ``anyio.Event`` of
+inputs (with the current time), it parks each waiter on an event of
 its own until the core names it in a decision, and it reports every wait that
 ends early (cancelled, timed out) back to the core, which takes back a grant
 that raced in and hands it to the next waiter. There is no polling loop: a
@@ -17,7 +17,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import final
+from typing import Any, NamedTuple, Protocol, final
 
 import anyio
 import anyio.abc
@@ -40,37 +40,51 @@ logger = logging.getLogger("gpupool")
 _pool_ids = itertools.count(1)
 
 
+class _Event(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> Any: ...
+
+
+class _Native(NamedTuple):
+    """The running backend's own clock, checkpoint and event, looked up once per pool.
+
+    They are what ``anyio.current_time``, ``anyio.lowlevel.checkpoint`` and
+    ``anyio.Event`` reach after finding the backend on every call; an acquire
+    uses each once or twice, so the lookups would be a large share of its cost.
+    anyio's own ``CapacityLimiter`` parks its waiters on native events likewise.
+    """
+
+    clock: Callable[[], float]
+    checkpoint: Callable[[], Awaitable[None]]
+    event: Callable[[], _Event]
+
+    @classmethod
+    def current(cls) -> _Native:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            import trio
+
+            return cls(trio.current_time, trio.lowlevel.checkpoint, trio.Event)
+        return cls(loop.time, _asyncio_checkpoint, asyncio.Event)
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
+
+
 class _Waiter:
     __slots__ = ("event", "outcome")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, event: _Event) -> None:
+        self.event = event
         self.outcome: Outcome | None = None
 
 
 # Open pools by id, so that code holding only an allocation (run_process) can find the
 # pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
 _open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
-
-
-def _native_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
-    """The running backend's own clock and checkpoint, looked up once per pool.
-
-    They are what ``anyio.current_time`` and ``anyio.lowlevel.checkpoint`` call
-    after finding the backend on every call; the uncontended acquire is about
-    two of each, so the lookups would be a large share of its cost.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio
-
-        return trio.current_time, trio.lowlevel.checkpoint
-    return loop.time, _asyncio_checkpoint
-
-
-async def _asyncio_checkpoint() -> None:
-    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
 
 
 def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
@@ -132,6 +146,7 @@ class GPUResourcePool:
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        self._new_event: Callable[[], _Event] = anyio.Event
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -184,7 +199,8 @@ class GPUResourcePool:
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
-        self._clock, self._checkpoint = _native_primitives()
+        native = _Native.current()
+        self._clock, self._checkpoint, self._new_event = native
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
         _open_pools[self._id] = self
@@ -433,7 +449,7 @@ class GPUResourcePool:
     async def _wait(
         self, core: Scheduler, ticket: int, request: Request, limit: float | None
     ) -> GPUAllocation:
-        waiter = self._waiters[ticket] = _Waiter()
+        waiter = self._waiters[ticket] = _Waiter(self._new_event())
         if self._monitor is not None:
             self._monitor.wake()
         try:
