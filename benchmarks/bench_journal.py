@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from gpupool import Journal, TaskResult, TaskStatus
+from gpupool import GPUAllocation, Journal, ParallelRunner, TaskResult, TaskStatus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,6 +75,23 @@ def _thread_hop_us(hops: int) -> float:
     return anyio.run(main)
 
 
+async def _trivial(item: int, allocation: GPUAllocation | None) -> int:
+    return item
+
+
+def _runner_per_task_us(tasks: int, journaled: bool) -> float:
+    """Wall time per trivial task through ParallelRunner.map, with or without a journal."""
+
+    async def main(path: Path | None) -> float:
+        start = time.perf_counter()
+        async with ParallelRunner(max_parallel=8, journal=path) as runner:
+            await runner.map(_trivial, range(tasks))
+        return (time.perf_counter() - start) / tasks * 1e6
+
+    with tempfile.TemporaryDirectory() as d:
+        return anyio.run(main, Path(d) / "r.sqlite" if journaled else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -96,6 +113,10 @@ def main() -> None:
             _per_commit_us(_threaded, args.tasks, "normal")
         )
         rows["commit inline, synchronous=full"].append(_per_commit_us(_inline, full_tasks, "full"))
+    runner_rows: dict[str, list[float]] = {"runner, no journal": [], "runner, journal": []}
+    for _ in range(args.repeat):
+        runner_rows["runner, no journal"].append(_runner_per_task_us(args.tasks, False))
+        runner_rows["runner, journal"].append(_runner_per_task_us(args.tasks, True))
     base = statistics.median(rows["baseline: thread hop of a no-op"])
     print(
         f"Journal cost per state change ({args.tasks} tasks x 4 commits, median of {args.repeat})\n"
@@ -107,6 +128,14 @@ def main() -> None:
         med = statistics.median(values)
         result[name] = {"us": med, "ratio": med / base}
         print(f"| {name} | {med:.1f} | {med / base:.2f} |")
+    runner_base = statistics.median(runner_rows["runner, no journal"])
+    print(f"\nParallelRunner.map of {args.tasks} trivial tasks, max_parallel=8\n")
+    print("| what | µs per task | ratio to no journal |")
+    print("|---|---:|---:|")
+    for name, values in runner_rows.items():
+        med = statistics.median(values)
+        result[name] = {"us": med, "ratio": med / runner_base}
+        print(f"| {name} | {med:.1f} | {med / runner_base:.2f} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_journal.json").write_text(json.dumps(result, indent=2))
 

@@ -1,5 +1,6 @@
 """gpupool: share the GPUs of one machine between many concurrent experiments."""
 
+from ._backfill import BackfillPolicy as BackfillPolicy
 from ._errors import AllocationNotHeld as AllocationNotHeld
 from ._errors import GPUPoolError as GPUPoolError
 from ._errors import JournalEncodingError as JournalEncodingError
@@ -43,6 +44,7 @@ from .providers import NVMLProvider as NVMLProvider
 
 __all__ = [
     "AllocationNotHeld",
+    "BackfillPolicy",
     "CallAbandoned",
     "ExecutorStatistics",
     "FakeGPUProvider",

@@ -178,6 +178,15 @@ def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console
         if n or status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             table.add_row(status.value, str(n))
     console.print(table)
+    tasks, interruptions = conn.execute(
+        "SELECT count(*), coalesce(sum(interrupted), 0) FROM tasks WHERE interrupted > 0"
+    ).fetchone()
+    if tasks:
+        console.print(
+            f"{tasks} task(s) were cut short by a crash and queued again "
+            f"({interruptions} interruption(s) in all)",
+            soft_wrap=True,
+        )
     failed = [
         r
         for r in read_records(conn)
@@ -271,7 +280,8 @@ def _unlock(path: str) -> None:
                 )
             conn.execute("DELETE FROM gpupool_owner")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     except sqlite3.Error as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, final, runtime_checkable
 
 import anyio
 import attrs
@@ -25,6 +25,7 @@ __all__ = ["EventHub", "TaskEvent", "TaskJournal"]
 _log = logging.getLogger("gpupool.events")
 
 
+@final
 @attrs.frozen
 class TaskEvent:
     """One task moved to ``status``.
@@ -47,6 +48,7 @@ class TaskEvent:
     from_journal: bool = False
 
 
+@final
 class EventHub:
     """Fan-out of :class:`TaskEvent` to callbacks and async iterators."""
 

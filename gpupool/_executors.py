@@ -123,6 +123,7 @@ _DEFAULT_EXECUTORS: anyio.lowlevel.RunVar[Executors] = anyio.lowlevel.RunVar(
 )
 
 
+@final
 @attrs.frozen
 class ExecutorStatistics:
     """A snapshot of one executor.

@@ -9,13 +9,13 @@ Design notes (the invariants the rest of gpupool relies on):
   RUNNING ran partly and runs again (at-least-once for interrupted tasks,
   exactly-once for finished ones).
 * **Inline, not on a thread.** A commit here is one small transaction on a
-  local file: tens of microseconds with ``synchronous=NORMAL`` (measured in
-  ``benchmarks/bench_journal.py``), less than a hop to a worker thread would
-  cost. Calls are therefore synchronous and made inline, even from the event
-  loop; they cannot be interrupted by cancellation half-way, which is what
-  "commit, then act" needs. ``synchronous="full"`` adds an fsync per change
-  (milliseconds): choose it for tasks that run minutes, where it does not
-  matter.
+  local file: 0.06 to 0.2 ms with ``synchronous=NORMAL`` on the CI machine,
+  and the same commit behind a worker-thread hop measured 2 to 4 times
+  slower (``benchmarks/bench_journal.py``). Calls are therefore synchronous
+  and made inline, even from the event loop; they cannot be interrupted by
+  cancellation half-way, which is what "commit, then act" needs.
+  ``synchronous="full"`` adds an fsync per change (milliseconds): choose it
+  for tasks that run minutes, where it does not matter.
 * **One owner.** The owner's identity (pid, process start time, boot id,
   host) is stored in the file. Opening a journal whose owner is alive raises
   `JournalInUse`; an owner that died is taken over: its queued and running
@@ -118,13 +118,23 @@ class Journal:
     ``docs/journal.md`` for what is promised after a crash or a power loss.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "normal"):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "normal",
+        retry_failed: bool = False,
+    ):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"journal path must be a str or os.PathLike, got {path!r}")
         if synchronous not in _SYNCHRONOUS_LEVEL:
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if not isinstance(retry_failed, bool):
+            raise TypeError(f"retry_failed must be a bool, got {retry_failed!r}")
         self.path = os.fspath(path)
         self.synchronous: Synchronous = synchronous
+        #: Whether `claim` runs failed and timed-out tasks again by default.
+        self.retry_failed = retry_failed
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -204,7 +214,8 @@ class Journal:
                 self._requeue_unfinished(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             _open_journals[file_id] = weakref.ref(self)
             self._file_id = file_id
@@ -312,15 +323,22 @@ class Journal:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; SQLite's own errors (disk full, I/O)
+        become `JournalError`s naming the journal, and nothing of the
+        transaction is kept."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path!r}: {exc}") from exc
 
     def _event(
         self,
@@ -339,18 +357,20 @@ class Journal:
     # -- task states ----------------------------------------------------------
 
     def claim(
-        self, key: str, *, fn: str = "", item: object = None, retry_failed: bool = False
+        self, key: str, *, fn: str = "", item: object = None, retry_failed: bool | None = None
     ) -> TaskResult | None:
         """Register task ``key`` before it runs; say whether it must run.
 
         Returns the recorded result (``from_journal=True``) when the task
-        already succeeded (or failed or timed out, unless ``retry_failed``): do
-        not run it. Returns None when it must run; it is then QUEUED and in
+        already succeeded (or failed or timed out, unless ``retry_failed``,
+        which defaults to the journal's): do not run it. Returns None when it must run; it is then QUEUED and in
         flight until `finish`. A cancelled task always runs again. ``item`` is
         stored for reference when it has a JSON form. Raises `JournalError` if
-        ``key`` is already in flight in this journal (see `JournalGate`).
+        ``key`` is already in flight in this journal (the runner submits a key once).
         """
         check_key(key)
+        if retry_failed is None:
+            retry_failed = self.retry_failed
         try:
             item_json: str | None = canonical_json(item)
         except JournalEncodingError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class LeftoverProcessGroup:
 
 
 def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
     members = []
     for entry in _PROC.iterdir() if _PROC.is_dir() else ():
         if not entry.name.isdigit():
@@ -123,7 +125,7 @@ def _group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid):
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
 
@@ -144,12 +146,13 @@ def _still_ours(group: LeftoverProcessGroup) -> bool:
     return True
 
 
-def kill_process_groups(groups: Iterable[LeftoverProcessGroup]) -> list[int]:
+def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float = 5.0) -> list[int]:
     """SIGKILL every leftover group that still has processes; return their pgids.
 
     The runner that started them is dead, so there is nobody to shut them down
     gracefully for; what matters is that they stop holding GPU memory before
-    the GPUs are granted again.
+    the GPUs are granted again. So this waits (up to ``wait`` seconds) until
+    the killed processes have exited: a signal is delivered asynchronously.
     """
     killed = []
     for group in groups:
@@ -162,4 +165,9 @@ def kill_process_groups(groups: Iterable[LeftoverProcessGroup]) -> list[int]:
         except (ProcessLookupError, PermissionError):
             continue
         killed.append(group.pgid)
+    deadline = time.monotonic() + wait
+    pending = [pgid for pgid in killed if _PROC.is_dir()]
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.005)
+        pending = [pgid for pgid in pending if _group_members(pgid)]
     return killed

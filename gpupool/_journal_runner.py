@@ -53,13 +53,13 @@ class RunnerJournal:
         self,
         journal: str | os.PathLike[str] | Journal,
         *,
-        retry_failed: bool = False,
+        retry_failed: bool | None = None,
         synchronous: Synchronous = "normal",
     ) -> None:
         if not isinstance(journal, (str, os.PathLike, Journal)):
             raise TypeError(f"journal must be a path or a Journal, got {journal!r}")
-        if not isinstance(retry_failed, bool):
-            raise TypeError(f"retry_failed must be a bool, got {retry_failed!r}")
+        if retry_failed is not None and not isinstance(retry_failed, bool):
+            raise TypeError(f"retry_failed must be a bool or None, got {retry_failed!r}")
         self._target = journal
         self._owned = not isinstance(journal, Journal)
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
@@ -82,7 +82,9 @@ class RunnerJournal:
         """
         if self._journal is None:
             assert not isinstance(self._target, Journal)
-            self._journal = Journal(self._target, synchronous=self._synchronous)
+            self._journal = Journal(
+                self._target, synchronous=self._synchronous, retry_failed=bool(self.retry_failed)
+            )
         self.killed_leftovers = self._journal.kill_leftovers()
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import final
 
 import attrs
 
@@ -21,6 +22,7 @@ __all__ = [
 ]
 
 
+@final
 @attrs.frozen
 class GPUProcess:
     """A compute process that a provider saw on a GPU."""
@@ -46,6 +48,7 @@ def _optional_percent(
         raise ValueError(f"{attribute.name} must be in [0, 100] or None, got {value!r}")
 
 
+@final
 @attrs.frozen
 class GPUStats:
     """One GPU as a provider sees it at one moment.
@@ -73,6 +76,7 @@ class GPUStats:
         return max(0, self.memory_total_mb - self.memory_used_mb)
 
 
+@final
 @attrs.frozen
 class GPUAllocation:
     """GPUs granted to one holder until it releases them.
@@ -111,6 +115,7 @@ class GPUAllocation:
         return merged
 
 
+@final
 @attrs.frozen
 class GPUStatistics:
     """One GPU as the pool accounts for it."""
@@ -133,6 +138,7 @@ class GPUStatistics:
     settling: bool
 
 
+@final
 @attrs.frozen
 class PoolStatistics:
     """A consistent picture of the pool at one moment (see ``GPUResourcePool.statistics``)."""

@@ -27,12 +27,26 @@ import anyio.to_thread
 from ._model import GPUStats
 from .providers import GPUProvider
 
-__all__ = ["GPUMonitor", "SnapshotHandler"]
+__all__ = ["GPUMonitor", "SnapshotHandler", "snapshot_off_loop", "take_snapshot"]
 
 logger = logging.getLogger("gpupool")
 
 #: Called on the event loop with (snapshot, time it was started, epoch, pid -> session id).
 SnapshotHandler = Callable[[Sequence[GPUStats], float, int, Mapping[int, int]], None]
+
+
+async def snapshot_off_loop(provider: GPUProvider) -> tuple[list[GPUStats], dict[int, int]]:
+    """:func:`take_snapshot` in a worker thread, or inline for a provider that never blocks.
+
+    A provider whose ``snapshot_blocks`` attribute is false (a
+    :class:`FakeGPUProvider` with no simulated latency) is asked on the event
+    loop: a thread hop would cost more than the call, and under trio's
+    ``MockClock(autojump_threshold=0)`` virtual time would jump while the
+    thread ran, firing every deadline in a test.
+    """
+    if getattr(provider, "snapshot_blocks", True):
+        return await anyio.to_thread.run_sync(take_snapshot, provider)
+    return take_snapshot(provider)
 
 
 def take_snapshot(provider: GPUProvider) -> tuple[list[GPUStats], dict[int, int]]:
@@ -108,7 +122,7 @@ class GPUMonitor:
             self._last_started = started
             epoch = self._epoch()
             try:
-                snapshot, sessions = await anyio.to_thread.run_sync(take_snapshot, self._provider)
+                snapshot, sessions = await snapshot_off_loop(self._provider)
             except Exception as exc:
                 self.failures += 1
                 logger.warning("GPU snapshot failed; keeping the last good one: %s", exc)

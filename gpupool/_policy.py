@@ -10,8 +10,9 @@ and synchronous like the core.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Protocol, final
 
 from ._request import Request
 
@@ -24,16 +25,29 @@ __all__ = ["FifoPolicy", "SchedulerView", "SchedulingPolicy"]
 class SchedulerView(Protocol):
     """What a policy may ask of the core while it schedules."""
 
-    def try_grant(self, waiter: Waiter, /) -> bool:
-        """Grant now if it fits (GPUs and ``max_parallel``); True if granted."""
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = (), /) -> bool:
+        """Grant now if it fits (GPUs and ``max_parallel``); True if granted.
+
+        GPUs in ``avoid`` are left alone (kept for someone else).
+        """
         ...
 
-    def find_gpus(self, request: Request, /) -> tuple[int, ...] | None:
-        """The GPUs ``request`` would get right now, without granting."""
+    def find_gpus(self, request: Request, avoid: Collection[int] = (), /) -> tuple[int, ...] | None:
+        """The GPUs ``request`` would get right now (none of ``avoid``), without granting."""
+        ...
+
+    def hosts(self, request: Request, /) -> dict[int, int]:
+        """GPUs that could host ``request`` once the pool's holders leave them, with the
+        memory each offers the pool (its total less what outside processes use)."""
         ...
 
     def can_grant_more(self) -> bool:
         """False while ``max_parallel`` allocations are held."""
+        ...
+
+    @property
+    def max_parallel(self) -> int | None:
+        """The cap on allocations held at once (``None``: no cap)."""
         ...
 
     def holdings(self) -> Iterator[Holding]:
@@ -48,7 +62,9 @@ class SchedulingPolicy(Protocol):
     waiter is withdrawn (cancelled, timed out, failed), and :meth:`schedule`
     after every change. :meth:`schedule` calls ``view.try_grant(waiter)`` for
     the waiters to start and must itself drop every waiter it granted.
-    Iteration yields the waiters in order of service.
+    Iteration yields the waiters in order of service. When nobody waits, the
+    core grants a request that fits at once without asking the policy: with an
+    empty queue there is nobody to be fair to.
     """
 
     def push(self, waiter: Waiter, /) -> None: ...
@@ -58,6 +74,7 @@ class SchedulingPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
+@final
 class FifoPolicy:
     """Strict priority-then-arrival order: nobody overtakes the head of the queue.
 
@@ -65,13 +82,14 @@ class FifoPolicy:
     Simple and starvation-free, but a head that cannot fit yet idles GPUs that
     later, smaller requests could use.
 
-    Each priority level is an insertion-ordered dict, so push, remove and
+    Each priority level is an ``OrderedDict`` (a plain dict gets slower to take
+    the first item from as items are deleted at its front), so push, remove and
     finding the head are O(1) (plus O(log levels) for a new level), whatever
     the queue's length.
     """
 
     def __init__(self) -> None:
-        self._levels: dict[int, dict[int, Waiter]] = {}
+        self._levels: dict[int, OrderedDict[int, Waiter]] = {}
         # Distinct priorities present, ascending; the highest is served first.
         self._priorities: list[int] = []
         self._count = 0
@@ -87,7 +105,7 @@ class FifoPolicy:
         priority = waiter.request.priority
         level = self._levels.get(priority)
         if level is None:
-            level = self._levels[priority] = {}
+            level = self._levels[priority] = OrderedDict()
             bisect.insort(self._priorities, priority)
         level[waiter.ticket] = waiter
         self._count += 1

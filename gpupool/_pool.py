@@ -1,7 +1,7 @@
 """GPUResourcePool: the async shell around the scheduling core.
 
 The shell does three things and decides nothing: it turns calls into core
-inputs (with the current time), it parks each waiter on an ``anyio.Event`` of
+inputs (with the current time), it parks each waiter on an event of
 its own until the core names it in a decision, and it reports every wait that
 ends early (cancelled, timed out) back to the core, which takes back a grant
 that raced in and hands it to the next waiter. There is no polling loop: a
@@ -10,22 +10,22 @@ waiter costs nothing while nothing changes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import final
+from typing import Any, NamedTuple, Protocol, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
 
 from ._errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from ._model import GPUAllocation, GPUStats, PoolStatistics
-from ._monitor import GPUMonitor, take_snapshot
+from ._monitor import GPUMonitor, snapshot_off_loop
 from ._policy import SchedulingPolicy
 from ._request import Request, check_int, check_seconds, make_request
 from ._scheduler import Failure, Grant, Outcome, Scheduler
@@ -40,11 +40,45 @@ logger = logging.getLogger("gpupool")
 _pool_ids = itertools.count(1)
 
 
+class _Event(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> Any: ...
+
+
+class _Native(NamedTuple):
+    """The running backend's own clock, checkpoint and event, looked up once per pool.
+
+    They are what ``anyio.current_time``, ``anyio.lowlevel.checkpoint`` and
+    ``anyio.Event`` reach after finding the backend on every call; an acquire
+    uses each once or twice, so the lookups would be a large share of its cost.
+    anyio's own ``CapacityLimiter`` parks its waiters on native events likewise.
+    """
+
+    clock: Callable[[], float]
+    checkpoint: Callable[[], Awaitable[None]]
+    event: Callable[[], _Event]
+
+    @classmethod
+    def current(cls) -> _Native:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            import trio
+
+            return cls(trio.current_time, trio.lowlevel.checkpoint, trio.Event)
+        return cls(loop.time, _asyncio_checkpoint, asyncio.Event)
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
+
+
 class _Waiter:
     __slots__ = ("event", "outcome")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, event: _Event) -> None:
+        self.event = event
         self.outcome: Outcome | None = None
 
 
@@ -73,7 +107,8 @@ class GPUResourcePool:
     ``refresh_interval`` bounds how often the provider is asked;
     ``settle_timeout`` bounds how long a GPU waits, after a release, for the
     memory of the released job's processes to come back (see docs/devices.md).
-    ``policy`` orders the waiters (default: strict priority, then arrival);
+    ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
+    then arrival with backfilling that starves nobody; see docs/scheduling.md);
     ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
     """
 
@@ -109,6 +144,9 @@ class GPUResourcePool:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
         self._owned_provider: NVMLProvider | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        self._new_event: Callable[[], _Event] = anyio.Event
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -124,7 +162,7 @@ class GPUResourcePool:
             # Pool-owned: NVML is shut down again when the pool closes.
             provider = self._owned_provider = NVMLProvider()
         try:
-            snapshot, _ = await anyio.to_thread.run_sync(take_snapshot, provider)
+            snapshot, _ = await snapshot_off_loop(provider)
         except ProviderError:
             self._closed = True
             self._close_owned_provider()
@@ -161,6 +199,8 @@ class GPUResourcePool:
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
+        native = _Native.current()
+        self._clock, self._checkpoint, self._new_event = native
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
         _open_pools[self._id] = self
@@ -232,7 +272,10 @@ class GPUResourcePool:
         ``required_gpus`` whole GPUs that no other allocation holds, each with
         at least ``min_memory_mb`` free; with ``exclusive=False``, GPUs shared
         with other shared allocations while their memory fits. Higher
-        ``priority`` is served first, equal priorities in arrival order.
+        ``priority`` is served first, equal priorities in arrival order; a
+        later request starts first only within the bounds docs/scheduling.md
+        gives. ``expected_duration`` (seconds) is a hint that lets shorter
+        requests use GPUs the queue's head is waiting for without delaying it.
 
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
@@ -249,15 +292,20 @@ class GPUResourcePool:
             experiment_id=experiment_id,
             expected_duration=expected_duration,
         )
-        limit = check_seconds("timeout", timeout)
+        limit = None if timeout is None else check_seconds("timeout", timeout)
         core, monitor = self._require_open()
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        if monitor.is_stale(anyio.current_time()):
+        # Yield (and see any pending cancellation) *before* deciding, so that the
+        # decision and its return happen with no await between them: a grant is
+        # never made to a caller that cancellation then takes away.
+        await self._checkpoint()
+        now = self._clock()
+        if monitor.is_stale(now):
             await monitor.refresh()
-        submission = core.submit(request, anyio.current_time())
-        self._dispatch(submission.outcomes)
+            now = self._clock()
+        submission = core.submit(request, now)
+        if submission.outcomes:
+            self._dispatch(submission.outcomes)
         if submission.allocation is not None:
-            await anyio.lowlevel.cancel_shielded_checkpoint()
             return submission.allocation
         return await self._wait(core, submission.ticket, request, limit)
 
@@ -310,7 +358,9 @@ class GPUResourcePool:
             raise AllocationNotHeld(
                 f"allocation {allocation.id} is not held: the pool never opened"
             )
-        self._dispatch(core.release(allocation, anyio.current_time()))
+        outcomes = core.release(allocation, self._clock())
+        if outcomes:
+            self._dispatch(outcomes)
         if self._monitor is not None and core.wants_refresh:
             self._monitor.wake()
 
@@ -399,7 +449,7 @@ class GPUResourcePool:
     async def _wait(
         self, core: Scheduler, ticket: int, request: Request, limit: float | None
     ) -> GPUAllocation:
-        waiter = self._waiters[ticket] = _Waiter()
+        waiter = self._waiters[ticket] = _Waiter(self._new_event())
         if self._monitor is not None:
             self._monitor.wake()
         try:

@@ -59,6 +59,12 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float
     return None if math.isinf(seconds) else seconds
 
 
+# Validated requests for the plainest argument shapes (ints, bools, nothing else), so a
+# hot loop of identical acquires validates once. Keyed with the types, since 1 == True.
+_plain_requests: dict[tuple[object, ...], Request] = {}
+_PLAIN_CACHE_LIMIT = 1024
+
+
 def make_request(
     required_gpus: object = 1,
     *,
@@ -70,6 +76,44 @@ def make_request(
     expected_duration: object = None,
 ) -> Request:
     """Check every argument and build a :class:`Request`, or raise saying what was wrong."""
+    plain = (
+        type(required_gpus) is int
+        and type(min_memory_mb) is int
+        and type(exclusive) is bool
+        and type(priority) is int
+        and allowed_gpus is None
+        and experiment_id is None
+        and expected_duration is None
+    )
+    key = (required_gpus, min_memory_mb, exclusive, priority)
+    if plain:
+        cached = _plain_requests.get(key)
+        if cached is not None:
+            return cached
+    request = _validated_request(
+        required_gpus,
+        min_memory_mb=min_memory_mb,
+        exclusive=exclusive,
+        priority=priority,
+        allowed_gpus=allowed_gpus,
+        experiment_id=experiment_id,
+        expected_duration=expected_duration,
+    )
+    if plain and len(_plain_requests) < _PLAIN_CACHE_LIMIT:
+        _plain_requests[key] = request
+    return request
+
+
+def _validated_request(
+    required_gpus: object,
+    *,
+    min_memory_mb: object,
+    exclusive: object,
+    priority: object,
+    allowed_gpus: object,
+    experiment_id: object,
+    expected_duration: object,
+) -> Request:
     gpus = check_int("required_gpus", required_gpus, minimum=1)
     memory_float = _check_number("min_memory_mb", min_memory_mb)
     if not 0 <= memory_float < math.inf:

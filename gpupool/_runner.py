@@ -28,10 +28,11 @@ shielded scope on every path.
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -45,9 +46,21 @@ from ._pool import GPUResourcePool
 from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
-from ._task import TaskFunction, TaskHandle, _error_text, _Outcome, _Spec, _TaskTimeout, deliver_to
+from ._task import (
+    TaskFunction,
+    TaskHandle,
+    _error_text,
+    _Outcome,
+    _Spec,
+    _TaskTimeout,
+    deliver_to,
+)
 from ._tasks import TaskResult, TaskStatus
 from ._tuning import Direction, OptimizeResult, Strategy, optimize
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+    from ._journal_runner import RunnerJournal
 
 __all__ = ["ParallelRunner", "RunnerStatistics"]
 
@@ -56,6 +69,7 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
+@final
 @attrs.frozen
 class RunnerStatistics:
     """A snapshot of a runner: its tasks by state and its two executors."""
@@ -88,8 +102,11 @@ class ParallelRunner:
     once, ``low_level_workers`` caps :func:`gpupool.run_blocking` calls; see
     ``docs/runner.md`` for why two executors cannot deadlock.
 
-    ``journal`` is ``None``, a path for the SQLite journal, or any object
-    with the :class:`TaskJournal` methods.
+    ``journal`` is ``None``, a path for the SQLite journal (opened on
+    enter, closed on exit), an open :class:`~gpupool.Journal` (borrowed, left
+    open), or any object with the :class:`TaskJournal` methods. Every state
+    change is written to it before it is acted on; a key it reports finished
+    is not run again (see ``docs/runner.md``).
 
     Leaving the ``async with`` block waits for every submitted task; an
     exception or cancellation there cancels them all and releases every GPU.
@@ -102,14 +119,19 @@ class ParallelRunner:
         max_parallel: int = 1,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
-        journal: TaskJournal | str | Any | None = None,
+        journal: TaskJournal | Journal | str | os.PathLike[str] | None = None,
     ) -> None:
         if pool is not None and not isinstance(pool, GPUResourcePool):
             raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
         self._pool = pool
         self._max_parallel = check_int("max_parallel", max_parallel, 1)
         self._executors = Executors(high_level_workers, low_level_workers)
-        self._journal = _open_journal(journal)
+        # A journal the runner made (from a path or a Journal) it opens and closes.
+        self._own_journal = _open_journal(journal)
+        self._journal: TaskJournal | None = (
+            self._own_journal if self._own_journal is not None else _check_journal(journal)
+        )
+        self._sqlite_journal = _is_sqlite_journal(self._journal)
         self._hub = EventHub()
         self._tasks: dict[str, TaskHandle[Any]] = {}
         self._finished = 0
@@ -135,6 +157,9 @@ class ParallelRunner:
             raise RuntimeError("a ParallelRunner can be entered only once")
         self._cancelled_class = anyio.get_cancelled_exc_class()
         self._gpu_gate = anyio.CapacityLimiter(self._max_parallel)
+        if self._own_journal is not None:
+            # Opens the file and kills a dead run's leftover jobs, before any GPU is granted.
+            self._own_journal.open()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -160,6 +185,8 @@ class ParallelRunner:
         finally:
             self._closed = True
             self._hub.close()
+            if self._own_journal is not None:
+                self._own_journal.close()
 
     def cancel(self) -> None:
         """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
@@ -230,7 +257,12 @@ class ParallelRunner:
             retry_on=retry_on,
             retry_backoff=retry_backoff,
         )
-        if key is None:
+        if key is None and self._sqlite_journal:
+            # Stable across runs, so a restarted sweep finds its tasks (docs/journal.md).
+            from ._journal_codec import task_key
+
+            key = task_key(spec.fn, item)
+        elif key is None:
             key = f"task-{self._next_key}"
             self._next_key += 1
         elif not isinstance(key, str) or not key:
@@ -240,6 +272,9 @@ class ParallelRunner:
             return existing
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
+        describe = getattr(self._journal, "describe", None)
+        if describe is not None:
+            describe(key, spec.fn, item)  # stored with the key when the journal claims it
         self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
         return handle
 
@@ -312,7 +347,9 @@ class ParallelRunner:
         predicate; timeouts are ``TimeoutError``s), after a backoff starting
         at ``retry_backoff`` seconds and doubling. Cancellation is never
         retried. ``key(item)`` names each task (for events and the journal);
-        by default tasks are numbered in submission order.
+        by default tasks are numbered in submission order (``task-0``, ...),
+        or, with the SQLite journal, keyed by a stable hash of ``fn`` and the
+        item so that a restarted sweep finds them.
 
         Cancelling ``map`` itself cancels the tasks it submitted.
         """
@@ -386,10 +423,17 @@ class ParallelRunner:
         self._hub.publish(event)
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._record(
-                task, result.status, result.attempts, result.gpu_indices, result.error, result
-            )
+        if self._sqlite_journal and not result.from_journal:
+            from ._journal import storable
+
+            # A value the journal cannot store fails the task, here as in the journal.
+            result = storable(result)
+        args = (task, result.status, result.attempts, result.gpu_indices, result.error, result)
+        if self._journal is None and not self._hub.active:
+            await self._record(*args)  # returns without a checkpoint: nothing to shield
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._record(*args)
         self._finished += 1
         task._finish(result)
 
@@ -397,7 +441,12 @@ class ParallelRunner:
         _EXECUTORS.set(self._executors)
         try:
             if self._journal is not None:
-                prior = await self._journal.finished(task.key)
+                try:
+                    prior = await self._journal.finished(task.key)
+                except Exception as exc:
+                    # Not journaled, so not run: the task fails, the others go on.
+                    await self._end(task, _Outcome(error=exc).result(task.key, 0, None))
+                    return
                 if prior is not None:
                     await self._end(task, attrs.evolve(prior, key=task.key, from_journal=True))
                     return
@@ -552,24 +601,30 @@ class ParallelRunner:
         )
 
 
-def _open_journal(journal: object) -> TaskJournal | None:
-    """``None``, a journal object, or a path that the SQLite journal opens."""
-    if journal is None:
-        return None
-    if isinstance(journal, TaskJournal):
-        return journal
-    import os
+def _open_journal(journal: object) -> RunnerJournal | None:
+    """The SQLite journal for a path or a ``Journal``; ``None`` for anything else."""
+    from ._journal import Journal
 
-    if isinstance(journal, (str, os.PathLike)):
-        try:
-            from . import _journal  # type: ignore[attr-defined, unused-ignore]
-        except ImportError:
-            raise NotImplementedError(
-                "journal=<path> needs gpupool's SQLite journal, which this build does not "
-                "have yet; pass an object with async finished(key) and record(event, result)"
-            ) from None
-        return _journal.open_journal(journal)  # type: ignore[attr-defined, no-any-return, unused-ignore]
+    if isinstance(journal, (str, os.PathLike, Journal)):
+        from ._journal_runner import open_journal
+
+        return open_journal(journal)
+    return None
+
+
+def _is_sqlite_journal(journal: object) -> bool:
+    if journal is None:
+        return False
+    from ._journal_runner import RunnerJournal
+
+    return isinstance(journal, RunnerJournal)
+
+
+def _check_journal(journal: object) -> TaskJournal | None:
+    if journal is None or isinstance(journal, TaskJournal):
+        return journal
     raise TypeError(
-        "journal must be None, a path for the SQLite journal, or an object with async "
-        f"finished(key) and record(event, result) methods, got {journal!r}"
+        "journal must be None, a path for the SQLite journal, a gpupool.Journal, or an "
+        "object with async finished(key) and record(event, result) methods, "
+        f"got {journal!r}"
     )

@@ -30,15 +30,17 @@ releases it and re-grants to the next in line, as anyio's
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TypeAlias
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import NamedTuple, TypeAlias
 
 import attrs
 
+from ._backfill import BackfillPolicy
 from ._errors import AllocationNotHeld, GPUPoolError, PoolClosed, UnsatisfiableRequest
 from ._model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
-from ._policy import FifoPolicy, SchedulingPolicy
+from ._policy import SchedulingPolicy
 from ._request import Request
 from ._scoring import Scorer, default_score
 
@@ -81,12 +83,12 @@ class Failure:
 Outcome: TypeAlias = Grant | Failure
 
 
-@attrs.frozen
-class Submission:
+class Submission(NamedTuple):
     """What :meth:`Scheduler.submit` decided for the submitted request itself.
 
     ``allocation`` is set when it was granted at once, ``None`` when it waits.
     ``outcomes`` are decisions for *other* waiters made in the same step.
+    (A named tuple rather than an attrs class: it is made on every acquire.)
     """
 
     ticket: int
@@ -130,6 +132,14 @@ class _GPU:
     exclusive_holder: int | None = None
     shared_holders: dict[int, int] = attrs.Factory(dict)
     settle: _Settle | None = None
+    # Derived from the fields above by rescore(), which every change to them calls:
+    # a grant reads them for each candidate GPU, so they are computed once per change.
+    free_mb: int = 0
+    rank_key: tuple[float, int] = (0.0, 0)
+    # What rank_key was computed from: a GPU released as it was granted scores the same.
+    rank_inputs: tuple[int, int, float | None] | None = None
+    #: The key under which this GPU stands in the scheduler's idle list, or None.
+    idle_key: tuple[float, int] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -137,7 +147,13 @@ class _GPU:
 
     @property
     def memory_free_mb(self) -> int:
-        return max(0, self.memory_total_mb - self.foreign_mb - self.reserved_mb)
+        return self.free_mb
+
+    def rescore(self, scorer: Scorer) -> None:
+        self.free_mb = max(0, self.memory_total_mb - self.foreign_mb - self.reserved_mb)
+        if self.rank_inputs != (self.foreign_mb, self.reserved_mb, self.utilization_pct):
+            self.rank_inputs = (self.foreign_mb, self.reserved_mb, self.utilization_pct)
+            self.rank_key = (-scorer(self), self.index)
 
     @property
     def grantable(self) -> bool:
@@ -188,7 +204,14 @@ class Scheduler:
         }
         self._max_parallel = max_parallel
         self._scorer = scorer
-        self._policy: SchedulingPolicy = policy if policy is not None else FifoPolicy()
+        for gpu in self._gpus.values():
+            gpu.rescore(scorer)
+        # Whether a request shape could ever be served; only health changes alter the answer.
+        self._impossible_cache: dict[tuple[int, int, frozenset[int] | None], str | None] = {}
+        self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
+        # hosts() answers, by (allowed_gpus, min_memory_mb); cleared when health or
+        # foreign memory may have changed.
+        self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
         self._settle_timeout = settle_timeout
         self._pool_id = pool_id
         self._tickets = itertools.count(1)
@@ -196,9 +219,13 @@ class Scheduler:
         self._waiters: dict[int, Waiter] = {}
         self._holdings: dict[int, Holding] = {}
         self._ticket_to_allocation: dict[int, int] = {}
-        # GPUs with no holder that may be granted now: exclusive requests look only here,
-        # so a grant under heavy contention costs O(free GPUs), not O(all GPUs).
-        self._idle: set[int] = {g.index for g in self._gpus.values() if g.grantable}
+        # Rank keys of the GPUs with no holder that may be granted now, best first.
+        # Exclusive requests look only here and usually take the first entries, so a
+        # grant costs O(GPUs it takes), not O(all GPUs), even under heavy contention.
+        self._idle: list[tuple[float, int]] = []
+        for gpu in self._gpus.values():
+            self._refresh_idle(gpu)
+        self._settling: set[int] = set()  # indices of GPUs whose settle is not None
         self._epoch = 0
         self._grants_total = 0
         self._closed = False
@@ -220,6 +247,10 @@ class Scheduler:
         return len(self._holdings)
 
     @property
+    def max_parallel(self) -> int | None:
+        return self._max_parallel
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -231,14 +262,13 @@ class Scheduler:
     @property
     def wants_refresh(self) -> bool:
         """True while fresh provider data could change a decision (waiters, settling GPUs)."""
-        return bool(self._waiters) or any(g.settle is not None for g in self._gpus.values())
+        return bool(self._waiters) or bool(self._settling)
 
     def holds(self, allocation: GPUAllocation) -> bool:
         holding = self._holdings.get(allocation.id)
-        return (
-            holding is not None
-            and allocation.pool_id == self._pool_id
-            and holding.allocation == allocation
+        return holding is not None and (
+            holding.allocation is allocation
+            or (allocation.pool_id == self._pool_id and holding.allocation == allocation)
         )
 
     def holdings(self) -> Iterator[Holding]:
@@ -287,7 +317,15 @@ class Scheduler:
         reason = self._impossible(request)
         if reason is not None:
             raise UnsatisfiableRequest(reason)
-        waiter = Waiter(next(self._tickets), request, now)
+        ticket = next(self._tickets)
+        if not self._waiters and self.can_grant_more():
+            # Nobody waits, so there is nobody to be fair to: grant what fits without
+            # queueing (the uncontended path, which must stay cheap).
+            chosen = self.find_gpus(request)
+            if chosen is not None:
+                self._now = now
+                return Submission(ticket, self._grant(ticket, request, chosen), [])
+        waiter = Waiter(ticket, request, now)
         self._waiters[waiter.ticket] = waiter
         self._policy.push(waiter)
         outcomes = self._schedule(now)
@@ -343,6 +381,8 @@ class Scheduler:
                 del gpu.shared_holders[allocation.id]
             if settle is not None:
                 gpu.settle = settle
+                self._settling.add(index)
+            gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -371,7 +411,8 @@ class Scheduler:
         as used counts as foreign.
         """
         by_index = {s.index: s for s in snapshot}
-        lost_health = False
+        self._hosts.clear()
+        lost_health = health_changed = False
         for gpu in self._gpus.values():
             stats = by_index.get(gpu.index)
             was_healthy = gpu.healthy
@@ -387,8 +428,14 @@ class Scheduler:
                     gpu.settle = None
             if gpu.settle is not None and now >= gpu.settle.deadline:
                 gpu.settle = None
+            if gpu.settle is None:
+                self._settling.discard(gpu.index)
             lost_health |= was_healthy and not gpu.healthy
+            health_changed |= was_healthy != gpu.healthy
+            gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
+        if health_changed:
+            self._impossible_cache.clear()
         failures = self._fail_impossible() if lost_health else []
         return failures + self._schedule(now)
 
@@ -399,6 +446,8 @@ class Scheduler:
         gpu = self._gpu(index)
         gpu.marked_unhealthy = True
         gpu.health_detail = detail
+        self._impossible_cache.clear()
+        self._hosts.clear()
         self._refresh_idle(gpu)
         return self._fail_impossible() + self._schedule(now)
 
@@ -406,6 +455,8 @@ class Scheduler:
         """Undo :meth:`mark_unhealthy`; the provider's own report still applies."""
         gpu = self._gpu(index)
         gpu.marked_unhealthy = False
+        self._impossible_cache.clear()
+        self._hosts.clear()
         self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -424,54 +475,77 @@ class Scheduler:
 
     # --------------------------------------------------- the policy's interface
 
-    def find_gpus(self, request: Request) -> tuple[int, ...] | None:
-        """The best-scored GPUs that satisfy ``request`` right now, or ``None``."""
+    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+        """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
+
+        GPUs in ``avoid`` are not considered (a policy keeping them for someone else).
+        """
         memory = request.min_memory_mb
         allowed = request.allowed_gpus
+        needed = request.required_gpus
         gpus = self._gpus
         if request.exclusive:
-            candidates = [
-                gpus[i]
-                for i in self._idle
-                if gpus[i].memory_free_mb >= memory and (allowed is None or i in allowed)
-            ]
-        else:
-            candidates = [
-                g
-                for g in gpus.values()
-                if g.grantable
-                and g.exclusive_holder is None
-                and g.memory_free_mb >= memory
-                and (allowed is None or g.index in allowed)
-            ]
-        needed = request.required_gpus
+            chosen: list[int] = []
+            for _, index in self._idle:  # best first
+                if (
+                    gpus[index].free_mb >= memory
+                    and (allowed is None or index in allowed)
+                    and index not in avoid
+                ):
+                    chosen.append(index)
+                    if len(chosen) == needed:
+                        return tuple(sorted(chosen))
+            return None
+        candidates = [
+            g
+            for g in gpus.values()
+            if g.grantable
+            and g.exclusive_holder is None
+            and g.free_mb >= memory
+            and (allowed is None or g.index in allowed)
+            and g.index not in avoid
+        ]
         if len(candidates) < needed:
             return None
-        score = self._scorer
-        # Shared requests pack onto GPUs that are shared already (best fit first), keeping
-        # whole GPUs free for exclusive requests; within that, the best score, then the index.
-        pack = not request.exclusive
-
-        def rank(gpu: _GPU) -> tuple[bool, float, int]:
-            return (pack and gpu.idle, -score(gpu), gpu.index)
-
         if needed == 1:
-            return (min(candidates, key=rank).index,)
-        candidates.sort(key=rank)
+            return (min(candidates, key=_packed_first).index,)
+        candidates.sort(key=_packed_first)
         return tuple(sorted(g.index for g in candidates[:needed]))
+
+    def hosts(self, request: Request) -> dict[int, int]:
+        """The GPUs that could host ``request`` once this pool's holders leave them.
+
+        Healthy GPUs (settling ones included) that ``request`` allows and
+        whose memory, less what processes outside the pool use, is enough;
+        each mapped to that memory (what the pool's holders share). For
+        policies that plan ahead; do not modify the answer.
+        """
+        key = (request.allowed_gpus, request.min_memory_mb)
+        found = self._hosts.get(key)
+        if found is None:
+            allowed, memory = key
+            found = self._hosts[key] = {
+                g.index: g.memory_total_mb - g.foreign_mb
+                for g in self._gpus.values()
+                if g.healthy
+                and (allowed is None or g.index in allowed)
+                and g.memory_total_mb - g.foreign_mb >= memory
+            }
+        return found
 
     def can_grant_more(self) -> bool:
         """False while ``max_parallel`` allocations are held."""
         return self._max_parallel is None or len(self._holdings) < self._max_parallel
 
-    def try_grant(self, waiter: Waiter) -> bool:
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
         """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
         if not self.can_grant_more():
             return False
-        chosen = self.find_gpus(waiter.request)
+        chosen = self.find_gpus(waiter.request, avoid)
         if chosen is None:
             return False
-        self._grant(waiter, chosen)
+        allocation = self._grant(waiter.ticket, waiter.request, chosen)
+        self._outcomes.append(Grant(waiter.ticket, allocation))
         return True
 
     # ------------------------------------------------------------------ internals
@@ -484,36 +558,46 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    def _grant(self, waiter: Waiter, chosen: tuple[int, ...]) -> None:
-        request = waiter.request
+    def _grant(self, ticket: int, request: Request, chosen: tuple[int, ...]) -> GPUAllocation:
+        gpus = self._gpus
+        memory = request.min_memory_mb
+        exclusive = request.exclusive
         allocation = GPUAllocation(
-            id=next(self._allocation_ids),
-            gpu_indices=chosen,
-            gpu_uuids=tuple(self._gpus[i].uuid for i in chosen),
-            memory_mb=request.min_memory_mb,
-            exclusive=request.exclusive,
-            experiment_id=request.experiment_id,
-            pool_id=self._pool_id,
+            next(self._allocation_ids),
+            chosen,
+            (gpus[chosen[0]].uuid,) if len(chosen) == 1 else tuple(gpus[i].uuid for i in chosen),
+            memory,
+            exclusive,
+            request.experiment_id,
+            self._pool_id,
         )
         for index in chosen:
-            gpu = self._gpus[index]
-            gpu.reserved_mb += request.min_memory_mb
-            if request.exclusive:
+            gpu = gpus[index]
+            gpu.reserved_mb += memory
+            if exclusive:
+                # Held whole: its score matters again only once released (rescored then).
                 gpu.exclusive_holder = allocation.id
+                gpu.free_mb -= memory  # the grant checked that it fits
             else:
-                gpu.shared_holders[allocation.id] = request.min_memory_mb
-            self._idle.discard(index)
-        del self._waiters[waiter.ticket]
-        self._holdings[allocation.id] = Holding(allocation, request, waiter.ticket, self._now)
-        self._ticket_to_allocation[waiter.ticket] = allocation.id
+                gpu.shared_holders[allocation.id] = memory
+                gpu.rescore(self._scorer)
+            self._refresh_idle(gpu)
+        self._waiters.pop(ticket, None)
+        self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
+        self._ticket_to_allocation[ticket] = allocation.id
         self._grants_total += 1
-        self._outcomes.append(Grant(waiter.ticket, allocation))
+        return allocation
 
     def _refresh_idle(self, gpu: _GPU) -> None:
-        if gpu.idle and gpu.grantable:
-            self._idle.add(gpu.index)
-        else:
-            self._idle.discard(gpu.index)
+        """Put ``gpu`` in the idle list under its current key, or take it out."""
+        want = gpu.rank_key if gpu.idle and gpu.grantable else None
+        if want == gpu.idle_key:
+            return
+        if gpu.idle_key is not None:
+            del self._idle[bisect.bisect_left(self._idle, gpu.idle_key)]
+        if want is not None:
+            bisect.insort(self._idle, want)
+        gpu.idle_key = want
 
     def _gpu(self, index: int) -> _GPU:
         gpu = self._gpus.get(index)
@@ -523,6 +607,14 @@ class Scheduler:
 
     def _impossible(self, request: Request) -> str | None:
         """Why no state of the pool could ever grant ``request``, or ``None``."""
+        shape = (request.required_gpus, request.min_memory_mb, request.allowed_gpus)
+        try:
+            return self._impossible_cache[shape]
+        except KeyError:
+            reason = self._impossible_cache[shape] = self._why_impossible(request)
+            return reason
+
+    def _why_impossible(self, request: Request) -> str | None:
         allowed = request.allowed_gpus
         if allowed is not None:
             unknown = sorted(allowed - self._gpus.keys())
@@ -582,6 +674,12 @@ class Scheduler:
             if not holding.allocation.exclusive:
                 overuse += max(0, used - holding.allocation.memory_mb)
         return max(0, stats.memory_used_mb - attributed) + overuse
+
+
+def _packed_first(gpu: _GPU) -> tuple[bool, tuple[float, int]]:
+    """Shared requests pack onto GPUs that are shared already (best fit), keeping whole
+    GPUs free for exclusive requests; within that, the best score, then the index."""
+    return (gpu.idle, gpu.rank_key)
 
 
 def _settled(

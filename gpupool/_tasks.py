@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -36,6 +36,7 @@ _FINAL = frozenset(
 )
 
 
+@final
 @attrs.frozen
 class TaskResult:
     """How one task ended.

@@ -47,6 +47,7 @@ class Strategy(Protocol[S]):
         ...
 
 
+@final
 @attrs.frozen
 class Trial(Generic[S]):
     """One finished trial: its number (in order of asking), suggestion and result."""

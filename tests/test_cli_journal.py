@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,11 @@ from gpupool import Journal, TaskResult, TaskStatus
 from gpupool._cli_journal import main
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 def _fill(journal: Journal) -> None:
@@ -57,9 +64,8 @@ def path(tmp_path: Path) -> Path:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The journal command in a fresh process, as a user runs it."""
-    code = "import sys; from gpupool._cli_journal import main; sys.exit(main())"
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "gpupool", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"},
         capture_output=True,
@@ -78,6 +84,18 @@ def test_show_counts_and_failures(path: Path, capsys: pytest.CaptureFixture[str]
     assert ["running", "1"] in lines
     assert ["t2", "failed", "2", "ValueError:", "diverged"] in lines
     assert "at step 9" not in out  # first line of the error only
+    assert "cut short" not in out
+
+
+def test_show_counts_tasks_cut_short_by_crashes(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _sql(path) as conn:
+        conn.execute("UPDATE tasks SET interrupted = 2 WHERE key = 't0'")
+        conn.execute("UPDATE tasks SET interrupted = 1 WHERE key = 't1'")
+    assert main(["journal", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s) were cut short by a crash and queued again (3 interruption(s) in all)" in out
 
 
 def test_show_while_a_runner_owns_the_journal(tmp_path: Path) -> None:
@@ -162,9 +180,7 @@ def test_usage_errors_exit_2(path: Path) -> None:
 
 
 def test_unlock(path: Path, tmp_path: Path) -> None:
-    import sqlite3
-
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("INSERT INTO gpupool_owner VALUES (1, 4242, 1, 'b', 'elsewhere', 0)")
     result = _cli("journal", "unlock", str(path))
     assert result.returncode == 0, result.stderr

@@ -69,6 +69,16 @@ def _marks(tmp_path: Path) -> dict[str, list[str]]:
     return {p.name: p.read_text().split() for p in marks.iterdir()}
 
 
+def _recorded_groups(journal: Path) -> int:
+    conn = sqlite3.connect(journal)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM process_groups").fetchone()[0])
+    except sqlite3.OperationalError:  # created but no schema yet
+        return 0
+    finally:
+        conn.close()
+
+
 def _statuses(journal: Path) -> dict[str, str]:
     if not journal.exists():
         return {}
@@ -192,6 +202,8 @@ def test_a_restarted_run_kills_the_jobs_a_killed_run_left_behind(tmp_path: Path)
     try:
         pid_file = tmp_path / "marks" / "pid"
         _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        # The job can write its pid before the runner has committed its group.
+        _wait_for(lambda: _recorded_groups(tmp_path / "jobs.txt.journal.sqlite") > 0, "the group")
         runner.send_signal(signal.SIGKILL)
     finally:
         runner.communicate(timeout=30)

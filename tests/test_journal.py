@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,11 @@ from gpupool._journal_owner import current_identity
 from gpupool._journal_schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 @pytest.fixture
@@ -41,7 +47,7 @@ def _run(journal: Journal, key: str, value: object = None) -> TaskResult:
 
 
 def _events(path: Path, key: str) -> list[tuple[str, str | None]]:
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         return conn.execute(
             "SELECT status, note FROM events WHERE key = ? ORDER BY seq", (key,)
         ).fetchall()
@@ -65,7 +71,7 @@ def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
 
 
 def test_new_journal_is_wal_with_schema_and_verified_pragmas(journal: Journal, path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -126,6 +132,17 @@ def test_failed_task_is_kept_unless_retry_failed(journal: Journal) -> None:
     assert journal.claim("t1", retry_failed=True) is None
     journal.finish(_ok("t1"))
     assert journal.claim("t1", retry_failed=True) is not None
+
+
+def test_journal_wide_retry_failed(path: Path) -> None:
+    with Journal(path) as journal:
+        assert journal.claim("t1") is None
+        journal.finish(TaskResult("t1", TaskStatus.TIMED_OUT, error="TimeoutError: slow"))
+    with Journal(path, retry_failed=True) as journal:
+        assert journal.claim("t1") is None
+        journal.finish(_ok("t1"))
+    with pytest.raises(TypeError, match="retry_failed must be a bool, got 1"):
+        Journal(path, retry_failed=1)  # type: ignore[arg-type]
 
 
 def test_cancelled_task_runs_again(journal: Journal) -> None:
@@ -239,7 +256,7 @@ def test_owner_with_reused_pid_is_taken_over(path: Path) -> None:
     Journal(path).close()
     me = current_identity()
     assert me.start_time is not None
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         # pid 1 is alive, but it did not start at this time: the pid was reused.
         conn.execute(
             "INSERT INTO gpupool_owner VALUES (1, 1, ?, ?, ?, 0)",
@@ -252,7 +269,7 @@ def test_owner_with_reused_pid_is_taken_over(path: Path) -> None:
 
 def test_owner_on_another_host_is_not_taken_over(path: Path) -> None:
     Journal(path).close()
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("INSERT INTO gpupool_owner VALUES (1, 4242, 1, 'b', 'elsewhere', 0)")
     with pytest.raises(JournalInUse, match="owned by pid 4242 on elsewhere, which this host"):
         Journal(path)
@@ -313,7 +330,7 @@ def test_file_that_is_not_sqlite_is_refused_and_untouched(tmp_path: Path) -> Non
 
 def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute("CREATE TABLE t (x)")
     with pytest.raises(JournalError, match="an SQLite database but not a gpupool journal"):
         Journal(path)
@@ -321,7 +338,7 @@ def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(path: Path) -> None:
     Journal(path).close()
-    with sqlite3.connect(path) as conn:
+    with _sql(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(JournalError, match="written by a newer gpupool"):
         Journal(path)
@@ -418,3 +435,45 @@ def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
     with Journal(path) as j:  # intact, and the owner closed cleanly
         assert j.takeover is None
         assert j.records() == []
+
+
+class _NoWal(sqlite3.Connection):
+    """A connection on which WAL does not take (as on some network file systems)."""
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        if sql.replace(" ", "").upper() == "PRAGMAJOURNAL_MODE=WAL":
+            return super().execute("SELECT 'delete'")
+        return super().execute(sql, *args)  # type: ignore[arg-type]
+
+
+def test_journal_mode_that_does_not_take_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=_NoWal, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(
+        JournalError, match="could not be put in WAL mode \\(SQLite kept 'delete'\\)"
+    ):
+        Journal(tmp_path / "j.sqlite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_failure_mid_write_is_a_journal_error_and_keeps_nothing(journal: Journal) -> None:
+    assert journal.claim("t1") is None
+    assert journal._conn is not None
+    # Make the next write fail inside its transaction, as a full disk would.
+    journal._conn.execute(
+        "CREATE TRIGGER fail BEFORE UPDATE ON tasks BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(JournalError, match=r"journal '.*': disk full"):
+        journal.record("t1", TaskStatus.RUNNING, attempt=1)
+    journal._conn.execute("DROP TRIGGER fail")
+    record = journal.get("t1")
+    assert record is not None
+    assert (record.status, record.starts) == (TaskStatus.QUEUED, 0)
+    assert not journal._conn.in_transaction
+    journal.record("t1", TaskStatus.RUNNING, attempt=1)  # usable again

@@ -8,11 +8,20 @@ import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
+from random import Random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gpupool import JournalEncodingError
-from gpupool._journal_codec import canonical_json, check_key, function_name, task_key
+from gpupool._journal_codec import (
+    canonical_json,
+    check_key,
+    decode_json,
+    function_name,
+    task_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,3 +119,39 @@ def test_check_key() -> None:
         check_key("")
     with pytest.raises(ValueError, match="at most 512"):
         check_key("x" * 513)
+
+
+_plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_plain)
+def test_canonical_json_round_trips_plain_values(value: object) -> None:
+    text = canonical_json(value)
+    assert decode_json(text) == value
+    assert canonical_json(decode_json(text)) == text  # a fixed point: stable across runs
+
+
+@given(_plain, _plain)
+def test_different_plain_values_get_different_keys(a: object, b: object) -> None:
+    # JSON equality is stricter than Python's (1 == 1.0 == True in Python).
+    if canonical_json(a) != canonical_json(b):
+        assert task_key(train, a) != task_key(train, b)
+    else:
+        assert task_key(train, a) == task_key(train, b)
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=6), st.randoms())
+def test_dict_order_does_not_change_the_key(d: dict[str, int], rnd: Random) -> None:
+    items = list(d.items())
+    rnd.shuffle(items)
+    assert task_key(train, dict(items)) == task_key(train, d)

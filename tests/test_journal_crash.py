@@ -8,6 +8,7 @@ afterwards checks the journal against those files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -20,6 +21,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
+
+
 WORKER = ROOT / "tests" / "scripts" / "journal_crash_worker.py"
 
 
@@ -56,7 +64,7 @@ def _crash_and_recover(tmp_path: Path, *, n_jobs: int, kills: int, seed: int) ->
     _, err = final.communicate(timeout=60)
     assert final.returncode == 0, err
 
-    with sqlite3.connect(journal) as conn:
+    with _sql(journal) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         tasks = {
             key: (status, starts, interrupted)

@@ -73,12 +73,15 @@ async def test_map_returns_results_in_input_order_for_async_and_plain_functions(
 async def test_max_parallel_caps_tasks_running_at_once() -> None:
     running = 0
     peak = 0
+    # An event, not a sleep: on a loaded machine a 10 ms sleep could end
+    # before the statistics are read.
+    go = anyio.Event()
 
     async def task(item: int, allocation: object) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await anyio.sleep(0.01)
+        await go.wait()
         running -= 1
 
     async with ParallelRunner(max_parallel=3) as runner:
@@ -86,26 +89,37 @@ async def test_max_parallel_caps_tasks_running_at_once() -> None:
         await anyio.wait_all_tasks_blocked()
         assert runner.statistics().running == 3
         assert runner.statistics().waiting_for_slot == 9
+        go.set()
         for handle in handles:
             await handle.wait()
     assert peak == 3
 
 
-@trio_mockclock
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        # Virtual time: 1 s trials, a 60 s timeout, hung trials sleep an hour.
+        pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock"),
+        # Real time, shortened: instant trials and a 0.2 s timeout.
+        pytest.param("asyncio", id="asyncio"),
+    ],
+)
 async def test_error_isolation_over_a_thousand_gpu_tasks(anyio_backend: object) -> None:
     """10% raise, 5% time out, the rest succeed; each result typed, in order."""
+    virtual = anyio_backend != "asyncio"
+    timeout, trial_s = (60.0, 1.0) if virtual else (0.2, 0.0)
 
     async def trial(item: int, allocation: GPUAllocation | None) -> int:
         assert allocation is not None
         assert len(allocation.gpu_indices) == 1
         if item % 10 == 3:
             raise ValueError(f"bad config {item}")
-        await anyio.sleep(3600 if item % 20 == 7 else 1)
+        await anyio.sleep(3600 if item % 20 == 7 else trial_s)
         return item
 
     async with GPUResourcePool(FakeGPUProvider(count=4)) as pool:
         async with ParallelRunner(pool, max_parallel=4) as runner:
-            results = await runner.map(trial, range(1000), required_gpus=1, timeout=60)
+            results = await runner.map(trial, range(1000), required_gpus=1, timeout=timeout)
         assert_all_gpus_free(pool)
     assert [r.key for r in results] == [f"task-{i}" for i in range(1000)]
     for i, result in enumerate(results):
@@ -117,7 +131,7 @@ async def test_error_isolation_over_a_thousand_gpu_tasks(anyio_backend: object) 
             assert isinstance(result.exception, ValueError)
         elif i % 20 == 7:
             assert result.status is TaskStatus.TIMED_OUT
-            assert result.error == "TimeoutError: the task ran past its timeout of 60.0 s"
+            assert result.error == f"TimeoutError: the task ran past its timeout of {timeout} s"
         else:
             assert (result.status, result.value) == (TaskStatus.SUCCEEDED, i)
         assert len(result.gpu_indices) == 1
@@ -579,3 +593,20 @@ async def test_async_tasks_use_the_runners_executors_for_run_blocking() -> None:
     assert stats.low_level.workers == 1
     assert (stats.low_level.busy, stats.high_level.busy) == (0, 0)
     assert stats.max_parallel == 2
+
+
+async def test_cancelling_returns_promptly_even_with_threads_stuck(pool: GPUResourcePool) -> None:
+    gate = threading.Event()
+
+    def stuck(item: int, allocation: GPUAllocation | None) -> None:
+        gate.wait(GENEROUS)
+
+    try:
+        with anyio.fail_after(GENEROUS / 2):  # far less than the stuck threads would take
+            with anyio.move_on_after(0.1):
+                async with ParallelRunner(pool, max_parallel=4) as runner:
+                    await runner.map(stuck, range(4), required_gpus=1)
+            assert_all_gpus_free(pool)
+            assert runner.statistics().high_level.abandoned_running == 4
+    finally:
+        gate.set()

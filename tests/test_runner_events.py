@@ -189,16 +189,6 @@ async def test_finished_keys_come_from_the_journal_without_running() -> None:
     assert ("x", OK) not in journal.log  # a replayed result is not written again
 
 
-async def test_journal_paths_need_the_sqlite_journal() -> None:
-    try:
-        from gpupool import _journal  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="SQLite journal"):
-            ParallelRunner(journal="sweep.sqlite")
-    else:  # pragma: no cover - once the journal lands, its own tests cover paths
-        pytest.skip("gpupool._journal exists; tested with the journal")
-
-
 @pytest.mark.parametrize(
     "anyio_backend",
     [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
@@ -222,3 +212,15 @@ async def test_progress_display_counts_every_outcome(anyio_backend: object) -> N
     text = output.getvalue()
     assert "9/9" in text
     assert "failed 3" in text
+
+
+async def test_a_done_callback_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(handle: object) -> None:
+        raise RuntimeError("callback bug")
+
+    async with ParallelRunner() as runner:
+        handle = runner.submit(behave, "a")
+        handle.add_done_callback(broken)
+        result = await handle.wait()
+    assert result.ok
+    assert "callback bug" in caplog.text

@@ -396,10 +396,10 @@ def test_scale_grant_under_contention_does_not_rescan_the_queue() -> None:
     calls = 0
     real_find = s.find_gpus
 
-    def counting_find(request: object) -> object:
+    def counting_find(request: object, avoid: object = ()) -> object:
         nonlocal calls
         calls += 1
-        return real_find(request)  # type: ignore[arg-type]
+        return real_find(request, avoid)  # type: ignore[arg-type]
 
     s.find_gpus = counting_find  # type: ignore[method-assign]
     (grant,) = s.release(held[0], 1)  # type: ignore[arg-type]

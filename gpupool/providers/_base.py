@@ -19,6 +19,9 @@ class GPUProvider(Protocol):
     worker thread, never on the event loop, and never from two threads at once.
     It raises :class:`gpupool.ProviderError` when it cannot answer; the pool
     then keeps using the last good snapshot.
+
+    A provider that never blocks may say so with a ``snapshot_blocks``
+    attribute that is false; the pool then calls it on the event loop.
     """
 
     def snapshot(self) -> Sequence[GPUStats]:

@@ -104,6 +104,16 @@ class FakeGPUProvider:
     def count(self) -> int:
         return len(self._gpus)
 
+    @property
+    def snapshot_blocks(self) -> bool:
+        """Whether :meth:`snapshot` may block: only with a simulated latency.
+
+        The pool asks a provider that does not block on the event loop itself,
+        which keeps tests on trio's ``MockClock`` deterministic.
+        """
+        with self._lock:
+            return self._latency_s > 0
+
     def snapshot(self) -> list[GPUStats]:
         with self._lock:
             self._snapshot_count += 1

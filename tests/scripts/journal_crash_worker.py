@@ -1,14 +1,16 @@
-"""A runner process for the crash test: 50 short jobs on a journal.
+"""A runner process for the crash test: short jobs on a journaled ParallelRunner.
 
 Usage: python tests/scripts/journal_crash_worker.py JOURNAL OUT_DIR [N_JOBS]
 
-Each job appends one line (this process's pid) to ``OUT_DIR/<key>.txt``
-halfway through, so the test can count how often a job's body really ran.
-Prints ``ready`` once it owns the journal; exits 0 when every job succeeded.
+Each job holds one of 4 fake GPUs and appends one line (this process's pid)
+to ``OUT_DIR/<key>.txt`` halfway through, so the test can count how often a
+job's body really ran. Prints ``ready`` once the runner owns the journal;
+exits 0 when every job succeeded.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -16,8 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from gpupool import Journal, TaskResult, TaskStatus
-from gpupool._journal_gate import JournalGate
+from gpupool import FakeGPUProvider, GPUAllocation, GPUResourcePool, ParallelRunner
 
 
 def side_effect(path: Path) -> None:
@@ -26,28 +27,23 @@ def side_effect(path: Path) -> None:
         f.write(f"{os.getpid()}\n")
 
 
-async def job(gate: JournalGate, key: str, out: Path, limiter: anyio.CapacityLimiter) -> None:
-    async with limiter:
-        if await gate.claim(key, fn="crash_worker.job", item=key) is not None:
-            return
-        gate.record(key, TaskStatus.RUNNING, attempt=1)
-        await anyio.sleep(random.uniform(0.02, 0.22))
-        side_effect(out / f"{key}.txt")
-        await anyio.sleep(random.uniform(0.02, 0.22))
-        gate.finish(TaskResult(key, TaskStatus.SUCCEEDED, value={"key": key}, attempts=1))
+async def job(out: Path, key: str, allocation: GPUAllocation | None) -> dict[str, object]:
+    assert allocation is not None
+    await anyio.sleep(random.uniform(0.02, 0.22))
+    side_effect(out / f"{key}.txt")
+    await anyio.sleep(random.uniform(0.02, 0.22))
+    return {"key": key, "gpus": list(allocation.gpu_indices)}
 
 
 async def main(path: str, out: Path, n_jobs: int) -> int:
-    with Journal(path) as journal:
-        journal.kill_leftovers()
+    keys = [f"job-{i:03d}" for i in range(n_jobs)]
+    async with (
+        GPUResourcePool(FakeGPUProvider(count=4)) as pool,
+        ParallelRunner(pool, max_parallel=4, journal=path) as runner,
+    ):
         print("ready", flush=True)
-        gate = JournalGate(journal)
-        limiter = anyio.CapacityLimiter(4)
-        async with anyio.create_task_group() as tg:
-            for i in range(n_jobs):
-                tg.start_soon(job, gate, f"job-{i:03d}", out, limiter)
-        counts = journal.counts()
-    return 0 if counts[TaskStatus.SUCCEEDED] == n_jobs else 1
+        results = await runner.map(functools.partial(job, out), keys, required_gpus=1, key=str)
+    return 0 if all(r.ok and r.value["key"] == r.key for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""The pool on trio's MockClock(autojump_threshold=0): hours of waiting in milliseconds."""
+
+from __future__ import annotations
+
+import trio
+from trio.testing import MockClock
+
+from gpupool import FakeGPUProvider, GPUResourcePool, PoolTimeout
+
+
+def run_virtual(scenario):  # type: ignore[no-untyped-def]
+    return trio.run(scenario, clock=MockClock(autojump_threshold=0))
+
+
+def test_memory_freed_outside_is_noticed_within_one_refresh_interval() -> None:
+    """A colleague frees memory after an hour; the waiter gets it within one interval,
+    and the provider is asked about once per interval meanwhile (no busy loop)."""
+    fake = FakeGPUProvider(count=1, memory_mb=16_000)
+    fake.set_memory_used(0, 15_000)
+
+    async def scenario() -> float:
+        async with GPUResourcePool(fake, refresh_interval=5) as pool, trio.open_nursery() as n:
+
+            async def colleague_finishes() -> None:
+                await trio.sleep(3600)
+                fake.set_memory_used(0, 0)
+
+            n.start_soon(colleague_finishes)
+            async with pool.allocation(min_memory_mb=8000, timeout=7200):
+                return trio.current_time()
+
+    granted_at = run_virtual(scenario)
+    assert 3600 <= granted_at <= 3605
+    assert 3600 / 5 <= fake.snapshot_count <= 3600 / 5 + 3
+
+
+def test_timeout_fires_at_its_deadline_in_virtual_time() -> None:
+    async def scenario() -> tuple[float, int]:
+        async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+            holder = await pool.acquire()
+            start = trio.current_time()
+            try:
+                await pool.acquire(timeout=300)
+            except PoolTimeout:
+                elapsed = trio.current_time() - start
+            waiters = pool.statistics().waiters
+            await pool.release(holder)
+            return elapsed, waiters
+
+    elapsed, waiters = run_virtual(scenario)
+    assert elapsed == 300
+    assert waiters == 0
+
+
+def test_a_release_at_the_deadline_either_grants_or_times_out_cleanly() -> None:
+    """Timeout racing a release at the same virtual instant: whichever wins, nothing leaks."""
+
+    async def scenario() -> tuple[str, int]:
+        async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+            holder = await pool.acquire()
+            outcome = "?"
+            async with trio.open_nursery() as n:
+
+                async def release_at_deadline() -> None:
+                    await trio.sleep(10)
+                    await pool.release(holder)
+
+                n.start_soon(release_at_deadline)
+                try:
+                    alloc = await pool.acquire(timeout=10)
+                except PoolTimeout:
+                    outcome = "timed out"
+                else:
+                    outcome = "granted"
+                    await pool.release(alloc)
+            return outcome, pool.statistics().holders
+
+    outcome, holders = run_virtual(scenario)
+    assert outcome in {"granted", "timed out"}
+    assert holders == 0

@@ -1,0 +1,302 @@
+"""ParallelRunner(journal=...): resume, dedup and failures through the real runner."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from gpupool import (
+    FakeGPUProvider,
+    GPUAllocation,
+    GPUResourcePool,
+    Journal,
+    JournalEncodingError,
+    JournalError,
+    JournalInUse,
+    ParallelRunner,
+    TaskStatus,
+)
+from gpupool._journal import current_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """An autocommit connection that is closed (not just committed) on exit."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
+
+
+calls: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    calls.clear()
+
+
+async def square(item: int, allocation: GPUAllocation | None) -> int:
+    calls.append(item)
+    await anyio.lowlevel.checkpoint()
+    if item < 0:
+        raise ValueError(f"negative: {item}")
+    return item * item
+
+
+def plain_key_of_current_task(item: int, allocation: GPUAllocation | None) -> str:
+    """Runs in a worker thread: the journal binding must have followed it there."""
+    task = current_task.get()
+    assert task is not None
+    return task[1]
+
+
+def _events(path: Path) -> list[tuple[str, str]]:
+    with _sql(path) as conn:
+        return conn.execute("SELECT key, status FROM events ORDER BY seq").fetchall()
+
+
+@pytest.mark.anyio
+async def test_restarted_runner_returns_finished_results_without_running(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite"
+    async with ParallelRunner(max_parallel=2, journal=path) as runner:
+        first = await runner.map(square, [1, 2, -3])
+    assert [r.value for r in first] == [1, 4, None]
+    assert [r.from_journal for r in first] == [False] * 3
+    assert sorted(calls) == [-3, 1, 2]
+
+    calls.clear()
+    async with ParallelRunner(max_parallel=2, journal=str(path)) as runner:
+        again = await runner.map(square, [1, 2, -3, 4])
+    assert calls == [4]  # only the new item ran
+    assert [r.value for r in again] == [1, 4, None, 16]
+    assert [r.from_journal for r in again] == [True, True, True, False]
+    assert again[2].status is TaskStatus.FAILED
+    assert again[2].error == "ValueError: negative: -3"
+    assert [r.key for r in again[:3]] == [r.key for r in first]
+
+
+@pytest.mark.anyio
+async def test_same_key_concurrently_runs_once(tmp_path: Path) -> None:
+    async with ParallelRunner(max_parallel=4, journal=tmp_path / "j.sqlite") as runner:
+        results = await runner.map(square, [5, 5, 6, 5])
+        handle_a = runner.submit(square, 7, key="seven")
+        handle_b = runner.submit(square, 7, key="seven")
+        assert (await handle_a.wait()).value == (await handle_b.wait()).value == 49
+    assert sorted(calls) == [5, 6, 7]
+    assert [r.value for r in results] == [25, 25, 36, 25]
+    assert len({r.key for r in results}) == 2
+
+
+@pytest.mark.anyio
+async def test_same_key_across_restarts_runs_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    for _ in range(3):
+        async with ParallelRunner(journal=path) as runner:
+            (result,) = await runner.map(square, [9], key=lambda item: "nine")
+        assert (result.key, result.value) == ("nine", 81)
+    assert calls == [9]
+    assert [s for k, s in _events(path)] == ["queued", "running", "succeeded"]
+
+
+async def tuple_of_object(item: int, allocation: GPUAllocation | None) -> object:
+    return {"ok": 1} if item else {"model": object()}
+
+
+@pytest.mark.anyio
+async def test_unencodable_result_fails_that_task_only(tmp_path: Path) -> None:
+    async with ParallelRunner(max_parallel=2, journal=tmp_path / "j.sqlite") as runner:
+        bad, good = await runner.map(tuple_of_object, [0, 1])
+    assert good.ok
+    assert good.value == {"ok": 1}
+    assert bad.status is TaskStatus.FAILED
+    assert bad.error is not None
+    assert bad.error.startswith("JournalEncodingError: result of task")
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.get(bad.key).status is TaskStatus.FAILED  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_unkeyable_item_asks_for_key(tmp_path: Path) -> None:
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(JournalEncodingError, match="pass key="):
+            runner.submit(square, object())
+        (result,) = await runner.map(square, [object()], key=lambda item: "obj")
+        assert result.status is TaskStatus.FAILED  # square(object()) fails, but it ran
+
+
+@pytest.mark.anyio
+async def test_cancelled_sweep_reruns_cancelled_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    started = anyio.Event()
+
+    async def slow(item: int, allocation: GPUAllocation | None) -> int:
+        calls.append(item)
+        if item == 2:
+            started.set()
+            await anyio.sleep_forever()
+        return item
+
+    async with ParallelRunner(max_parallel=4, journal=path) as runner:
+        handles = [runner.submit(slow, i, key=f"k{i}") for i in range(3)]
+        await started.wait()
+        await handles[0].wait()
+        runner.cancel()
+    assert handles[2].result is not None
+    assert handles[2].result.status is TaskStatus.CANCELLED
+
+    async def quick(item: int, allocation: GPUAllocation | None) -> int:
+        calls.append(("again", item))
+        return item
+
+    async with ParallelRunner(max_parallel=4, journal=path) as runner:
+        results = await runner.map(quick, range(3), key=lambda i: f"k{i}")
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 3
+    assert ("again", 2) in calls
+    assert ("again", 0) not in calls
+
+
+@pytest.mark.anyio
+async def test_gpu_tasks_record_their_gpus_and_bind_the_task(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with (
+        GPUResourcePool(FakeGPUProvider(count=2)) as pool,
+        ParallelRunner(pool, max_parallel=2, journal=path) as runner,
+    ):
+        results = await runner.map(
+            plain_key_of_current_task, [1, 2], required_gpus=1, key=lambda i: f"gpu-{i}"
+        )
+    assert [r.value for r in results] == ["gpu-1", "gpu-2"]
+    with Journal(path) as journal:
+        records = journal.records()
+    assert all(len(r.gpu_indices) == 1 for r in records)
+    assert [s for k, s in _events(path) if k == "gpu-1"] == [
+        "queued",
+        "waiting_for_gpu",
+        "running",
+        "succeeded",
+    ]
+
+
+@pytest.mark.anyio
+async def test_second_runner_on_a_journal_in_use_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    async with ParallelRunner(journal=path):
+        with pytest.raises(JournalInUse, match="already open in this process"):
+            async with ParallelRunner(journal=path):
+                pass  # pragma: no cover
+    async with ParallelRunner(journal=path):  # released on exit
+        pass
+
+
+@pytest.mark.anyio
+async def test_runner_borrows_an_open_journal(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite", synchronous="full") as journal:
+        async with ParallelRunner(journal=journal) as runner:
+            (result,) = await runner.map(square, [3])
+        assert not journal.closed
+        assert journal.get(result.key).value == 9  # type: ignore[union-attr]
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that have not exited (zombies count as exited)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[2] == str(pgid) and fields[0] not in "ZX":
+            members.append(int(stat_file.parent.name))
+    return members
+
+
+def _crashed_run_leaving_a_job(path: Path) -> int:
+    """Run the leftover worker on ``path``, kill -9 it once its job's process
+    group is in the journal, and return that group's id."""
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/scripts/journal_leftover_worker.py"), str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        groups: list[tuple[int]] = []
+        while not groups and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.02)
+            with contextlib.suppress(sqlite3.Error), _sql(path) as conn:
+                groups = conn.execute("SELECT pgid FROM process_groups").fetchall()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert groups, "the worker never recorded its job's process group"
+    ((pgid,),) = groups
+    return pgid
+
+
+@pytest.mark.anyio
+async def test_restarted_runner_kills_a_crashed_runs_jobs_first(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    pgid = _crashed_run_leaving_a_job(path)
+    try:
+        assert len(_live_members(pgid)) >= 2  # sh and its sleeps outlived their runner
+        alive_when_task_ran: list[list[int]] = []
+
+        async def check(item: int, allocation: GPUAllocation | None) -> None:
+            alive_when_task_ran.append(_live_members(pgid))
+
+        async with ParallelRunner(journal=path) as runner:
+            await runner.map(check, [1], key=lambda item: "job")
+        assert alive_when_task_ran == [[]]  # all killed before the task ran again
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.anyio
+async def test_a_journal_that_cannot_write_stops_the_runner(tmp_path: Path) -> None:
+    """A result that cannot be committed must not be handed out as if it were."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal._conn is not None
+        journal._conn.execute(
+            "CREATE TRIGGER fail BEFORE UPDATE ON tasks WHEN NEW.status = 'succeeded' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(Exception) as info:  # noqa: PT011 - a group, checked below
+            async with ParallelRunner(max_parallel=2, journal=journal) as runner:
+                await runner.map(square, [1, 2, 3])
+        errors = _leaves(info.value)
+        assert errors
+        assert all(isinstance(e, JournalError) and "disk full" in str(e) for e in errors)
+        assert all(r.status is not TaskStatus.SUCCEEDED for r in journal.records())
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return [exc]
+    return [leaf for e in inner for leaf in _leaves(e)]
+
+
+@pytest.mark.anyio
+async def test_runner_on_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    runner = ParallelRunner(journal=notes)
+    with pytest.raises(JournalError, match="is not a gpupool journal"):
+        async with runner:
+            pass  # pragma: no cover
+    assert notes.read_text() == "my notes\n"
+    assert os.listdir(tmp_path) == ["notes.txt"]
