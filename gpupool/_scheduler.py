@@ -150,9 +150,11 @@ class _GPU:
         return self.free_mb
 
     def rescore(self, scorer: Scorer) -> None:
-        self.free_mb = max(0, self.memory_total_mb - self.foreign_mb - self.reserved_mb)
-        if self.rank_inputs != (self.foreign_mb, self.reserved_mb, self.utilization_pct):
-            self.rank_inputs = (self.foreign_mb, self.reserved_mb, self.utilization_pct)
+        free = self.memory_total_mb - self.foreign_mb - self.reserved_mb
+        self.free_mb = free if free > 0 else 0
+        inputs = (self.foreign_mb, self.reserved_mb, self.utilization_pct)
+        if self.rank_inputs != inputs:
+            self.rank_inputs = inputs
             self.rank_key = (-scorer(self), self.index)
 
     @property
@@ -552,9 +554,10 @@ class Scheduler:
 
     def _schedule(self, now: float) -> list[Outcome]:
         self._now = now
+        if not self._waiters:
+            return []
         self._outcomes = []
-        if self._waiters:
-            self._policy.schedule(self, now)
+        self._policy.schedule(self, now)
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
