@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
 from ._model import GPUAllocation
-from ._pool import GPUResourcePool
+from ._pool import GPUResourcePool, _Native
 from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
@@ -137,9 +137,11 @@ class ParallelRunner:
         self._finished = 0
         self._next_key = 0
         self._slots = Slots(self._max_parallel)
-        self._gpu_gate: anyio.CapacityLimiter | None = None
+        # At most max_parallel of this runner's tasks wait on the pool at once.
+        self._gpu_gate = Slots(self._max_parallel)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._cancelled_class: type[BaseException] = BaseException
+        self._clock: Callable[[], float] = anyio.current_time
         self._closed = False
 
     @property
@@ -156,7 +158,7 @@ class ParallelRunner:
         if self._task_group is not None or self._closed:
             raise RuntimeError("a ParallelRunner can be entered only once")
         self._cancelled_class = anyio.get_cancelled_exc_class()
-        self._gpu_gate = anyio.CapacityLimiter(self._max_parallel)
+        self._clock = _Native.current().clock  # anyio.current_time without the lookups
         if self._own_journal is not None:
             # Opens the file and kills a dead run's leftover jobs, before any GPU is granted.
             self._own_journal.open()
@@ -373,12 +375,13 @@ class ParallelRunner:
             for item in materialised
         ]
         try:
-            return [await handle.wait() for handle in handles]
+            await _all_done(handles)
         except BaseException:
             # Cancelling map() (an outer timeout, say) stops the sweep it started.
             for handle in handles:
                 handle.cancel()
             raise
+        return [handle.result for handle in handles]  # type: ignore[misc]
 
     async def as_completed(
         self, handles: Sequence[TaskHandle[ItemT]]
@@ -412,7 +415,7 @@ class ParallelRunner:
         event = TaskEvent(
             key=task.key,
             status=status,
-            time=anyio.current_time(),
+            time=self._clock(),
             attempt=attempt,
             gpu_indices=gpu_indices,
             error=error,
@@ -428,12 +431,13 @@ class ParallelRunner:
 
             # A value the journal cannot store fails the task, here as in the journal.
             result = storable(result)
-        args = (task, result.status, result.attempts, result.gpu_indices, result.error, result)
         if self._journal is None and not self._hub.active:
-            await self._record(*args)  # returns without a checkpoint: nothing to shield
+            task.status = result.status  # what _record does when no one listens
         else:
             with anyio.CancelScope(shield=True):
-                await self._record(*args)
+                await self._record(
+                    task, result.status, result.attempts, result.gpu_indices, result.error, result
+                )
         self._finished += 1
         task._finish(result)
 
@@ -450,7 +454,8 @@ class ParallelRunner:
                 if prior is not None:
                     await self._end(task, attrs.evolve(prior, key=task.key, from_journal=True))
                     return
-            await self._record(task, TaskStatus.QUEUED, 0)
+            if self._journal is not None or self._hub.active:
+                await self._record(task, TaskStatus.QUEUED, 0)
             with task._scope:
                 result = await self._attempts(task)
             if task._scope.cancelled_caught:
@@ -495,10 +500,13 @@ class ParallelRunner:
         allocation: GPUAllocation | None = None
         try:
             if spec.required_gpus:
-                await self._record(task, TaskStatus.WAITING_FOR_GPU, attempt)
+                if self._journal is None and not self._hub.active:
+                    task.status = TaskStatus.WAITING_FOR_GPU
+                else:
+                    await self._record(task, TaskStatus.WAITING_FOR_GPU, attempt)
                 assert self._pool is not None
-                assert self._gpu_gate is not None
-                async with self._gpu_gate:
+                await self._gpu_gate.acquire()
+                try:
                     allocation = await self._pool.acquire(
                         spec.required_gpus,
                         min_memory_mb=spec.min_memory_mb,
@@ -506,15 +514,23 @@ class ParallelRunner:
                         priority=spec.priority,
                         experiment_id=task.key,
                     )
+                finally:
+                    self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices
             await self._slots.acquire(front=allocation is not None)
             try:
                 # A task cancelled before it started never starts.
                 await anyio.lowlevel.checkpoint_if_cancelled()
-                await self._record(task, TaskStatus.RUNNING, attempt, outcome.gpu_indices)
-                outcome.started = anyio.current_time()
-                outcome.value = await self._call(spec, task.item, allocation)
-                outcome.ended = anyio.current_time()
+                if self._journal is None and not self._hub.active:
+                    task.status = TaskStatus.RUNNING
+                else:
+                    await self._record(task, TaskStatus.RUNNING, attempt, outcome.gpu_indices)
+                outcome.started = self._clock()
+                if spec.is_async and spec.timeout is None:
+                    outcome.value = await spec.fn(task.item, allocation)
+                else:
+                    outcome.value = await self._call(spec, task.item, allocation)
+                outcome.ended = self._clock()
             finally:
                 self._slots.release()
         except self._cancelled_class:
@@ -523,12 +539,12 @@ class ParallelRunner:
             raise
         except BaseException as exc:
             outcome.error = exc
-            outcome.ended = anyio.current_time()
+            outcome.ended = self._clock()
         finally:
             if allocation is not None:
-                with anyio.CancelScope(shield=True):
-                    assert self._pool is not None
-                    await self._pool.release(allocation)
+                # release() never yields, so it completes under cancellation too.
+                assert self._pool is not None
+                await self._pool.release(allocation)
         return outcome
 
     async def _call(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
@@ -599,6 +615,26 @@ class ParallelRunner:
             retry_backoff=retry_backoff,
             key_prefix=key_prefix,
         )
+
+
+async def _all_done(handles: Sequence[TaskHandle[Any]]) -> None:
+    """Wait until every handle is done: one wake-up for the lot, not one per task."""
+    pending = [handle for handle in handles if not handle.done()]
+    if not pending:
+        await anyio.lowlevel.checkpoint()
+        return
+    left = len(pending)
+    all_done = anyio.Event()
+
+    def one_done(_: TaskHandle[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            all_done.set()
+
+    for handle in pending:
+        handle.add_done_callback(one_done)
+    await all_done.wait()
 
 
 def _open_journal(journal: object) -> RunnerJournal | None:

@@ -12,18 +12,20 @@ them costs linear time, not quadratic.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
-import anyio
-import attrs
+from ._pool import _Event, _Native
 
 __all__ = ["Slots"]
 
 
-@attrs.define(eq=False)
 class _Waiter:
-    event: anyio.Event = attrs.Factory(anyio.Event)
-    granted: bool = False
-    gone: bool = False
+    __slots__ = ("event", "gone", "granted")
+
+    def __init__(self, event: _Event) -> None:
+        self.event = event
+        self.granted = False
+        self.gone = False
 
 
 class Slots:
@@ -33,6 +35,8 @@ class Slots:
         self._front: deque[_Waiter] = deque()
         self._back: deque[_Waiter] = deque()
         self._queued = 0
+        # The backend's own event class, looked up at the first wait (as the pool does).
+        self._new_event: Callable[[], _Event] | None = None
 
     @property
     def waiting(self) -> int:
@@ -42,7 +46,9 @@ class Slots:
         if self.in_use < self.total and not self._queued:
             self.in_use += 1
             return
-        waiter = _Waiter()
+        if self._new_event is None:
+            self._new_event = _Native.current().event
+        waiter = _Waiter(self._new_event())
         (self._front if front else self._back).append(waiter)
         self._queued += 1
         try:
