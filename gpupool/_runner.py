@@ -244,10 +244,7 @@ class ParallelRunner:
         A key already submitted to this runner returns that task's handle:
         one key runs once. See :meth:`map` for the options.
         """
-        if self._task_group is None or self._closed:
-            raise RuntimeError(
-                "submit() needs an open runner: use `async with ParallelRunner(...)`"
-            )
+        self._check_open()
         spec = self._spec(
             fn,
             required_gpus=required_gpus,
@@ -259,6 +256,17 @@ class ParallelRunner:
             retry_on=retry_on,
             retry_backoff=retry_backoff,
         )
+        return self._submit(spec, item, key)
+
+    def _check_open(self) -> None:
+        if self._task_group is None or self._closed:
+            raise RuntimeError(
+                "submit() needs an open runner: use `async with ParallelRunner(...)`"
+            )
+
+    def _submit(self, spec: _Spec, item: ItemT, key: str | None) -> TaskHandle[ItemT]:
+        """Start a task for a validated ``spec``; see :meth:`submit`."""
+        assert self._task_group is not None
         if key is None and self._sqlite_journal:
             # Stable across runs, so a restarted sweep finds its tasks (docs/journal.md).
             from ._journal_codec import task_key
@@ -358,22 +366,32 @@ class ParallelRunner:
         materialised = list(items)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the item or None, got {key!r}")
-        handles = [
-            self.submit(
-                fn,
-                item,
-                required_gpus=required_gpus(item) if callable(required_gpus) else required_gpus,
-                min_memory_mb=min_memory_mb(item) if callable(min_memory_mb) else min_memory_mb,
-                exclusive=exclusive,
-                priority=priority,
-                timeout=timeout,
-                retries=retries,
-                retry_on=retry_on,
-                retry_backoff=retry_backoff,
-                key=None if key is None else key(item),
-            )
-            for item in materialised
-        ]
+        # As submit() item by item, but each distinct (required_gpus, min_memory_mb)
+        # pair of plain ints is validated once, not once per item.
+        specs: dict[tuple[int, int], _Spec] = {}
+        handles: list[TaskHandle[ItemT]] = []
+        for item in materialised:
+            gpus = required_gpus(item) if callable(required_gpus) else required_gpus
+            memory = min_memory_mb(item) if callable(min_memory_mb) else min_memory_mb
+            task_key = None if key is None else key(item)
+            self._check_open()
+            plain = type(gpus) is int and type(memory) is int
+            spec = specs.get((gpus, memory)) if plain else None
+            if spec is None:
+                spec = self._spec(
+                    fn,
+                    required_gpus=gpus,
+                    min_memory_mb=memory,
+                    exclusive=exclusive,
+                    priority=priority,
+                    timeout=timeout,
+                    retries=retries,
+                    retry_on=retry_on,
+                    retry_backoff=retry_backoff,
+                )
+                if plain:
+                    specs[gpus, memory] = spec
+            handles.append(self._submit(spec, item, task_key))
         try:
             await _all_done(handles)
         except BaseException:
@@ -381,7 +399,11 @@ class ParallelRunner:
             for handle in handles:
                 handle.cancel()
             raise
-        return [handle.result for handle in handles]  # type: ignore[misc]
+        results: list[TaskResult] = []
+        for handle in handles:
+            assert handle.result is not None
+            results.append(handle.result)
+        return results
 
     async def as_completed(
         self, handles: Sequence[TaskHandle[ItemT]]
