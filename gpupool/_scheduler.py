@@ -105,7 +105,7 @@ class Holding:
     ticket: int
     granted_at: float
     #: Processes registered as working for the allocation (memory attribution, settle).
-    pids: set[int] = attrs.Factory(set)
+    pids: frozenset[int] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -373,7 +373,7 @@ class Scheduler:
         self._epoch += 1
         settle = None
         if holding.pids and self._settle_timeout > 0:
-            settle = _Settle(frozenset(holding.pids), self._epoch, now + self._settle_timeout)
+            settle = _Settle(holding.pids, self._epoch, now + self._settle_timeout)
         for index in allocation.gpu_indices:
             gpu = self._gpus[index]
             gpu.reserved_mb -= allocation.memory_mb
@@ -392,7 +392,8 @@ class Scheduler:
         """Record that process ``pid`` (and its session) works for ``allocation``."""
         if not self.holds(allocation):
             raise AllocationNotHeld(f"allocation {allocation.id} is not held by this pool")
-        self._holdings[allocation.id].pids.add(pid)
+        holding = self._holdings[allocation.id]
+        holding.pids = holding.pids | {pid}
 
     def update(
         self,
