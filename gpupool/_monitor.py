@@ -147,14 +147,16 @@ class GPUMonitor:
                         self._wake = None
                         continue
                     last = self._last_started
-                    delay = (
-                        0.0
-                        if last is None
-                        else last + self._refresh_interval - anyio.current_time()
-                    )
-                    if delay > 0:
-                        await anyio.sleep(delay)
-                    if self.is_stale(anyio.current_time()):
-                        await self.refresh()
+                    if last is not None:
+                        delay = last + self._refresh_interval - anyio.current_time()
+                        if delay > 0:
+                            # Someone may refresh meanwhile: decide again after the sleep.
+                            await anyio.sleep(delay)
+                            continue
+                    # Refresh on the sleep's verdict alone. Asking is_stale() here again
+                    # could disagree by a rounding error (last + interval - now <= 0 while
+                    # now - last < interval) and spin without ever awaiting, which under
+                    # a MockClock, where time stands still, hangs the event loop.
+                    await self.refresh()
             finally:
                 self._task_group = None

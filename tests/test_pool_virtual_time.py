@@ -78,3 +78,27 @@ def test_a_release_at_the_deadline_either_grants_or_times_out_cleanly() -> None:
     outcome, holders = run_virtual(scenario)
     assert outcome in {"granted", "timed out"}
     assert holders == 0
+
+
+def test_refresh_loop_never_spins_on_a_rounding_error() -> None:
+    """Regression: with last + interval - now == 0 but now - last < interval (float
+    rounding), the refresh loop used to loop without awaiting, hanging the event loop
+    forever under MockClock (time stands still while nothing awaits)."""
+    last, now = 31.09360436257106, 32.09360436257106
+    assert last + 1.0 - now <= 0
+    assert now - last < 1.0
+
+    async def scenario() -> int:
+        fake = FakeGPUProvider(count=1)
+        async with GPUResourcePool(fake, refresh_interval=1.0) as pool:
+            holder = await pool.acquire()
+            clock.jump(now - trio.current_time())
+            pool._monitor.mark_fresh(last)  # type: ignore[union-attr]
+            with trio.move_on_after(10):
+                await pool.acquire()  # waits; the monitor loop must keep yielding
+            await pool.release(holder)
+        return fake.snapshot_count
+
+    clock = MockClock(autojump_threshold=0)
+    snapshots = trio.run(scenario, clock=clock)
+    assert 5 <= snapshots <= 15
