@@ -10,14 +10,13 @@ waiter costs nothing while nothing changes.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, final
+from typing import final
 
 import anyio
 import anyio.abc
@@ -26,6 +25,7 @@ import anyio.lowlevel
 from ._errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from ._model import GPUAllocation, GPUStats, PoolStatistics
 from ._monitor import GPUMonitor, snapshot_off_loop
+from ._native import Event, Native
 from ._policy import SchedulingPolicy
 from ._request import Request, check_int, check_seconds, make_request
 from ._scheduler import Failure, Grant, Outcome, Scheduler
@@ -40,44 +40,10 @@ logger = logging.getLogger("gpupool")
 _pool_ids = itertools.count(1)
 
 
-class _Event(Protocol):
-    def set(self) -> None: ...
-    def is_set(self) -> bool: ...
-    async def wait(self) -> Any: ...
-
-
-class _Native(NamedTuple):
-    """The running backend's own clock, checkpoint and event, looked up once per pool.
-
-    They are what ``anyio.current_time``, ``anyio.lowlevel.checkpoint`` and
-    ``anyio.Event`` reach after finding the backend on every call; an acquire
-    uses each once or twice, so the lookups would be a large share of its cost.
-    anyio's own ``CapacityLimiter`` parks its waiters on native events likewise.
-    """
-
-    clock: Callable[[], float]
-    checkpoint: Callable[[], Awaitable[None]]
-    event: Callable[[], _Event]
-
-    @classmethod
-    def current(cls) -> _Native:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            import trio
-
-            return cls(trio.current_time, trio.lowlevel.checkpoint, trio.Event)
-        return cls(loop.time, _asyncio_checkpoint, asyncio.Event)
-
-
-async def _asyncio_checkpoint() -> None:
-    await asyncio.sleep(0)  # exactly anyio's checkpoint on asyncio
-
-
 class _Waiter:
     __slots__ = ("event", "outcome")
 
-    def __init__(self, event: _Event) -> None:
+    def __init__(self, event: Event) -> None:
         self.event = event
         self.outcome: Outcome | None = None
 
@@ -146,7 +112,7 @@ class GPUResourcePool:
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
-        self._new_event: Callable[[], _Event] = anyio.Event
+        self._new_event: Callable[[], Event] = anyio.Event
         self._waiters: dict[int, _Waiter] = {}
         self._opened = False
         self._closed = False
@@ -199,7 +165,7 @@ class GPUResourcePool:
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
-        native = _Native.current()
+        native = Native.current()
         self._clock, self._checkpoint, self._new_event = native
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope

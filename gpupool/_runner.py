@@ -48,7 +48,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
 from ._model import GPUAllocation
-from ._pool import GPUResourcePool, _Native
+from ._native import Native
+from ._pool import GPUResourcePool
 from ._request import check_int, check_seconds
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
@@ -164,7 +165,7 @@ class ParallelRunner:
         if self._task_group is not None or self._closed:
             raise RuntimeError("a ParallelRunner can be entered only once")
         self._cancelled_class = anyio.get_cancelled_exc_class()
-        self._clock = _Native.current().clock  # anyio.current_time without the lookups
+        self._clock = Native.current().clock  # anyio.current_time without the lookups
         if self._own_journal is not None:
             # Opens the file and kills a dead run's leftover jobs, before any GPU is granted.
             self._own_journal.open()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._pool import _Event, _Native
+from ._native import Event, Native
 
 __all__ = ["Slots"]
 
@@ -22,7 +22,7 @@ __all__ = ["Slots"]
 class _Waiter:
     __slots__ = ("event", "gone", "granted")
 
-    def __init__(self, event: _Event) -> None:
+    def __init__(self, event: Event) -> None:
         self.event = event
         self.granted = False
         self.gone = False
@@ -36,7 +36,7 @@ class Slots:
         self._back: deque[_Waiter] = deque()
         self._queued = 0
         # The backend's own event class, looked up at the first wait (as the pool does).
-        self._new_event: Callable[[], _Event] | None = None
+        self._new_event: Callable[[], Event] | None = None
 
     @property
     def waiting(self) -> int:
@@ -47,7 +47,7 @@ class Slots:
             self.in_use += 1
             return
         if self._new_event is None:
-            self._new_event = _Native.current().event
+            self._new_event = Native.current().event
         waiter = _Waiter(self._new_event())
         (self._front if front else self._back).append(waiter)
         self._queued += 1
