@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from ._commands import int_arg
 from ._errors import JournalError
 from ._journal_owner import ProcessIdentity, is_alive
 from ._journal_schema import TaskRecord, check_header, check_schema, count_statuses, read_records
@@ -66,7 +67,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show = commands.add_parser("show", help="status counts and failed tasks")
     show.add_argument("file", metavar="FILE", help="the journal file")
     show.add_argument(
-        "--errors", type=int, default=20, metavar="N", help="failed tasks to list (default 20)"
+        "--errors",
+        type=int_arg(0),
+        default=20,
+        metavar="N",
+        help="failed tasks to list (default 20)",
     )
 
     export = commands.add_parser("export", help="every task as JSON lines or CSV")
@@ -99,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpupool journal ...``; return the exit code."""
     try:
         if args.journal_command == "show":
-            if args.errors < 0:
-                raise JournalError(f"--errors must be an int >= 0, got {args.errors}")
             with _read_only(args.file) as conn:
                 _show(conn, args.file, args.errors, Console(highlight=False))
         elif args.journal_command == "export":

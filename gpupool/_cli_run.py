@@ -27,7 +27,7 @@ import contextlib
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -37,6 +37,7 @@ import attrs
 from rich.console import Console
 
 from ._cli_progress import JobsProgress
+from ._commands import int_arg
 from ._errors import GPUPoolError, JournalError, ProviderError
 from ._events import TaskEvent
 from ._jobs import (
@@ -113,19 +114,6 @@ class RunOptions:
 # -- the command line ---------------------------------------------------------
 
 
-def _int_arg(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _duration_arg(text: str) -> float:
     try:
         return parse_duration(text)
@@ -173,13 +161,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("jobs_file", type=Path, metavar="JOBS_FILE")
     parser.add_argument(
         "--max-parallel",
-        type=_int_arg(1),
+        type=int_arg(1),
         metavar="N",
         help="jobs running at once (default: the number of GPUs, at least 1)",
     )
     parser.add_argument(
         "--gpus",
-        type=_int_arg(0),
+        type=int_arg(0),
         default=1,
         metavar="N",
         help="GPUs for a line without gpus= (default 1; 0 runs such lines on the CPU)",
@@ -193,7 +181,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fake-gpus",
-        type=_int_arg(1),
+        type=int_arg(1),
         metavar="N",
         help="pretend the machine has N GPUs (no NVML needed; for trying things out)",
     )
@@ -211,7 +199,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--retries",
-        type=_int_arg(0),
+        type=int_arg(0),
         default=0,
         metavar="N",
         help="extra attempts for a failed job, for a line without retries=",

@@ -14,21 +14,12 @@ from rich.text import Text
 
 from .._model import GPUStats
 from ..providers import FakeGPUProvider, NVMLProvider
+from . import int_arg
 
 __all__ = ["add_parser", "gpu_to_json", "run"]
 
 #: Processes listed per GPU in the table before "+N more".
 _MAX_PROCESSES = 4
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"N must be an int >= 1, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--fake-gpus",
-        type=_positive_int,
+        type=int_arg(1, label="N"),
         metavar="N",
         help="show N idle fake GPUs instead of asking NVML (for machines without GPUs)",
     )
