@@ -181,7 +181,7 @@ class Journal:
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Set and verify the pragmas; run on every connection this opens."""
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(conn)
         if str(mode).lower() != "wal":
             raise JournalError(
                 f"journal {self.path!r} could not be put in WAL mode (SQLite kept {mode!r}); "
@@ -585,6 +585,27 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
             "SQLite creates -wal and -shm files beside it)"
         )
     return text
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> object:
+    """Put the database in WAL mode and return the mode SQLite reports.
+
+    While another process creates the same new file, SQLite can refuse the
+    switch with SQLITE_BUSY at once, without calling the busy handler (the
+    switch needs a lock that the other connection is about to upgrade). So
+    retry for as long as the busy timeout, as SQLite would for a plain write.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _holds_nothing(conn: sqlite3.Connection) -> bool:

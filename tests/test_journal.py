@@ -407,34 +407,45 @@ def test_failed_first_open_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 RACER = """
-    import sys, time
-    from gpupool import Journal, JournalInUse
-    while time.time() < float(sys.argv[2]):
-        time.sleep(0.001)
-    try:
-        j = Journal(sys.argv[1])
-        print("owner", flush=True)
-        sys.stdin.readline()
+    import os, sys, time
+    from gpupool import Journal, JournalError, JournalInUse
+    directory, base, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    for i in range(rounds):
+        start = base + i * 0.4
+        while time.time() < start:
+            pass  # spin, so both racers open within microseconds of each other
+        try:
+            j = Journal(os.path.join(directory, f"j{i}.sqlite"))
+        except JournalInUse:
+            print(i, "refused", flush=True)
+            continue
+        except JournalError as exc:
+            print(i, "error", exc, flush=True)
+            continue
+        print(i, "owner", flush=True)
+        time.sleep(max(0.0, start + 0.3 - time.time()))  # hold it while the other tries
         j.close()
-    except JournalInUse:
-        print("refused", flush=True)
-        sys.stdin.readline()
 """
 
 
 def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
+    """Two runs started on the same new file at the same instant: exactly one
+    owns it, the other is refused with JournalInUse, never with a "database
+    is locked" error, and the file is intact. Several rounds, because the
+    collision is a matter of microseconds."""
     import time
 
-    path = tmp_path / "j.sqlite"
-    start = str(time.time() + 1.0)
-    racers = [_spawn(RACER, str(path), start) for _ in range(2)]
-    outcomes = sorted(r.stdout.readline().strip() for r in racers)  # type: ignore[union-attr]
-    for r in racers:
-        r.communicate("\n")
-    assert outcomes == ["owner", "refused"], [r.stderr for r in racers]
-    with Journal(path) as j:  # intact, and the owner closed cleanly
-        assert j.takeover is None
-        assert j.records() == []
+    rounds = 5
+    base = str(time.time() + 1.5)  # time for both interpreters to start
+    racers = [_spawn(RACER, str(tmp_path), base, str(rounds)) for _ in range(2)]
+    outputs = [r.communicate(timeout=60) for r in racers]
+    lines = sorted(line for out, _ in outputs for line in out.splitlines())
+    expected = sorted(f"{i} {outcome}" for i in range(rounds) for outcome in ("owner", "refused"))
+    assert lines == expected, [err for _, err in outputs]
+    for i in range(rounds):
+        with Journal(tmp_path / f"j{i}.sqlite") as j:  # intact; the owner closed cleanly
+            assert j.takeover is None
+            assert j.records() == []
 
 
 class _NoWal(sqlite3.Connection):

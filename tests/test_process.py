@@ -73,7 +73,9 @@ def _recorded_pids(path: Path) -> list[int]:
 def _assert_all_gone(result_pid: int, pids: list[int]) -> None:
     assert len(pids) == 3
     assert not _alive(result_pid)
-    assert [p for p in pids if _alive(p)] == []
+    survivors = [p for p in pids if _alive(p)]
+    # On failure, show what the survivors were doing (state, session, parent).
+    assert survivors == [], [read_stat(p) for p in survivors]
     assert _group_members(result_pid) == []
 
 
