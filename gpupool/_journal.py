@@ -76,6 +76,8 @@ __all__ = [
 Synchronous = Literal["normal", "full"]
 _SYNCHRONOUS_LEVEL = {"normal": 1, "full": 2}
 _BUSY_TIMEOUT_MS = 5000
+# SQLite's primary result codes for "another connection holds a lock".
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _NOT_DONE = tuple(s.value for s in TaskStatus if not s.is_final or s is TaskStatus.CANCELLED)
 
 # Journals open in this process, by file identity: a second Journal on the same
@@ -601,11 +603,18 @@ def _switch_to_wal(conn: sqlite3.Connection) -> object:
         try:
             return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-            if not busy or time.monotonic() >= deadline:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    # sqlite_errorcode is new in Python 3.11; 3.10 only has the message.
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return str(exc).startswith(("database is locked", "database table is locked"))
 
 
 def _holds_nothing(conn: sqlite3.Connection) -> bool:

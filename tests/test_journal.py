@@ -488,3 +488,16 @@ def test_sqlite_failure_mid_write_is_a_journal_error_and_keeps_nothing(journal: 
     assert (record.status, record.starts) == (TaskStatus.QUEUED, 0)
     assert not journal._conn.in_transaction
     journal.record("t1", TaskStatus.RUNNING, attempt=1)  # usable again
+
+
+def test_busy_is_recognised_by_code_and_by_message() -> None:
+    """Python 3.10's sqlite3 errors carry no code, only the message."""
+    from gpupool._journal import _is_busy
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(sqlite3.OperationalError) as real:
+        conn.execute("SELECT nope FROM t")
+    assert not _is_busy(real.value)
+    assert _is_busy(sqlite3.OperationalError("database is locked"))
+    assert not _is_busy(sqlite3.OperationalError("disk I/O error"))
