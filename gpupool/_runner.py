@@ -140,7 +140,10 @@ class ParallelRunner:
         )
         self._sqlite_journal = _is_sqlite_journal(self._journal)
         self._hub = EventHub()
+        # By key: every unfinished task, and the finished ones whose key was
+        # given (by the user or the journal), so that a key runs once.
         self._tasks: dict[str, TaskHandle[Any]] = {}
+        self._submitted = 0
         self._finished = 0
         self._next_key = 0
         self._slots = Slots(self._max_parallel)
@@ -221,7 +224,7 @@ class ParallelRunner:
         running = self._slots.in_use
         return RunnerStatistics(
             max_parallel=self._max_parallel,
-            submitted=len(self._tasks),
+            submitted=self._submitted,
             finished=self._finished,
             running=running,
             waiting_for_slot=self._slots.waiting,
@@ -274,6 +277,7 @@ class ParallelRunner:
     def _submit(self, spec: _Spec, item: ItemT, key: str | None) -> TaskHandle[ItemT]:
         """Start a task for a validated ``spec``; see :meth:`submit`."""
         assert self._task_group is not None
+        numbered = False
         if key is None and self._sqlite_journal:
             # Stable across runs, so a restarted sweep finds its tasks (docs/journal.md).
             from ._journal_codec import task_key
@@ -282,6 +286,7 @@ class ParallelRunner:
         elif key is None:
             key = f"task-{self._next_key}"
             self._next_key += 1
+            numbered = True
         elif not isinstance(key, str) or not key:
             raise TypeError(f"key must be a non-empty str or None, got {key!r}")
         existing = self._tasks.get(key)
@@ -289,11 +294,21 @@ class ParallelRunner:
             return existing
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
+        self._submitted += 1
+        if numbered:
+            # A numbered key is never submitted again, so nothing needs its
+            # handle once the task ends: forget it then, or a long sweep
+            # would keep every item and result alive (and every garbage
+            # collection would scan them).
+            handle.add_done_callback(self._forget)
         describe = getattr(self._journal, "describe", None)
         if describe is not None:
             describe(key, spec.fn, item)  # stored with the key when the journal claims it
         self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
         return handle
+
+    def _forget(self, handle: TaskHandle[Any]) -> None:
+        del self._tasks[handle.key]
 
     def _spec(
         self,

@@ -433,6 +433,46 @@ async def test_a_key_runs_once() -> None:
     assert [r.value for r in results] == [5, 6, 5]
 
 
+async def test_a_finished_key_still_runs_once() -> None:
+    async def task(item: int, allocation: object) -> int:
+        return item
+
+    async with ParallelRunner() as runner:
+        first = runner.submit(task, 1, key="k")
+        await first.wait()
+        assert runner.submit(task, 2, key="k") is first
+        assert runner.statistics().submitted == 1
+
+
+class _Item:
+    """An item that can be watched for being freed."""
+
+
+async def test_a_long_sweep_keeps_nothing_of_its_finished_tasks(pool: GPUResourcePool) -> None:
+    """A runner that serves sweep after sweep must not keep every item and
+    result alive: memory would grow without bound, and so would the cost of
+    each garbage collection."""
+    import gc
+    import weakref
+
+    async def task(item: _Item, allocation: object) -> _Item:
+        await checkpoint()
+        return item
+
+    async with ParallelRunner(pool, max_parallel=4) as runner:
+        items = [_Item() for _ in range(50)]
+        watchers = [weakref.ref(item) for item in items]
+        results = await runner.map(task, items, required_gpus=1)
+        handle = runner.submit(task, _Item())
+        watchers.append(weakref.ref(handle.item))
+        await handle.wait()
+        assert all(r.ok for r in results)
+        del items, results, handle
+        gc.collect()
+        assert [w for w in watchers if w() is not None] == []
+        assert runner.statistics().submitted == 51
+
+
 async def test_as_completed_yields_in_completion_order() -> None:
     gates = [anyio.Event() for _ in range(3)]
 
