@@ -17,6 +17,7 @@ event and costs nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -87,18 +88,25 @@ class GPUMonitor:
         self._epoch = epoch
         self._wanted = wanted
         self._last_started: float | None = None
+        #: From this time on (the pool's clock) the last snapshot counts as stale.
+        #: An attribute, not a method, because every acquire reads it.
+        self.stale_at = -math.inf
         self._inflight: anyio.Event | None = None
         self._wake: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.failures = 0
 
     def is_stale(self, now: float) -> bool:
-        last = self._last_started
-        return last is None or now - last >= self._refresh_interval
+        return now >= self.stale_at
 
     def mark_fresh(self, started: float) -> None:
         """Count a snapshot taken elsewhere (the pool's first) as a refresh started at ``started``."""
+        self._started(started)
+
+    def _started(self, started: float) -> None:
         self._last_started = started
+        # The same sum the refresh loop sleeps until, so both agree to the last bit.
+        self.stale_at = started + self._refresh_interval
 
     def wake(self) -> None:
         """Tell the background loop that a refresh may now be wanted."""
@@ -119,7 +127,7 @@ class GPUMonitor:
     async def _refresh_once(self, done: anyio.Event) -> None:
         try:
             started = anyio.current_time()
-            self._last_started = started
+            self._started(started)
             epoch = self._epoch()
             try:
                 snapshot, sessions = await snapshot_off_loop(self._provider)

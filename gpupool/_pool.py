@@ -259,15 +259,20 @@ class GPUResourcePool:
             expected_duration=expected_duration,
         )
         limit = None if timeout is None else check_seconds("timeout", timeout)
-        core, monitor = self._require_open()
+        core, monitor = self._core, self._monitor
+        if core is None or monitor is None or self._closed:
+            core, monitor = self._require_open()  # raises PoolClosed
         # Yield (and see any pending cancellation) *before* deciding, so that the
         # decision and its return happen with no await between them: a grant is
         # never made to a caller that cancellation then takes away.
         await self._checkpoint()
         now = self._clock()
-        if monitor.is_stale(now):
+        if now >= monitor.stale_at:
             await monitor.refresh()
             now = self._clock()
+        allocation = core.grant_at_once(request, now)
+        if allocation is not None:
+            return allocation
         submission = core.submit(request, now)
         if submission.outcomes:
             self._dispatch(submission.outcomes)

@@ -102,7 +102,8 @@ class Holding:
 
     allocation: GPUAllocation
     request: Request
-    ticket: int
+    #: The waiter's ticket; ``None`` for a grant made at once, which never waited.
+    ticket: int | None
     granted_at: float
     #: Processes registered as working for the allocation (memory attribution, settle).
     pids: frozenset[int] = frozenset()
@@ -268,9 +269,13 @@ class Scheduler:
 
     def holds(self, allocation: GPUAllocation) -> bool:
         holding = self._holdings.get(allocation.id)
-        return holding is not None and (
-            holding.allocation is allocation
-            or (allocation.pool_id == self._pool_id and holding.allocation == allocation)
+        return holding is not None and self._same(holding, allocation)
+
+    def _same(self, holding: Holding, allocation: GPUAllocation) -> bool:
+        # An equal copy counts too (one that went through pickling, say), but
+        # only from this pool: another pool's allocation may carry the same id.
+        return holding.allocation is allocation or (
+            allocation.pool_id == self._pool_id and holding.allocation == allocation
         )
 
     def holdings(self) -> Iterator[Holding]:
@@ -314,19 +319,10 @@ class Scheduler:
         could ever satisfy it. With ``nowait``, a request that is not granted
         at once is withdrawn again: it never jumps the queue.
         """
-        if self._closed:
-            raise PoolClosed("the pool is closed")
-        reason = self._impossible(request)
-        if reason is not None:
-            raise UnsatisfiableRequest(reason)
+        allocation = self.grant_at_once(request, now)
         ticket = next(self._tickets)
-        if not self._waiters and self.can_grant_more():
-            # Nobody waits, so there is nobody to be fair to: grant what fits without
-            # queueing (the uncontended path, which must stay cheap).
-            chosen = self.find_gpus(request)
-            if chosen is not None:
-                self._now = now
-                return Submission(ticket, self._grant(ticket, request, chosen), [])
+        if allocation is not None:
+            return Submission(ticket, allocation, [])
         waiter = Waiter(ticket, request, now)
         self._waiters[waiter.ticket] = waiter
         self._policy.push(waiter)
@@ -341,6 +337,29 @@ class Scheduler:
         if allocation is None and nowait:
             others.extend(self.cancel(waiter.ticket, now))
         return Submission(waiter.ticket, allocation, others)
+
+    def grant_at_once(self, request: Request, now: float) -> GPUAllocation | None:
+        """Grant ``request`` now if nobody waits and it fits; else ``None``, changing nothing.
+
+        Nobody waits, so there is nobody to be fair to: this is the
+        uncontended path, which must stay cheap (no ticket, no queue). Raises
+        like :meth:`submit`, so a shell may try it first and submit only when
+        it returns ``None``.
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        reason = self._impossible(request)
+        if reason is not None:
+            raise UnsatisfiableRequest(reason)
+        if self._waiters or (
+            self._max_parallel is not None and len(self._holdings) >= self._max_parallel
+        ):
+            return None
+        chosen = self.find_gpus(request)
+        if chosen is None:
+            return None
+        self._now = now
+        return self._grant(None, request, chosen)
 
     def cancel(self, ticket: int, now: float) -> list[Outcome]:
         """Withdraw waiter ``ticket`` (cancelled, timed out).
@@ -363,20 +382,22 @@ class Scheduler:
         """Take ``allocation`` back and hand its GPUs on."""
         if not isinstance(allocation, GPUAllocation):
             raise TypeError(f"release takes a GPUAllocation, got {allocation!r}")
-        if not self.holds(allocation):
+        holding = self._holdings.get(allocation.id)
+        if holding is None or not self._same(holding, allocation):
             raise AllocationNotHeld(
                 f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
                 "by this pool: it was released already, or another pool granted it"
             )
-        holding = self._holdings.pop(allocation.id)
-        del self._ticket_to_allocation[holding.ticket]
+        del self._holdings[allocation.id]
+        if holding.ticket is not None:
+            del self._ticket_to_allocation[holding.ticket]
         self._epoch += 1
         settle = None
         if holding.pids and self._settle_timeout > 0:
             settle = _Settle(holding.pids, self._epoch, now + self._settle_timeout)
+        memory = allocation.memory_mb
         for index in allocation.gpu_indices:
             gpu = self._gpus[index]
-            gpu.reserved_mb -= allocation.memory_mb
             if allocation.exclusive:
                 gpu.exclusive_holder = None
             else:
@@ -384,7 +405,10 @@ class Scheduler:
             if settle is not None:
                 gpu.settle = settle
                 self._settling.add(index)
-            gpu.rescore(self._scorer)
+            if memory:
+                # The score depends on memory alone: with none reserved, it stands.
+                gpu.reserved_mb -= memory
+                gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -495,6 +519,8 @@ class Scheduler:
                     and (allowed is None or index in allowed)
                     and index not in avoid
                 ):
+                    if needed == 1:
+                        return (index,)
                     chosen.append(index)
                     if len(chosen) == needed:
                         return tuple(sorted(chosen))
@@ -562,7 +588,9 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    def _grant(self, ticket: int, request: Request, chosen: tuple[int, ...]) -> GPUAllocation:
+    def _grant(
+        self, ticket: int | None, request: Request, chosen: tuple[int, ...]
+    ) -> GPUAllocation:
         gpus = self._gpus
         memory = request.min_memory_mb
         exclusive = request.exclusive
@@ -586,15 +614,24 @@ class Scheduler:
                 gpu.shared_holders[allocation.id] = memory
                 gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
-        self._waiters.pop(ticket, None)
         self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
-        self._ticket_to_allocation[ticket] = allocation.id
+        if ticket is not None:
+            self._waiters.pop(ticket, None)
+            self._ticket_to_allocation[ticket] = allocation.id
         self._grants_total += 1
         return allocation
 
     def _refresh_idle(self, gpu: _GPU) -> None:
         """Put ``gpu`` in the idle list under its current key, or take it out."""
-        want = gpu.rank_key if gpu.idle and gpu.grantable else None
+        # gpu.idle and gpu.grantable, spelled out: this runs on every grant and release.
+        idle_and_grantable = (
+            gpu.exclusive_holder is None
+            and not gpu.shared_holders
+            and gpu.reported_healthy
+            and not gpu.marked_unhealthy
+            and gpu.settle is None
+        )
+        want = gpu.rank_key if idle_and_grantable else None
         if want == gpu.idle_key:
             return
         if gpu.idle_key is not None:
