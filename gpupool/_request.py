@@ -61,6 +61,8 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float
 
 # Validated requests for the plainest argument shapes (ints, bools, nothing else), so a
 # hot loop of identical acquires validates once. Keyed with the types, since 1 == True.
+# An experiment id (the runner passes each task's key) does not change what is valid,
+# so a request that differs only by one is built from the cached one.
 _plain_requests: dict[tuple[object, ...], Request] = {}
 _PLAIN_CACHE_LIMIT = 1024
 
@@ -82,15 +84,34 @@ def make_request(
         and type(exclusive) is bool
         and type(priority) is int
         and allowed_gpus is None
-        and experiment_id is None
         and expected_duration is None
     )
-    key = (required_gpus, min_memory_mb, exclusive, priority)
-    if plain:
-        cached = _plain_requests.get(key)
-        if cached is not None:
-            return cached
-    request = _validated_request(
+    if plain and (experiment_id is None or isinstance(experiment_id, str)):
+        key = (required_gpus, min_memory_mb, exclusive, priority)
+        request = _plain_requests.get(key)
+        if request is None:
+            request = _validated_request(
+                required_gpus,
+                min_memory_mb=min_memory_mb,
+                exclusive=exclusive,
+                priority=priority,
+                allowed_gpus=None,
+                experiment_id=None,
+                expected_duration=None,
+            )
+            if len(_plain_requests) < _PLAIN_CACHE_LIMIT:
+                _plain_requests[key] = request
+        if experiment_id is None:
+            return request
+        return Request(
+            request.required_gpus,
+            request.min_memory_mb,
+            request.exclusive,
+            request.priority,
+            None,
+            experiment_id,
+        )
+    return _validated_request(
         required_gpus,
         min_memory_mb=min_memory_mb,
         exclusive=exclusive,
@@ -99,9 +120,6 @@ def make_request(
         experiment_id=experiment_id,
         expected_duration=expected_duration,
     )
-    if plain and len(_plain_requests) < _PLAIN_CACHE_LIMIT:
-        _plain_requests[key] = request
-    return request
 
 
 def _validated_request(

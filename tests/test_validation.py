@@ -114,3 +114,21 @@ def test_provider_must_have_a_snapshot_method() -> None:
 def test_fake_provider_arguments_are_validated(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         FakeGPUProvider(**kwargs)  # type: ignore[arg-type]
+
+
+def test_requests_that_differ_only_by_experiment_id_keep_their_own_id() -> None:
+    """Plain requests are validated once and reused; an experiment id (the
+    runner passes every task's key) must still come through, and a bad one
+    must still be refused, cached shape or not."""
+    from gpupool._request import make_request
+
+    plain = make_request(2, min_memory_mb=100)
+    first = make_request(2, min_memory_mb=100, experiment_id="a")
+    second = make_request(2, min_memory_mb=100, experiment_id="b")
+    assert (first.experiment_id, second.experiment_id, plain.experiment_id) == ("a", "b", None)
+    assert first.required_gpus == second.required_gpus == 2
+    assert first.min_memory_mb == second.min_memory_mb == 100
+    with pytest.raises(ValueError, match="experiment_id must be a str or None, got 7"):
+        make_request(2, min_memory_mb=100, experiment_id=7)
+    with pytest.raises(ValueError, match="required_gpus must be an int >= 1, got 0"):
+        make_request(0, experiment_id="c")
