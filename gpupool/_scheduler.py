@@ -220,6 +220,10 @@ class Scheduler:
         self._tickets = itertools.count(1)
         self._allocation_ids = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
+        # How many waiters wait at each priority, and how many GPUs are held whole:
+        # what submit needs to see, in O(1), that a newcomer changes nothing.
+        self._waiting_priorities: dict[int, int] = {}
+        self._held_whole = 0
         self._holdings: dict[int, Holding] = {}
         self._ticket_to_allocation: dict[int, int] = {}
         # Rank keys of the GPUs with no holder that may be granted now, best first.
@@ -324,9 +328,11 @@ class Scheduler:
         if allocation is not None:
             return Submission(ticket, allocation, [])
         waiter = Waiter(ticket, request, now)
-        self._waiters[waiter.ticket] = waiter
-        self._policy.push(waiter)
-        outcomes = self._schedule(now)
+        futile = bool(self._waiters) and self._nothing_can_start(request.priority)
+        self._queue(waiter)
+        # When nobody could start, the policy has nothing to decide (see
+        # _nothing_can_start); the queue grows by one and that is all.
+        outcomes = [] if futile else self._schedule(now)
         allocation = None
         others: list[Outcome] = []
         for outcome in outcomes:
@@ -368,7 +374,7 @@ class Scheduler:
         handed to the next in line. Unknown or finished tickets are ignored, so
         a shell may call this on every interrupted wait without bookkeeping.
         """
-        waiter = self._waiters.pop(ticket, None)
+        waiter = self._unqueue(ticket)
         if waiter is not None:
             self._policy.remove(waiter)
             # Under FIFO the withdrawn waiter may have been the head that blocked others.
@@ -400,6 +406,7 @@ class Scheduler:
             gpu = self._gpus[index]
             if allocation.exclusive:
                 gpu.exclusive_holder = None
+                self._held_whole -= 1
             else:
                 del gpu.shared_holders[allocation.id]
             if settle is not None:
@@ -498,6 +505,7 @@ class Scheduler:
             failures.append(Failure(waiter.ticket, PoolClosed("the pool was closed while waiting")))
             self._policy.remove(waiter)
         self._waiters.clear()
+        self._waiting_priorities.clear()
         return failures
 
     # --------------------------------------------------- the policy's interface
@@ -609,6 +617,7 @@ class Scheduler:
             if exclusive:
                 # Held whole: its score matters again only once released (rescored then).
                 gpu.exclusive_holder = allocation.id
+                self._held_whole += 1
                 gpu.free_mb -= memory  # the grant checked that it fits
             else:
                 gpu.shared_holders[allocation.id] = memory
@@ -616,10 +625,44 @@ class Scheduler:
             self._refresh_idle(gpu)
         self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
         if ticket is not None:
-            self._waiters.pop(ticket, None)
+            self._unqueue(ticket)
             self._ticket_to_allocation[ticket] = allocation.id
         self._grants_total += 1
         return allocation
+
+    def _queue(self, waiter: Waiter) -> None:
+        self._waiters[waiter.ticket] = waiter
+        priority = waiter.request.priority
+        self._waiting_priorities[priority] = self._waiting_priorities.get(priority, 0) + 1
+        self._policy.push(waiter)
+
+    def _unqueue(self, ticket: int) -> Waiter | None:
+        """Drop ``ticket`` from the waiters (the caller updates the policy)."""
+        waiter = self._waiters.pop(ticket, None)
+        if waiter is not None:
+            priority = waiter.request.priority
+            left = self._waiting_priorities[priority] - 1
+            if left:
+                self._waiting_priorities[priority] = left
+            else:
+                del self._waiting_priorities[priority]
+        return waiter
+
+    def _nothing_can_start(self, priority: int) -> bool:
+        """True when a newcomer at ``priority`` joining a non-empty queue cannot
+        change anything the policy decides.
+
+        The policy ran to a fixed point after the last change to the GPUs or the
+        queue. A newcomer changes that only if it could start, or if it becomes
+        the head of the queue (which BackfillPolicy starts a patience clock
+        for). It cannot start while ``max_parallel`` allocations are held or
+        every GPU is held whole, and it does not become the head while someone
+        waits at its priority or above.
+        """
+        full = (self._max_parallel is not None and len(self._holdings) >= self._max_parallel) or (
+            not self._idle and self._held_whole == len(self._gpus)
+        )
+        return full and max(self._waiting_priorities) >= priority
 
     def _refresh_idle(self, gpu: _GPU) -> None:
         """Put ``gpu`` in the idle list under its current key, or take it out."""
@@ -692,7 +735,7 @@ class Scheduler:
             reason = self._impossible(waiter.request)
             if reason is not None:
                 self._policy.remove(waiter)
-                del self._waiters[waiter.ticket]
+                self._unqueue(waiter.ticket)
                 failures.append(Failure(waiter.ticket, UnsatisfiableRequest(reason)))
         return failures
 

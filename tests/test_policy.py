@@ -251,6 +251,29 @@ def test_front_info_reports_the_promise() -> None:
     assert front.last_ticket_waiting == head.ticket
 
 
+def test_a_newcomer_that_can_start_nothing_still_starts_its_patience_clock_as_head() -> None:
+    """Joining a queue while every GPU is held changes no grant, and the core
+    then skips the policy; but a newcomer of higher priority becomes the head,
+    and its patience clock must start when it arrives, not at the next release."""
+    policy = BackfillPolicy(patience=60)
+    s = Scheduler(gpus(2), policy=policy)
+    held = s.submit(make_request(2), 0).allocation
+    assert held is not None
+    first = s.submit(make_request(1), 1)
+    same_priority = s.submit(make_request(1), 2)  # behind the head: nothing to decide
+    front = policy.front()
+    assert front is not None
+    assert (front.ticket, front.reached_front_at) == (first.ticket, 1)
+    urgent = s.submit(make_request(1, priority=5), 10)
+    front = policy.front()
+    assert front is not None
+    assert (front.ticket, front.reached_front_at, front.patience_ends_at) == (urgent.ticket, 10, 70)
+    outcomes = s.release(held, 20)
+    granted = [o.ticket for o in outcomes if isinstance(o, Grant)]
+    assert granted == [urgent.ticket, first.ticket]
+    assert same_priority.ticket in [w.ticket for w in s.waiters()]
+
+
 def test_identical_requests_stay_in_arrival_order() -> None:
     s = Scheduler(gpus(2), policy=BackfillPolicy())
     first = s.submit(make_request(2), 0).allocation

@@ -149,6 +149,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert stats.holders <= 3  # max_parallel
 
     @invariant()
+    def the_cores_shortcut_counts_are_exact(self) -> None:
+        # What submit reads to skip the policy when a newcomer changes nothing.
+        counts: dict[int, int] = {}
+        for waiter in self.core.waiters():
+            counts[waiter.request.priority] = counts.get(waiter.request.priority, 0) + 1
+        assert self.core._waiting_priorities == counts
+        whole = sum(1 for g in self.core.statistics().gpus if g.exclusive)
+        assert self.core._held_whole == whole
+
+    @invariant()
     def no_gpu_is_over_committed(self) -> None:
         holders_of: dict[int, list[GPUAllocation]] = {i: [] for i in range(GPU_COUNT)}
         for alloc in self.held.values():
