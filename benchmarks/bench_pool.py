@@ -61,7 +61,11 @@ async def best_pair(
     from elsewhere then hits both sides alike instead of one."""
     base, ours = [], []
     for _ in range(repeats):
+        # Each run starts from a collected heap, so that a collection the previous
+        # run left pending does not land in one side's timing only.
+        gc.collect()
         base.append(await baseline())
+        gc.collect()
         ours.append(await measured())
     return min(base), min(ours)
 

@@ -622,7 +622,10 @@ class Scheduler:
             else:
                 gpu.shared_holders[allocation.id] = memory
                 gpu.rescore(self._scorer)
-            self._refresh_idle(gpu)
+            if gpu.idle_key is not None:
+                # It has a holder now, so it is not idle: _refresh_idle, spelled out.
+                del self._idle[bisect.bisect_left(self._idle, gpu.idle_key)]
+                gpu.idle_key = None
         self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
         if ticket is not None:
             self._unqueue(ticket)
