@@ -389,7 +389,9 @@ class Scheduler:
         if not isinstance(allocation, GPUAllocation):
             raise TypeError(f"release takes a GPUAllocation, got {allocation!r}")
         holding = self._holdings.get(allocation.id)
-        if holding is None or not self._same(holding, allocation):
+        if holding is None or (
+            holding.allocation is not allocation and not self._same(holding, allocation)
+        ):
             raise AllocationNotHeld(
                 f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
                 "by this pool: it was released already, or another pool granted it"
