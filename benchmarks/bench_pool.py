@@ -282,7 +282,7 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"anyio {version('anyio')}, trio {version('trio')}, "
-        f"{'quick sizes' if args.quick else 'full sizes'}; best of several runs each."
+        f"{'quick sizes' if args.quick else 'full sizes'}; best of several runs each (against the limiter: runs interleaved, each from a collected heap)."
     )
     print(meta + "\n\n" + markdown)
     out = ROOT / "benchmarks" / "results"

@@ -64,7 +64,10 @@ class SchedulingPolicy(Protocol):
     the waiters to start and must itself drop every waiter it granted.
     Iteration yields the waiters in order of service. When nobody waits, the
     core grants a request that fits at once without asking the policy: with an
-    empty queue there is nobody to be fair to.
+    empty queue there is nobody to be fair to. And a new waiter that joins a
+    non-empty queue while nothing can start (every GPU held whole, or
+    ``max_parallel`` reached), behind someone of its priority or above, is
+    pushed without a :meth:`schedule` call: no grant could come of it.
     """
 
     def push(self, waiter: Waiter, /) -> None: ...
