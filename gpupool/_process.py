@@ -12,7 +12,9 @@ sequence (``_end_job``):
    job ran);
 2. up to ``grace_period`` seconds for all of them to exit, signalling any that
    appear meanwhile;
-3. SIGKILL to whatever is left, then reap the leader.
+3. SIGKILL to whatever is left, then reap the leader;
+4. SIGKILL again to anything of the job still found, until two scans in a
+   row find nothing (bounded: a process stuck in the kernel may outlive it).
 
 It runs when the timeout expires, when the caller is cancelled (shielded, so
 the cancellation waits for it), and also after a leader that exited on its
@@ -360,12 +362,22 @@ async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float
         if process.returncode is None or members:
             send(members, signal.SIGKILL, only_new=False)
             await process.wait()
-            give_up = anyio.current_time() + _KILL_ROUNDS_TIMEOUT
+        # Done only when two scans in a row, a poll apart, find nobody: a process
+        # caught between fork and exec, or between its parent's death and its
+        # reparenting, can be missing from one scan. Whoever turns up now was
+        # told to go already, so it gets SIGKILL.
+        give_up = anyio.current_time() + _KILL_ROUNDS_TIMEOUT
+        empty_scans = 0
+        while anyio.current_time() < give_up:
             members = await others()
-            while members and anyio.current_time() < give_up:
+            if members:
+                empty_scans = 0
                 send(members, signal.SIGKILL, only_new=False)
-                await anyio.sleep(_POLL_INTERVAL)
-                members = await others()
+            else:
+                empty_scans += 1
+                if empty_scans == 2:
+                    break
+            await anyio.sleep(_POLL_INTERVAL)
     await process.wait()
     return len({ident for ident in signalled if ident[0] != leader})
 

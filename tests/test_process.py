@@ -13,7 +13,7 @@ import pytest
 
 import gpupool
 from gpupool import GPUAllocation, ProcessFailed, ProcessResult, run_process
-from gpupool._proctree import read_stat
+from gpupool._proctree import JobTracker, ProcInfo, read_stat
 from gpupool.providers.fake import fake_uuid
 
 pytestmark = pytest.mark.anyio
@@ -95,6 +95,49 @@ async def test_timeout_ends_the_whole_job_within_grace_plus_one_second(tmp_path:
     _assert_all_gone(result.pid, _recorded_pids(pids))
     # The bound the issue promises: gone within the grace period plus 1 s.
     assert elapsed_after_timeout < grace + 1.0
+
+
+class _MissedOnce:
+    """A job tracker that misses one process in its first scan after the
+    leader is gone, as a scan can when that process is between fork and exec
+    or is being reparented; later scans see it."""
+
+    def __init__(self, real: JobTracker, stray: ProcInfo) -> None:
+        self.real = real
+        self.stray = stray
+        self.scans_after_leader = 0
+
+    def members(self) -> list[ProcInfo]:
+        found = self.real.members()
+        if any(p.pid == self.real.leader for p in found):
+            return found
+        self.scans_after_leader += 1
+        now = read_stat(self.stray.pid)
+        if self.scans_after_leader >= 2 and now is not None and now.alive:
+            found.append(self.stray)
+        return found
+
+
+async def test_a_process_one_scan_missed_is_still_ended() -> None:
+    from gpupool._process import _end_job
+
+    stray = await anyio.open_process(["sleep", "1000"], start_new_session=True)
+    job = await anyio.open_process(["sleep", "1000"], start_new_session=True)
+    try:
+        stray_info = read_stat(stray.pid)
+        assert stray_info is not None
+        tracker = _MissedOnce(JobTracker(job.pid), stray_info)
+        with anyio.fail_after(10):
+            leftovers = await _end_job(job, tracker, 0.5)  # type: ignore[arg-type]
+            await stray.wait()
+        assert job.returncode == -15  # the leader took its SIGTERM
+        assert stray.returncode == -9  # the late one got SIGKILL
+        assert leftovers == 1
+    finally:
+        for process in (stray, job):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
 
 
 async def test_cancel_ends_the_whole_job_then_propagates(tmp_path: Path) -> None:
