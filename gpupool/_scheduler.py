@@ -361,7 +361,18 @@ class Scheduler:
             self._max_parallel is not None and len(self._holdings) >= self._max_parallel
         ):
             return None
-        chosen = self.find_gpus(request)
+        if (
+            self._idle
+            and request.required_gpus == 1
+            and request.exclusive
+            and request.allowed_gpus is None
+            and self._gpus[self._idle[0][1]].free_mb >= request.min_memory_mb
+        ):
+            # The commonest request: one whole GPU, any of them. The best idle GPU
+            # is the first of the idle list, which is what find_gpus would return.
+            chosen: tuple[int, ...] | None = (self._idle[0][1],)
+        else:
+            chosen = self.find_gpus(request)
         if chosen is None:
             return None
         self._now = now
@@ -419,6 +430,9 @@ class Scheduler:
                 gpu.reserved_mb -= memory
                 gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
+        if not self._waiters:
+            self._now = now
+            return []  # nobody to hand the GPUs to: no policy pass
         return self._schedule(now)
 
     def attach_process(self, allocation: GPUAllocation, pid: int) -> None:
