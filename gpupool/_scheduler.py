@@ -430,9 +430,6 @@ class Scheduler:
                 gpu.reserved_mb -= memory
                 gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
-        if not self._waiters:
-            self._now = now
-            return []  # nobody to hand the GPUs to: no policy pass
         return self._schedule(now)
 
     def attach_process(self, allocation: GPUAllocation, pid: int) -> None:
