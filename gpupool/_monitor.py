@@ -87,7 +87,6 @@ class GPUMonitor:
         self._handler = handler
         self._epoch = epoch
         self._wanted = wanted
-        self._last_started: float | None = None
         #: From this time on (the pool's clock) the last snapshot counts as stale.
         #: An attribute, not a method, because every acquire reads it.
         self.stale_at = -math.inf
@@ -96,16 +95,8 @@ class GPUMonitor:
         self._task_group: anyio.abc.TaskGroup | None = None
         self.failures = 0
 
-    def is_stale(self, now: float) -> bool:
-        return now >= self.stale_at
-
     def mark_fresh(self, started: float) -> None:
         """Count a snapshot taken elsewhere (the pool's first) as a refresh started at ``started``."""
-        self._started(started)
-
-    def _started(self, started: float) -> None:
-        self._last_started = started
-        # The same sum the refresh loop sleeps until, so both agree to the last bit.
         self.stale_at = started + self._refresh_interval
 
     def wake(self) -> None:
@@ -127,7 +118,7 @@ class GPUMonitor:
     async def _refresh_once(self, done: anyio.Event) -> None:
         try:
             started = anyio.current_time()
-            self._started(started)
+            self.mark_fresh(started)
             epoch = self._epoch()
             try:
                 snapshot, sessions = await snapshot_off_loop(self._provider)
@@ -154,17 +145,16 @@ class GPUMonitor:
                         await self._wake.wait()
                         self._wake = None
                         continue
-                    last = self._last_started
-                    if last is not None:
-                        delay = last + self._refresh_interval - anyio.current_time()
-                        if delay > 0:
-                            # Someone may refresh meanwhile: decide again after the sleep.
-                            await anyio.sleep(delay)
-                            continue
-                    # Refresh on the sleep's verdict alone. Asking is_stale() here again
-                    # could disagree by a rounding error (last + interval - now <= 0 while
-                    # now - last < interval) and spin without ever awaiting, which under
-                    # a MockClock, where time stands still, hangs the event loop.
+                    delay = self.stale_at - anyio.current_time()
+                    if delay > 0:
+                        # Someone may refresh meanwhile: decide again after the sleep.
+                        await anyio.sleep(delay)
+                        continue
+                    # Refresh on the sleep's verdict alone. The pool's acquire reads
+                    # the same stale_at (now >= stale_at, the same comparison), so both
+                    # agree to the last bit; recomputing it here from the interval
+                    # could disagree by a rounding error and spin without ever
+                    # awaiting, which under a MockClock hangs the event loop.
                     await self.refresh()
             finally:
                 self._task_group = None
