@@ -471,12 +471,13 @@ class _Session:
                 cwd=self.options.job_cwd,
                 pool=self.pool if allocation is not None else None,
                 on_start=on_start,
+                check=False,  # the process group is forgotten first, then checked below
             )
         finally:
             for pid in started:
                 self.groups.discard(pid)
         journal.forget_process_group(job.key, result.pid)
-        result.check()
+        result.check(with_tail=False)  # the summary names the log; outcomes stay one line
         return {
             "returncode": result.returncode,
             "pid": result.pid,

@@ -29,6 +29,7 @@ them as harmless ``<defunct>`` entries.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -54,6 +55,7 @@ from ._proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, sig
 __all__ = [
     "CUDA_OOM_PATTERN",
     "DEFAULT_GRACE_PERIOD",
+    "TAIL_LINES",
     "ProcessFailed",
     "ProcessResult",
     "SupportsRegisterProcess",
@@ -81,6 +83,11 @@ CUDA_OOM_PATTERN = re.compile(
 # Only the tail of a long log is searched for an out-of-memory message: the
 # message is in the traceback at the end, and a log may be gigabytes long.
 _OOM_SCAN_BYTES = 16 * 1024 * 1024
+#: How much of the end of its output a result keeps in ``output_tail``: at most
+#: this many lines, taken from at most ``_TAIL_BYTES`` bytes (a progress bar can
+#: make one "line" megabytes long).
+TAIL_LINES = 20
+_TAIL_BYTES = 8 * 1024
 # How often the processes of a running job are recorded.
 _TRACK_INTERVAL = 0.5
 # How often the end of a job is checked while it is being ended.
@@ -108,9 +115,13 @@ class ProcessResult:
     signal N ended the leader (as after a timeout). ``pid`` is also the job's
     process group and session id. ``output`` holds stdout and stderr
     interleaved when no ``log_path`` was given; with one, the output is in the
-    file and ``output`` is ``None``. ``leftovers`` counts processes other than
-    the leader that gpupool had to signal (after a timeout, a cancel, or a
-    leader that exited and left them behind).
+    file and ``output`` is ``None``. ``output_tail`` is the last lines (at most
+    :data:`TAIL_LINES`) that this run wrote, to ``output`` or to the log (read
+    as the run ends, and only what this run appended, since retries append to
+    the same file), so that a failure can say why without anyone opening the
+    log. ``leftovers`` counts processes other than the leader that gpupool had
+    to signal (after a timeout, a cancel, or a leader that exited and left
+    them behind).
     """
 
     args: str | tuple[str, ...]
@@ -122,6 +133,7 @@ class ProcessResult:
     log_path: Path | None = None
     output: str | None = None
     leftovers: int = 0
+    output_tail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -150,22 +162,63 @@ class ProcessResult:
             text += " (CUDA out of memory)"
         return text
 
-    def check(self) -> ProcessResult:
-        """Return ``self`` if :attr:`ok`, else raise :class:`ProcessFailed`."""
+    def check(self, *, with_tail: bool = True) -> ProcessResult:
+        """Return ``self`` if :attr:`ok`, else raise :class:`ProcessFailed`.
+
+        ``with_tail=False`` leaves :attr:`output_tail` out of the message (for
+        callers that point at the log instead, as ``gpupool run`` does).
+        """
         if not self.ok:
-            raise ProcessFailed(self)
+            raise ProcessFailed(self, with_tail=with_tail)
         return self
 
 
-class ProcessFailed(GPUPoolError):
-    """A command did not succeed; ``result`` says how it ended."""
+class ProcessFailed(GPUPoolError, subprocess.CalledProcessError):
+    """A command did not succeed: a non-zero exit, a signal, or its timeout.
 
-    def __init__(self, result: ProcessResult) -> None:
+    ``result`` is the :class:`ProcessResult`; the message says how the command
+    ended and, unless ``with_tail=False``, quotes the last lines of its output,
+    so that a runner's ``TaskResult.error`` shows why. It is also a
+    :class:`subprocess.CalledProcessError`, which ``anyio.run_process`` and
+    ``subprocess.run`` raise with ``check=True``: code that catches that keeps
+    working, and ``returncode``, ``cmd`` and ``output`` mean what they mean
+    there (``stderr`` is ``None``: it is interleaved with stdout).
+    """
+
+    def __init__(self, result: ProcessResult, *, with_tail: bool = True) -> None:
+        if not isinstance(result, ProcessResult):
+            raise TypeError(f"result must be a ProcessResult, got {result!r}")
+        message = _failure_message(result, with_tail=with_tail)
+        GPUPoolError.__init__(self, message)
         self.result = result
-        args = result.args if isinstance(result.args, str) else shlex.join(result.args)
-        if len(args) > 80:
-            args = args[:77] + "..."
-        super().__init__(f"command {args!r} failed: {result.describe()}")
+        self.with_tail = with_tail
+        self.returncode = result.returncode
+        self.cmd = result.args
+        self.output = result.output
+        self.stderr = None
+
+    def __str__(self) -> str:
+        # CalledProcessError has its own __str__; ours is the message built above.
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default would call ProcessFailed(message); rebuild from the result instead.
+        return (functools.partial(type(self), with_tail=self.with_tail), (self.result,))
+
+
+def _failure_message(result: ProcessResult, *, with_tail: bool) -> str:
+    """``command 'x' failed: exit code 1``, then the output's last lines, indented."""
+    args = result.args if isinstance(result.args, str) else shlex.join(result.args)
+    if len(args) > 80:
+        args = args[:77] + "..."
+    message = f"command {args!r} failed: {result.describe()}"
+    lines = result.output_tail.splitlines()
+    if not with_tail or not lines:
+        return message
+    source = "its output" if result.log_path is None else str(result.log_path)
+    quoted = "\n".join(f"    {line}" for line in lines)
+    count = "line" if len(lines) == 1 else f"{len(lines)} lines"
+    return f"{message}; the last {count} of {source}:\n{quoted}"
 
 
 async def run_process(
@@ -179,6 +232,7 @@ async def run_process(
     grace_period: float = DEFAULT_GRACE_PERIOD,
     pool: SupportsRegisterProcess | None = None,
     on_start: Callable[[int], object] | None = None,
+    check: bool = True,
 ) -> ProcessResult:
     """Run ``cmd`` to the end on the GPUs of ``allocation``; never leave a process behind.
 
@@ -192,10 +246,17 @@ async def run_process(
     one, into :attr:`ProcessResult.output`.
 
     On ``timeout`` (seconds) the job is ended (SIGTERM to every process of
-    the job, ``grace_period`` seconds, then SIGKILL) and the result has
-    ``timed_out=True``; a non-zero exit is not an exception either (see
-    :meth:`ProcessResult.check`). When the caller is cancelled, the job is
-    ended the same way before the cancellation propagates.
+    the job, ``grace_period`` seconds, then SIGKILL). When the caller is
+    cancelled, the job is ended the same way before the cancellation
+    propagates.
+
+    With ``check=True`` (the default, as in ``anyio.run_process``), a command
+    that did not succeed (a non-zero exit, ended by a signal, or timed out)
+    raises :class:`ProcessFailed`, whose message quotes the last lines of its
+    output: inside a runner task that makes the task FAILED, and ``retries=``
+    apply. ``check=False`` returns the :class:`ProcessResult` whatever the
+    outcome (``returncode``, ``timed_out``), for callers that judge it
+    themselves. Either way the job is over and reaped first.
 
     ``on_start(pid)`` and ``pool.register_process(allocation, pid)`` (``pool``
     defaults to the pool that granted ``allocation``, where it can be found) are
@@ -222,6 +283,8 @@ async def run_process(
         pool = _pool_of(allocation)
     if on_start is not None and not callable(on_start):
         raise TypeError(f"on_start must be callable or None, got {on_start!r}")
+    if not isinstance(check, bool):
+        raise TypeError(f"check must be a bool, got {check!r}")
 
     token = uuid.uuid4().hex
     child_env = {**os.environ, **extra_env}
@@ -289,22 +352,24 @@ async def run_process(
     assert returncode is not None
     output: str | None = None
     if log is not None:
-        cuda_oom = await anyio.to_thread.run_sync(_log_shows_oom, log, start_offset)
+        end = await anyio.to_thread.run_sync(_read_log_end, log, start_offset)
     else:
         raw = b"".join(chunks)
-        cuda_oom = CUDA_OOM_PATTERN.search(raw[-_OOM_SCAN_BYTES:]) is not None
+        end = raw[-_OOM_SCAN_BYTES:]
         output = raw.decode("utf-8", "replace")
-    return ProcessResult(
+    result = ProcessResult(
         args=args,
         returncode=returncode,
         pid=process.pid,
         duration_s=duration,
         timed_out=timed_out,
-        cuda_oom=cuda_oom,
+        cuda_oom=CUDA_OOM_PATTERN.search(end) is not None,
         log_path=log,
         output=output,
         leftovers=leftovers,
+        output_tail=_last_lines(end),
     )
+    return result.check() if check else result
 
 
 def _pool_of(allocation: GPUAllocation) -> SupportsRegisterProcess | None:
@@ -414,15 +479,24 @@ def _open_log(path: Path) -> tuple[IO[bytes], int]:
     return handle, handle.tell()
 
 
-def _log_shows_oom(path: Path, start: int) -> bool:
+def _read_log_end(path: Path, start: int) -> bytes:
+    """The end of what this run appended to ``path`` (nothing if it cannot be read)."""
     try:
         with path.open("rb") as handle:
             end = handle.seek(0, os.SEEK_END)
             handle.seek(max(start, end - _OOM_SCAN_BYTES))
-            data = handle.read()
+            return handle.read()
     except OSError:
-        return False
-    return CUDA_OOM_PATTERN.search(data) is not None
+        return b""
+
+
+def _last_lines(data: bytes) -> str:
+    """The last :data:`TAIL_LINES` lines of ``data``, decoded, trailing blanks dropped."""
+    end = data[-_TAIL_BYTES:]
+    lines = end.decode("utf-8", "replace").rstrip().splitlines()
+    if len(end) < len(data) and len(lines) > 1:
+        lines = lines[1:]  # cut somewhere inside: the first line is a fragment
+    return "\n".join(lines[-TAIL_LINES:])
 
 
 def _check_command(cmd: object) -> str | tuple[str, ...]:

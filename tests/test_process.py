@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +15,16 @@ import anyio
 import pytest
 
 import gpupool
-from gpupool import GPUAllocation, ProcessFailed, ProcessResult, run_process
+from gpupool import (
+    FakeGPUProvider,
+    GPUAllocation,
+    GPUResourcePool,
+    ParallelRunner,
+    ProcessFailed,
+    ProcessResult,
+    TaskStatus,
+    run_process,
+)
 from gpupool._proctree import JobTracker, ProcInfo, read_stat
 from gpupool.providers.fake import fake_uuid
 
@@ -85,7 +97,7 @@ async def test_timeout_ends_the_whole_job_within_grace_plus_one_second(tmp_path:
     timeout = 2.0
     started = time.monotonic()
     result = await run_process(
-        STUBBORN_JOB, timeout=timeout, grace_period=grace, env={"PIDS": str(pids)}
+        STUBBORN_JOB, timeout=timeout, grace_period=grace, env={"PIDS": str(pids)}, check=False
     )
     elapsed_after_timeout = time.monotonic() - started - timeout
     assert result.timed_out
@@ -183,7 +195,7 @@ async def test_exit_codes_and_check() -> None:
     assert ok.returncode == ok.exit_code == 0
     assert ok.check() is ok
     assert ok.leftovers == 0
-    failed = await run_process("exit 3")
+    failed = await run_process("exit 3", check=False)
     assert failed.returncode == 3
     assert not failed.ok
     assert not failed.timed_out
@@ -192,8 +204,159 @@ async def test_exit_codes_and_check() -> None:
     assert info.value.result is failed
 
 
+# Issue 10, item 3: a command that exited 1 inside a runner task made the task
+# SUCCEEDED with value=1, and retries= never applied. run_process now checks by
+# default, as anyio.run_process(check=True) does.
+
+TRAIN_SCRIPT = """
+import sys
+print("epoch 1: loss 0.9")
+print("RuntimeError: loss is NaN", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+async def test_a_runner_task_whose_command_exits_1_fails_and_is_retried(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    log = tmp_path / "train.log"
+
+    async def trial(item: str, allocation: GPUAllocation | None) -> int:
+        result = await run_process(
+            [sys.executable, str(script)], allocation=allocation, log_path=log
+        )
+        return result.returncode
+
+    async with GPUResourcePool(FakeGPUProvider(count=2)) as pool:
+        async with ParallelRunner(pool, max_parallel=2) as runner:
+            [result] = await runner.map(trial, ["t0"], required_gpus=1, retries=1)
+        assert pool.statistics().free_gpus == (0, 1)
+    assert result.status is TaskStatus.FAILED
+    assert result.attempts == 2
+    assert log.read_text().count("epoch 1") == 2  # the command really ran twice
+    error = result.exception
+    assert isinstance(error, ProcessFailed)
+    assert error.result.returncode == error.returncode == 1
+    assert error.result.log_path == log
+    # The log holds both attempts; the tail is the last attempt's alone.
+    assert error.result.output_tail == "epoch 1: loss 0.9\nRuntimeError: loss is NaN"
+    # TaskResult.error says why (the command itself is shortened to 80 characters).
+    assert result.error is not None
+    assert result.error.startswith("ProcessFailed: command ")
+    assert result.error.endswith(
+        f" failed: exit code 1; the last 2 lines of {log}:\n"
+        "    epoch 1: loss 0.9\n    RuntimeError: loss is NaN"
+    )
+
+
+async def test_check_false_hands_a_failed_command_back_to_the_task() -> None:
+    async def trial(item: str, allocation: GPUAllocation | None) -> ProcessResult:
+        return await run_process("echo nope; exit 1", allocation=allocation, check=False)
+
+    async with (
+        GPUResourcePool(FakeGPUProvider(count=1)) as pool,
+        ParallelRunner(pool) as runner,
+    ):
+        [result] = await runner.map(trial, ["t0"], required_gpus=1, retries=1)
+    assert result.status is TaskStatus.SUCCEEDED
+    assert result.attempts == 1
+    assert isinstance(result.value, ProcessResult)
+    assert result.value.returncode == 1
+    assert result.value.output == "nope\n"
+
+
+async def test_a_non_zero_exit_raises_with_the_result_and_the_output_tail() -> None:
+    with pytest.raises(ProcessFailed) as info:
+        await run_process("echo starting; echo 'bad config: lr' >&2; exit 3")
+    error = info.value
+    assert error.result.returncode == 3
+    assert error.result.output == "starting\nbad config: lr\n"
+    assert str(error) == (
+        "command \"echo starting; echo 'bad config: lr' >&2; exit 3\" failed: exit code 3;"
+        " the last 2 lines of its output:\n    starting\n    bad config: lr"
+    )
+    # Also what anyio.run_process(check=True) and subprocess.run(check=True) raise.
+    assert isinstance(error, subprocess.CalledProcessError)
+    assert isinstance(error, gpupool.GPUPoolError)
+    assert error.returncode == 3
+    assert error.cmd == error.result.args
+    assert error.output == error.stdout == error.result.output
+    assert error.stderr is None
+
+
+async def test_a_command_killed_by_a_signal_raises() -> None:
+    with pytest.raises(ProcessFailed, match=r"killed by signal 9$") as info:
+        await run_process("kill -9 $$")
+    assert info.value.result.returncode == -9
+    assert info.value.result.output_tail == ""
+
+
+async def test_a_timeout_raises_once_the_job_is_gone(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    with pytest.raises(ProcessFailed, match=r"timed out after \d+\.\ds;") as info:
+        await run_process(
+            ["sh", "-c", 'echo waiting; sleep 1000 & echo $! > "$1"; wait', "sh", str(pidfile)],
+            timeout=0.5,
+            grace_period=0.2,
+        )
+    result = info.value.result
+    assert result.timed_out
+    assert result.returncode == -15
+    assert result.output_tail == "waiting"
+    assert not _alive(result.pid)
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_success_is_returned_with_check() -> None:
+    result = await run_process("echo done")
+    assert result.ok
+    assert result.output_tail == "done"
+
+
+async def test_the_tail_keeps_the_last_lines_and_caps_a_huge_line(tmp_path: Path) -> None:
+    from gpupool._process import TAIL_LINES
+
+    many = await run_process("seq 1 100", check=False)
+    assert many.output_tail.splitlines() == [str(i) for i in range(101 - TAIL_LINES, 101)]
+    # One endless progress-bar line: only its end is kept, not megabytes.
+    code = "import sys; sys.stdout.write('#' * 1_000_000 + 'end'); sys.exit(2)"
+    log = tmp_path / "bar.log"
+    with pytest.raises(ProcessFailed) as info:
+        await run_process([sys.executable, "-c", code], log_path=log)
+    tail = info.value.result.output_tail
+    assert tail.endswith("#end")
+    assert len(tail) <= 8 * 1024
+
+
+async def test_with_tail_false_keeps_the_message_to_one_line() -> None:
+    result = await run_process("echo one; echo two; exit 4", check=False)
+    with pytest.raises(ProcessFailed) as info:
+        result.check(with_tail=False)
+    assert str(info.value) == "command 'echo one; echo two; exit 4' failed: exit code 4"
+    assert info.value.result is result
+    with pytest.raises(ProcessFailed) as info:
+        result.check()
+    assert str(info.value).endswith("the last 2 lines of its output:\n    one\n    two")
+
+
+async def test_a_process_failure_survives_pickling() -> None:
+    result = await run_process("echo oops; exit 5", check=False)
+    for with_tail in (True, False):
+        error = ProcessFailed(result, with_tail=with_tail)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is ProcessFailed
+        assert copy.result == result
+        assert str(copy) == str(error)
+        assert copy.returncode == 5
+
+
+def test_process_failed_needs_a_result() -> None:
+    with pytest.raises(TypeError, match="result must be a ProcessResult, got 'exit 1'"):
+        ProcessFailed("exit 1")  # type: ignore[arg-type]
+
+
 async def test_timeout_of_a_polite_command_uses_sigterm() -> None:
-    result = await run_process(["sleep", "30"], timeout=0.2, grace_period=5)
+    result = await run_process(["sleep", "30"], timeout=0.2, grace_period=5, check=False)
     assert result.timed_out
     assert result.returncode == -15
     assert "timed out" in result.describe()
@@ -252,20 +415,20 @@ async def test_without_allocation_the_parent_environment_is_inherited(
 async def test_cuda_oom_is_detected_in_a_log(tmp_path: Path, message: str) -> None:
     log = tmp_path / "oom.log"
     code = f"import sys; print('step 1'); print({message!r}, file=sys.stderr); sys.exit(1)"
-    result = await run_process([sys.executable, "-c", code], log_path=log)
+    result = await run_process([sys.executable, "-c", code], log_path=log, check=False)
     assert result.cuda_oom
     assert result.returncode == 1
     assert "CUDA out of memory" in result.describe()
 
 
 async def test_cuda_oom_is_detected_in_captured_output_and_only_there(tmp_path: Path) -> None:
-    oom = await run_process("echo 'CUDA out of memory' >&2; exit 1")
+    oom = await run_process("echo 'CUDA out of memory' >&2; exit 1", check=False)
     assert oom.cuda_oom
-    clean = await run_process("echo 'MemoryError in host code'; exit 1")
+    clean = await run_process("echo 'MemoryError in host code'; exit 1", check=False)
     assert not clean.cuda_oom
     # An earlier attempt's OOM in the same log does not taint a later attempt.
     log = tmp_path / "retries.log"
-    await run_process("echo 'CUDA out of memory'; exit 1", log_path=log)
+    await run_process("echo 'CUDA out of memory'; exit 1", log_path=log, check=False)
     retry = await run_process("echo fine", log_path=log)
     assert not retry.cuda_oom
 
@@ -338,6 +501,8 @@ async def test_a_missing_log_directory_raises(tmp_path: Path) -> None:
         ({"pool": object()}, TypeError, "pool must have a register_process"),
         ({"pool": _RecordingPool()}, ValueError, "pool is only used with an allocation"),
         ({"on_start": 3}, TypeError, "on_start must be callable"),
+        ({"check": "yes"}, TypeError, "check must be a bool, got 'yes'"),
+        ({"check": None}, TypeError, "check must be a bool, got None"),
     ],
 )
 async def test_bad_arguments_are_rejected_before_anything_starts(
@@ -411,3 +576,34 @@ async def test_without_pool_the_granting_pool_is_found_through_the_seam(
     assert pool.calls == [(alloc, result.pid)]
     await run_process(["true"], allocation=_allocation(1))  # another pool's: not registered
     assert len(pool.calls) == 1
+
+
+def test_gpupool_run_still_reports_a_failed_job_in_one_line(tmp_path: Path) -> None:
+    # ``gpupool run`` judges the result itself and points at the job's log, so
+    # its outcome stays "exit code 3": no output quoted in the summary or journal.
+    # The job prints HELLO, a word its command line does not contain.
+    command = "echo hello | tr a-z A-Z; exit 3"
+    (tmp_path / "jobs.txt").write_text(command + "\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def gpupool_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gpupool", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    run = gpupool_cli("run", "jobs.txt", "--fake-gpus", "1")
+    assert run.returncode == 1, run.stderr
+    assert "exit code 3" in run.stdout
+    assert "HELLO" not in run.stdout
+    export = gpupool_cli("journal", "export", "jobs.txt.journal.sqlite")
+    assert export.returncode == 0, export.stderr
+    [row] = [json.loads(line) for line in export.stdout.splitlines()]
+    assert row["error"] == f"ProcessFailed: command {command!r} failed: exit code 3"
