@@ -306,9 +306,10 @@ def current_executors() -> Executors:
 def _on_event_loop_thread() -> bool:
     """Whether an event loop (asyncio's or trio's) runs in this thread.
 
-    anyio answers it itself (``current_token``, anyio >= 4.11); sniffio is not
-    asked, since anyio no longer depends on it and a plain install lacks it.
-    anyio's worker threads are not event loop threads here, on either backend.
+    anyio answers it itself: from 4.12.1 on (the floor in pyproject.toml),
+    ``current_token`` raises ``NoEventLoopError`` off the loop thread, anyio's
+    worker threads included, on both backends. sniffio is not asked: anyio
+    no longer depends on it, so a plain install lacks it.
     """
     try:
         anyio.lowlevel.current_token()
