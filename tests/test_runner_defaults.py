@@ -82,10 +82,9 @@ async def test_cpu_tasks_on_a_pool_runner_get_the_same_default(pool: GPUResource
 @trio_mockclock
 async def test_the_pools_own_max_parallel_is_what_it_can_serve() -> None:
     provider = FakeGPUProvider(count=4)
-    async with GPUResourcePool(provider, max_parallel=2) as pool:
-        async with ParallelRunner(pool) as runner:
-            assert runner.max_parallel == 2
-            assert await rounds_taken(runner, 4, required_gpus=1) == pytest.approx(2, abs=0.25)
+    async with GPUResourcePool(provider, max_parallel=2) as pool, ParallelRunner(pool) as runner:
+        assert runner.max_parallel == 2
+        assert await rounds_taken(runner, 4, required_gpus=1) == pytest.approx(2, abs=0.25)
     # A pool that shares GPUs by memory may serve more tasks than it has GPUs.
     async with GPUResourcePool(provider, max_parallel=8) as pool:
         assert ParallelRunner(pool).max_parallel == 8
