@@ -726,7 +726,7 @@ _ALLOCATION_ATTRIBUTES = frozenset(name for name in dir(GPUAllocation) if not na
 
 _NO_ALLOCATION_HINT = (
     "this task asked for required_gpus=0, so its allocation is None; pass "
-    "required_gpus=1 (or more) to map() or submit() for a GPU allocation"
+    "required_gpus=1 or more to map() or submit() to get GPUs"
 )
 
 
