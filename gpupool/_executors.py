@@ -61,7 +61,6 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import attrs
-import sniffio
 
 from ._errors import GPUPoolError
 from ._request import check_int, check_seconds
@@ -77,9 +76,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-# anyio >= 4.11 names the error; older versions raise a plain RuntimeError.
-_NO_EVENT_LOOP: type[Exception] = getattr(anyio, "NoEventLoopError", RuntimeError)
 
 #: Workers per executor where no runner chose a number (the runner's defaults too).
 DEFAULT_WORKERS = 4
@@ -308,9 +304,16 @@ def current_executors() -> Executors:
 
 
 def _on_event_loop_thread() -> bool:
+    """Whether an event loop (asyncio's or trio's) runs in this thread.
+
+    anyio answers it itself: from 4.12.1 on (the floor in pyproject.toml),
+    ``current_token`` raises ``NoEventLoopError`` off the loop thread, anyio's
+    worker threads included, on both backends. sniffio is not asked: anyio
+    no longer depends on it, so a plain install lacks it.
+    """
     try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+        anyio.lowlevel.current_token()
+    except anyio.NoEventLoopError:
         return False
     return True
 
@@ -395,7 +398,7 @@ def run_blocking(fn: Callable[..., T], *args: Any, timeout: float | None = None)
         return _run_inline(fn, args, checked)
     try:
         ok, outcome = anyio.from_thread.run(_boxed, fn, args, checked)
-    except _NO_EVENT_LOOP:
+    except anyio.NoEventLoopError:
         # Raised before anything ran (``fn``'s own errors come back boxed):
         # this thread has no event loop behind it.
         if checked is None:

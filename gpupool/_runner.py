@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -45,6 +46,7 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._errors import PoolClosed
 from ._events import EventHub, TaskEvent, TaskJournal
 from ._executors import _EXECUTORS, Executors, ExecutorStatistics
 from ._model import GPUAllocation
@@ -104,6 +106,11 @@ class ParallelRunner:
     the number of GPUs: GPU tasks beyond what the GPUs can hold wait for GPUs
     without taking a slot, and the spare slots run CPU-only tasks. Below the
     GPU count, at most ``max_parallel`` GPUs' worth of tasks run at once.
+    Left out (``None``), it is as many tasks as the pool can serve at once:
+    the pool's own ``max_parallel`` if it has one, else the pool's number of
+    GPUs, read when the runner is made (or entered, if the pool was not open
+    yet). A runner without a pool runs ``high_level_workers`` tasks at once,
+    as many plain task functions as can run anyway.
 
     ``high_level_workers`` caps plain task functions running in threads at
     once, ``low_level_workers`` caps :func:`gpupool.run_blocking` calls; see
@@ -123,7 +130,7 @@ class ParallelRunner:
         self,
         pool: GPUResourcePool | None = None,
         *,
-        max_parallel: int = 1,
+        max_parallel: int | None = None,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
         journal: TaskJournal | Journal | str | os.PathLike[str] | None = None,
@@ -131,8 +138,15 @@ class ParallelRunner:
         if pool is not None and not isinstance(pool, GPUResourcePool):
             raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
         self._pool = pool
-        self._max_parallel = check_int("max_parallel", max_parallel, 1)
         self._executors = Executors(high_level_workers, low_level_workers)
+        if max_parallel is not None:
+            check_int("max_parallel", max_parallel, 1)
+        elif pool is None:
+            max_parallel = self._executors.high.workers
+        else:
+            max_parallel = _what_the_pool_can_serve(pool)
+        # None until the pool is open: then the runner's enter derives it.
+        self._max_parallel: int | None = max_parallel
         # A journal the runner made (from a path or a Journal) it opens and closes.
         self._own_journal = _open_journal(journal)
         self._journal: TaskJournal | None = (
@@ -146,9 +160,10 @@ class ParallelRunner:
         self._submitted = 0
         self._finished = 0
         self._next_key = 0
-        self._slots = Slots(self._max_parallel)
+        # Sized by _settle_max_parallel() once max_parallel is known.
+        self._slots = Slots(max_parallel or 1)
         # At most max_parallel of this runner's tasks wait on the pool at once.
-        self._gpu_gate = Slots(self._max_parallel)
+        self._gpu_gate = Slots(max_parallel or 1)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._cancelled_class: type[BaseException] = BaseException
         self._clock: Callable[[], float] = anyio.current_time
@@ -156,6 +171,21 @@ class ParallelRunner:
 
     @property
     def max_parallel(self) -> int:
+        """Tasks running at once: as given, or derived (see the class docstring)."""
+        return self._settle_max_parallel()
+
+    def _settle_max_parallel(self) -> int:
+        """``max_parallel``, derived from the pool now if it was not open when the runner was made."""
+        if self._max_parallel is None:
+            assert self._pool is not None
+            derived = _what_the_pool_can_serve(self._pool)
+            if derived is None:
+                raise PoolClosed(
+                    "ParallelRunner(pool) without max_parallel runs as many tasks as the pool "
+                    "can serve, which it can tell only while the pool is open: enter "
+                    "`async with pool` before the runner, or pass max_parallel="
+                )
+            self._max_parallel = self._slots.total = self._gpu_gate.total = derived
         return self._max_parallel
 
     @property
@@ -167,6 +197,7 @@ class ParallelRunner:
     async def __aenter__(self) -> ParallelRunner:
         if self._task_group is not None or self._closed:
             raise RuntimeError("a ParallelRunner can be entered only once")
+        self._settle_max_parallel()
         self._cancelled_class = anyio.get_cancelled_exc_class()
         self._clock = Native.current().clock  # anyio.current_time without the lookups
         if self._own_journal is not None:
@@ -223,7 +254,7 @@ class ParallelRunner:
     def statistics(self) -> RunnerStatistics:
         running = self._slots.in_use
         return RunnerStatistics(
-            max_parallel=self._max_parallel,
+            max_parallel=self._settle_max_parallel(),
             submitted=self._submitted,
             finished=self._finished,
             running=running,
@@ -251,8 +282,9 @@ class ParallelRunner:
     ) -> TaskHandle[ItemT]:
         """Start ``fn(item, allocation)`` as a task and return its handle at once.
 
-        A key already submitted to this runner returns that task's handle:
-        one key runs once. See :meth:`map` for the options.
+        ``allocation`` is ``None`` unless ``required_gpus`` (default 0) is 1 or
+        more. A key already submitted to this runner returns that task's
+        handle: one key runs once. See :meth:`map` for the options.
         """
         self._check_open()
         spec = self._spec(
@@ -367,8 +399,14 @@ class ParallelRunner:
     ) -> list[TaskResult]:
         """Run ``fn(item, allocation)`` for every item; results in input order.
 
+        **GPUs only when asked for:** ``required_gpus`` defaults to 0, and then
+        ``allocation`` is ``None`` (a CPU task); pass ``required_gpus=1`` (or
+        more) for an allocation with ``env`` and ``gpu_indices``. A GPU-less
+        task that reads an allocation attribute off ``None`` fails with a note
+        saying so.
+
         Never raises for a task's own failure: look at each result's
-        ``status``. ``allocation`` is ``None`` when ``required_gpus`` is 0.
+        ``status``.
 
         ``required_gpus`` / ``min_memory_mb``: an int for every item, or a
         function of the item (a config that knows its model size).
@@ -584,6 +622,8 @@ class ParallelRunner:
         except BaseException as exc:
             outcome.error = exc
             outcome.ended = self._clock()
+            if not spec.required_gpus:
+                outcome.hint = _explain_no_allocation(exc)
         finally:
             if allocation is not None:
                 # release() never yields, so it completes under cancellation too.
@@ -679,6 +719,50 @@ async def _all_done(handles: Sequence[TaskHandle[Any]]) -> None:
     for handle in pending:
         handle.add_done_callback(one_done)
     await all_done.wait()
+
+
+#: What a task can read of its allocation; reading one of them off None is the clue.
+_ALLOCATION_ATTRIBUTES = frozenset(name for name in dir(GPUAllocation) if not name.startswith("_"))
+
+_NO_ALLOCATION_HINT = (
+    "this task asked for required_gpus=0, so its allocation is None; pass "
+    "required_gpus=1 or more to map() or submit() to get GPUs"
+)
+
+
+def _explain_no_allocation(exc: BaseException) -> str | None:
+    """The hint for a GPU-less task that read ``allocation.env`` (or the like) off ``None``.
+
+    ``required_gpus`` defaults to 0, and a task that forgot it otherwise sees only
+    ``'NoneType' object has no attribute 'env'``. The hint goes into the result's
+    ``error`` text and, on Python >= 3.11, onto the exception as a note (so the
+    traceback shows it too). Any other error gets no hint.
+    """
+    if not (
+        isinstance(exc, AttributeError)
+        and exc.name in _ALLOCATION_ATTRIBUTES
+        and str(exc).startswith("'NoneType' object has no attribute")
+    ):
+        return None
+    if sys.version_info >= (3, 11):
+        exc.add_note(_NO_ALLOCATION_HINT)
+    return _NO_ALLOCATION_HINT
+
+
+def _what_the_pool_can_serve(pool: GPUResourcePool) -> int | None:
+    """The default ``max_parallel`` of a runner on ``pool``: the pool's own cap, else its GPUs.
+
+    ``None`` while the pool is not open (its GPUs are not known yet). The GPU
+    count is what ``gpupool run`` uses too; a pool that shares GPUs by memory
+    may serve more tasks than it has GPUs, and its ``max_parallel`` says how many.
+    """
+    try:
+        stats = pool.statistics()
+    except PoolClosed:
+        return None
+    if stats.max_parallel is not None:
+        return stats.max_parallel
+    return max(1, len(stats.gpus))
 
 
 def _open_journal(journal: object) -> RunnerJournal | None:

@@ -124,6 +124,8 @@ class _Outcome:
     gpu_indices: tuple[int, ...] = ()
     started: float | None = None
     ended: float | None = None
+    #: Said after the error's own text (a clue the runner adds, e.g. about a None allocation).
+    hint: str | None = None
 
     def result(self, key: str, attempts: int, started: float | None) -> TaskResult:
         duration = None if started is None or self.ended is None else self.ended - started
@@ -140,7 +142,7 @@ class _Outcome:
         return TaskResult(
             key=key,
             status=status,
-            error=_error_text(self.error),
+            error=_error_text(self.error) + ("" if self.hint is None else f" ({self.hint})"),
             traceback="".join(
                 traceback.format_exception(type(self.error), self.error, self.error.__traceback__)
             ),
