@@ -1,12 +1,17 @@
 """Cached, single-flight GPU snapshots, taken off the event loop.
 
-NVML calls block (milliseconds normally, seconds on a sick driver), so every
-snapshot runs in a worker thread. However many acquires arrive, the provider
-is asked at most once per ``refresh_interval``: a caller that finds the cache
-fresh uses it, and callers that find it stale while a refresh is already in
-flight wait for that one instead of starting their own (single-flight). The
-refresh itself runs in the pool's own task group, so a caller that is
-cancelled while waiting does not throw the snapshot away for the others.
+NVML calls block (milliseconds normally, seconds or forever on a sick driver),
+so every snapshot runs in a worker thread. However many acquires arrive, the
+provider is asked at most once per ``refresh_interval``, and at most one
+snapshot is ever in flight (single-flight): a snapshot that takes longer than
+the interval is waited for, never joined by a second one. The refresh runs in
+the pool's own task group, so a caller that is cancelled while waiting does
+not throw the snapshot away for the others.
+
+Nobody has to wait for a refresh to be served: an acquire that finds the cache
+stale starts one with :meth:`GPUMonitor.refresh_soon` and decides on the data
+it has (the pool's reservations are exact; the provider's numbers are advisory
+anyway). When the snapshot lands, the handler re-examines the waiters.
 
 While the pool has waiters (or GPUs waiting for memory to settle), a
 background loop refreshes every ``refresh_interval`` so that memory freed by
@@ -44,9 +49,13 @@ async def snapshot_off_loop(provider: GPUProvider) -> tuple[list[GPUStats], dict
     loop: a thread hop would cost more than the call, and under trio's
     ``MockClock(autojump_threshold=0)`` virtual time would jump while the
     thread ran, firing every deadline in a test.
+
+    A cancelled caller does not wait for a hung driver: the thread is
+    abandoned (it ends when the call returns, and its result is dropped), so
+    closing the pool or a caller's own timeout is never held up by NVML.
     """
     if getattr(provider, "snapshot_blocks", True):
-        return await anyio.to_thread.run_sync(take_snapshot, provider)
+        return await anyio.to_thread.run_sync(take_snapshot, provider, abandon_on_cancel=True)
     return take_snapshot(provider)
 
 
@@ -104,16 +113,34 @@ class GPUMonitor:
         if self._wake is not None:
             self._wake.set()
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether a snapshot is in flight (its thread may be stuck in a sick driver)."""
+        return self._inflight is not None
+
+    def refresh_soon(self) -> anyio.Event | None:
+        """Start a refresh in the background unless one is in flight; never waits.
+
+        What an acquire on a stale cache calls: the acquire decides on the data
+        it has, and the handler re-examines the waiters when the snapshot lands.
+        Returns the event the refresh in flight sets when done (``None`` when
+        the background loop is not running, so nothing was started).
+        """
+        event = self._inflight
+        if event is None and self._task_group is not None:
+            event = self._inflight = anyio.Event()
+            self._task_group.start_soon(self._refresh_once, event)
+        return event
+
     async def refresh(self) -> None:
         """Get a fresh snapshot to the handler, sharing any refresh already in flight."""
-        event = self._inflight
+        event = self.refresh_soon()
         if event is None:
+            # The background loop is not running: refresh in this task.
             event = self._inflight = anyio.Event()
-            if self._task_group is None:
-                await self._refresh_once(event)
-                return
-            self._task_group.start_soon(self._refresh_once, event)
-        await event.wait()
+            await self._refresh_once(event)
+        else:
+            await event.wait()
 
     async def _refresh_once(self, done: anyio.Event) -> None:
         try:

@@ -268,8 +268,9 @@ class GPUResourcePool:
         await self._checkpoint()
         now = self._clock()
         if now >= monitor.stale_at:
-            await monitor.refresh()
-            now = self._clock()
+            # Decide on the data we have and refresh in the background: waiting for a
+            # sick driver here would hold the grant past its timeout (docs/pool.md).
+            monitor.refresh_soon()
         allocation = core.grant_at_once(request, now)
         if allocation is not None:
             return allocation
@@ -295,7 +296,8 @@ class GPUResourcePool:
 
         It never jumps the queue: while an earlier request that this one would
         delay is waiting, it raises :class:`WouldBlock` even if GPUs are free.
-        It uses the cached snapshot, however old (it cannot wait for a new one).
+        It decides on the cached snapshot, however old (it cannot wait for a
+        new one), and starts a refresh in the background when that is stale.
         """
         request = make_request(
             required_gpus,
@@ -306,8 +308,11 @@ class GPUResourcePool:
             experiment_id=experiment_id,
             expected_duration=expected_duration,
         )
-        core, _ = self._require_open()
-        submission = core.submit(request, anyio.current_time(), nowait=True)
+        core, monitor = self._require_open()
+        now = self._clock()
+        if now >= monitor.stale_at:
+            monitor.refresh_soon()
+        submission = core.submit(request, now, nowait=True)
         self._dispatch(submission.outcomes)
         if submission.allocation is None:
             raise WouldBlock(
