@@ -10,14 +10,22 @@ snapshot had not returned yet.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import ClassVar
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from gpupool import FakeGPUProvider, GPUResourcePool, GPUStats, PoolTimeout, WouldBlock
+from gpupool import (
+    FakeGPUProvider,
+    GPUResourcePool,
+    GPUStats,
+    PoolTimeout,
+    ProviderError,
+    WouldBlock,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -148,3 +156,88 @@ async def test_closing_the_pool_does_not_wait_for_a_stalled_snapshot() -> None:
         await pool.release(await pool.acquire(1))
         await until(driver.entered)
     assert not driver.finished.is_set()
+
+
+class SickNVML(SickDriver):
+    """Stands in for the pool's own NVMLProvider: ``close`` waits for a snapshot in the
+    driver (NVMLProvider's lock), as nvmlShutdown must."""
+
+    instances: ClassVar[list[SickNVML]] = []
+
+    def __init__(self, *, stalled: bool) -> None:
+        super().__init__(FakeGPUProvider(count=2))
+        self._driver_lock = threading.Lock()
+        self.closed = threading.Event()
+        if stalled:
+            self.stall()
+        SickNVML.instances.append(self)
+
+    def snapshot(self) -> list[GPUStats]:
+        with self._driver_lock:
+            return super().snapshot()
+
+    def close(self) -> None:
+        with self._driver_lock:
+            self.closed.set()
+
+
+@pytest.fixture
+def sick_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[SickNVML]]:
+    """Make ``GPUResourcePool()`` (provider=None) open a :class:`SickNVML`."""
+    SickNVML.instances.clear()
+    monkeypatch.setattr("gpupool._pool.NVMLProvider", lambda: SickNVML(stalled=True))
+    yield SickNVML
+    for driver in SickNVML.instances:
+        driver.cure()
+
+
+async def test_open_is_bounded_when_the_first_snapshot_hangs() -> None:
+    driver = SickDriver(FakeGPUProvider(count=2))
+    driver.stall()
+    try:
+        with pytest.raises(ProviderError, match=r"did not answer .* open_timeout=0\.2 s"):
+            async with GPUResourcePool(driver, open_timeout=0.2):
+                pass
+        assert not driver.finished.is_set()
+    finally:
+        driver.cure()
+
+
+async def test_an_owned_nvml_stuck_at_open_is_closed_without_blocking_the_loop(
+    sick_nvml: type[SickNVML],
+) -> None:
+    with pytest.raises(ProviderError, match="did not answer"):
+        async with GPUResourcePool(open_timeout=0.2):
+            pass
+    (driver,) = sick_nvml.instances
+    assert not driver.finished.is_set()
+    assert not driver.closed.is_set()  # it waits for the driver, in the background
+    driver.cure()
+    await until(driver.closed)
+
+
+async def test_an_owned_nvml_stuck_in_a_refresh_is_closed_without_blocking_the_loop(
+    monkeypatch: pytest.MonkeyPatch, sick_nvml: type[SickNVML]
+) -> None:
+    monkeypatch.setattr("gpupool._pool.NVMLProvider", lambda: SickNVML(stalled=False))
+    async with GPUResourcePool(refresh_interval=0.01) as pool:
+        (driver,) = sick_nvml.instances
+        await anyio.sleep(0.05)
+        driver.stall()
+        await pool.release(await pool.acquire(1))
+        await until(driver.entered)
+    assert not driver.finished.is_set()
+    driver.cure()
+    await until(driver.closed)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, "open_timeout must be None or a number of seconds > 0, got 0"),
+        (-1, ValueError, "open_timeout must be None or a number of seconds > 0, got -1"),
+    ],
+)
+def test_open_timeout_is_checked(value: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        GPUResourcePool(FakeGPUProvider(count=1), open_timeout=value)  # type: ignore[arg-type]
