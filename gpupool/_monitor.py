@@ -15,7 +15,8 @@ anyway). When the snapshot lands, the handler re-examines the waiters.
 
 While the pool has waiters (or GPUs waiting for memory to settle), a
 background loop refreshes every ``refresh_interval`` so that memory freed by
-processes outside the pool is noticed; with nobody waiting it sleeps on an
+processes outside the pool is noticed, and ends settles whose deadline passed
+even when the provider fails or hangs; with nobody waiting it sleeps on an
 event and costs nothing.
 """
 
@@ -90,12 +91,14 @@ class GPUMonitor:
         handler: SnapshotHandler,
         epoch: Callable[[], int],
         wanted: Callable[[], bool],
+        tick: Callable[[float], None],
     ) -> None:
         self._provider = provider
         self._refresh_interval = refresh_interval
         self._handler = handler
         self._epoch = epoch
         self._wanted = wanted
+        self._tick = tick
         #: From this time on (the pool's clock) the last snapshot counts as stale.
         #: An attribute, not a method, because every acquire reads it.
         self.stale_at = -math.inf
@@ -142,6 +145,17 @@ class GPUMonitor:
         else:
             await event.wait()
 
+    async def _refresh_for_at_most(self, seconds: float) -> None:
+        """Refresh, but stop waiting for a snapshot that is stuck after ``seconds``.
+
+        The snapshot stays in flight (and lands whenever the driver answers);
+        the loop does not start another meanwhile, so threads never pile up.
+        """
+        event = self.refresh_soon()
+        if event is not None:
+            with anyio.move_on_after(seconds):
+                await event.wait()
+
     async def _refresh_once(self, done: anyio.Event) -> None:
         try:
             started = anyio.current_time()
@@ -182,6 +196,9 @@ class GPUMonitor:
                     # agree to the last bit; recomputing it here from the interval
                     # could disagree by a rounding error and spin without ever
                     # awaiting, which under a MockClock hangs the event loop.
-                    await self.refresh()
+                    await self._refresh_for_at_most(self._refresh_interval)
+                    # Deadlines that need no snapshot (settle_timeout) hold even when
+                    # the snapshot failed or is still stuck in the driver.
+                    self._tick(anyio.current_time())
             finally:
                 self._task_group = None

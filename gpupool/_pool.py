@@ -163,6 +163,7 @@ class GPUResourcePool:
             handler=self._on_snapshot,
             epoch=lambda: core.epoch,
             wanted=lambda: core.wants_refresh,
+            tick=lambda now: self._dispatch(core.expire(now)),
         )
         # The monitor runs under a cancel scope of its own: cancelling the task group's
         # scope would cancel the body of the user's `async with`, which that group wraps.

@@ -241,3 +241,23 @@ async def test_an_owned_nvml_stuck_in_a_refresh_is_closed_without_blocking_the_l
 def test_open_timeout_is_checked(value: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         GPUResourcePool(FakeGPUProvider(count=1), open_timeout=value)  # type: ignore[arg-type]
+
+
+async def test_settle_timeout_holds_while_the_snapshot_hangs() -> None:
+    """A released GPU waits for its job's processes at most settle_timeout, even when
+    the snapshot that could show them gone never comes back."""
+    fake = FakeGPUProvider(count=1)
+    driver = SickDriver(fake)
+    try:
+        async with GPUResourcePool(driver, refresh_interval=0.01, settle_timeout=0.3) as pool:
+            holder = await pool.acquire()
+            pool.register_process(holder, 4242)
+            fake.add_process(0, 4242, 1000)  # the job's process, listed until the end
+            await anyio.sleep(0.05)
+            driver.stall()
+            await pool.release(holder)  # GPU 0 settles: it waits for pid 4242 to leave
+            assert pool.statistics().gpus[0].settling
+            await pool.release(await pool.acquire(timeout=MAX_STALL / 2))
+            assert not driver.finished.is_set()
+    finally:
+        driver.cure()
