@@ -286,6 +286,10 @@ class GPUResourcePool:
         gives. ``expected_duration`` (seconds) is a hint that lets shorter
         requests use GPUs the queue's head is waiting for without delaying it.
 
+        The request is decided on the cached snapshot, never after waiting for
+        the provider (a stale one is refreshed in the background), so a hung
+        driver cannot hold it past its timeout; see docs/pool.md.
+
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
         the request, :class:`PoolClosed` when the pool closes, and
@@ -452,7 +456,11 @@ class GPUResourcePool:
         self._dispatch(core.mark_healthy(gpu_index, anyio.current_time()))
 
     async def refresh(self) -> None:
-        """Ask the provider now (sharing a refresh already in flight) and reschedule."""
+        """Ask the provider now (sharing a refresh already in flight) and reschedule.
+
+        Unlike ``acquire``, this waits for the driver; cancelling it (or a
+        timeout around it) stops the wait, not the snapshot.
+        """
         _, monitor = self._require_open()
         await monitor.refresh()
 
