@@ -3,10 +3,10 @@
 NVML calls block (milliseconds normally, seconds or forever on a sick driver),
 so every snapshot runs in a worker thread. However many acquires arrive, the
 provider is asked at most once per ``refresh_interval``, and at most one
-snapshot is ever in flight (single-flight): a snapshot that takes longer than
-the interval is waited for, never joined by a second one. The refresh runs in
-the pool's own task group, so a caller that is cancelled while waiting does
-not throw the snapshot away for the others.
+snapshot is ever in flight (single-flight): one that takes longer than the
+interval stays the only one until it returns, so threads never pile up on a
+sick driver. The refresh runs in the pool's own task group, so a caller that
+is cancelled while waiting does not throw the snapshot away for the others.
 
 Nobody has to wait for a refresh to be served: an acquire that finds the cache
 stale starts one with :meth:`GPUMonitor.refresh_soon` and decides on the data
