@@ -1,16 +1,22 @@
 """Cached, single-flight GPU snapshots, taken off the event loop.
 
-NVML calls block (milliseconds normally, seconds on a sick driver), so every
-snapshot runs in a worker thread. However many acquires arrive, the provider
-is asked at most once per ``refresh_interval``: a caller that finds the cache
-fresh uses it, and callers that find it stale while a refresh is already in
-flight wait for that one instead of starting their own (single-flight). The
-refresh itself runs in the pool's own task group, so a caller that is
-cancelled while waiting does not throw the snapshot away for the others.
+NVML calls block (milliseconds normally, seconds or forever on a sick driver),
+so every snapshot runs in a worker thread. However many acquires arrive, the
+provider is asked at most once per ``refresh_interval``, and at most one
+snapshot is ever in flight (single-flight): one that takes longer than the
+interval stays the only one until it returns, so threads never pile up on a
+sick driver. The refresh runs in the pool's own task group, so a caller that
+is cancelled while waiting does not throw the snapshot away for the others.
+
+Nobody has to wait for a refresh to be served: an acquire that finds the cache
+stale starts one with :meth:`GPUMonitor.refresh_soon` and decides on the data
+it has (the pool's reservations are exact; the provider's numbers are advisory
+anyway). When the snapshot lands, the handler re-examines the waiters.
 
 While the pool has waiters (or GPUs waiting for memory to settle), a
 background loop refreshes every ``refresh_interval`` so that memory freed by
-processes outside the pool is noticed; with nobody waiting it sleeps on an
+processes outside the pool is noticed, and ends settles whose deadline passed
+even when the provider fails or hangs; with nobody waiting it sleeps on an
 event and costs nothing.
 """
 
@@ -44,9 +50,13 @@ async def snapshot_off_loop(provider: GPUProvider) -> tuple[list[GPUStats], dict
     loop: a thread hop would cost more than the call, and under trio's
     ``MockClock(autojump_threshold=0)`` virtual time would jump while the
     thread ran, firing every deadline in a test.
+
+    A cancelled caller does not wait for a hung driver: the thread is
+    abandoned (it ends when the call returns, and its result is dropped), so
+    closing the pool or a caller's own timeout is never held up by NVML.
     """
     if getattr(provider, "snapshot_blocks", True):
-        return await anyio.to_thread.run_sync(take_snapshot, provider)
+        return await anyio.to_thread.run_sync(take_snapshot, provider, abandon_on_cancel=True)
     return take_snapshot(provider)
 
 
@@ -81,12 +91,14 @@ class GPUMonitor:
         handler: SnapshotHandler,
         epoch: Callable[[], int],
         wanted: Callable[[], bool],
+        tick: Callable[[float], None],
     ) -> None:
         self._provider = provider
         self._refresh_interval = refresh_interval
         self._handler = handler
         self._epoch = epoch
         self._wanted = wanted
+        self._tick = tick
         #: From this time on (the pool's clock) the last snapshot counts as stale.
         #: An attribute, not a method, because every acquire reads it.
         self.stale_at = -math.inf
@@ -104,16 +116,45 @@ class GPUMonitor:
         if self._wake is not None:
             self._wake.set()
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether a snapshot is in flight (its thread may be stuck in a sick driver)."""
+        return self._inflight is not None
+
+    def refresh_soon(self) -> anyio.Event | None:
+        """Start a refresh in the background unless one is in flight; never waits.
+
+        What an acquire on a stale cache calls: the acquire decides on the data
+        it has, and the handler re-examines the waiters when the snapshot lands.
+        Returns the event the refresh in flight sets when done (``None`` when
+        the background loop is not running, so nothing was started).
+        """
+        event = self._inflight
+        if event is None and self._task_group is not None:
+            event = self._inflight = anyio.Event()
+            self._task_group.start_soon(self._refresh_once, event)
+        return event
+
     async def refresh(self) -> None:
         """Get a fresh snapshot to the handler, sharing any refresh already in flight."""
-        event = self._inflight
+        event = self.refresh_soon()
         if event is None:
+            # The background loop is not running: refresh in this task.
             event = self._inflight = anyio.Event()
-            if self._task_group is None:
-                await self._refresh_once(event)
-                return
-            self._task_group.start_soon(self._refresh_once, event)
-        await event.wait()
+            await self._refresh_once(event)
+        else:
+            await event.wait()
+
+    async def _refresh_for_at_most(self, seconds: float) -> None:
+        """Refresh, but stop waiting for a snapshot that is stuck after ``seconds``.
+
+        The snapshot stays in flight (and lands whenever the driver answers);
+        the loop does not start another meanwhile, so threads never pile up.
+        """
+        event = self.refresh_soon()
+        if event is not None:
+            with anyio.move_on_after(seconds):
+                await event.wait()
 
     async def _refresh_once(self, done: anyio.Event) -> None:
         try:
@@ -155,6 +196,9 @@ class GPUMonitor:
                     # agree to the last bit; recomputing it here from the interval
                     # could disagree by a rounding error and spin without ever
                     # awaiting, which under a MockClock hangs the event loop.
-                    await self.refresh()
+                    await self._refresh_for_at_most(self._refresh_interval)
+                    # Deadlines that need no snapshot (settle_timeout) hold even when
+                    # the snapshot failed or is still stuck in the driver.
+                    self._tick(anyio.current_time())
             finally:
                 self._task_group = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -76,6 +77,9 @@ class GPUResourcePool:
     ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
     then arrival with backfilling that starves nobody; see docs/scheduling.md);
     ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
+    ``open_timeout`` bounds the wait for the provider's first snapshot on
+    entry (``None``: no bound); a driver that does not answer in time is a
+    :class:`ProviderError`.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class GPUResourcePool:
         settle_timeout: float = 30.0,
         policy: SchedulingPolicy | None = None,
         scorer: Scorer = default_score,
+        open_timeout: float | None = 60.0,
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
             raise TypeError(f"provider must have a snapshot() method, got {provider!r}")
@@ -96,6 +101,7 @@ class GPUResourcePool:
         if interval is None:
             raise ValueError(f"refresh_interval must be finite, got {refresh_interval!r}")
         settle = check_seconds("settle_timeout", settle_timeout)
+        self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
         if not callable(scorer):
             raise TypeError(f"scorer must be callable, got {scorer!r}")
         self._provider = provider
@@ -128,15 +134,21 @@ class GPUResourcePool:
             # Pool-owned: NVML is shut down again when the pool closes.
             provider = self._owned_provider = NVMLProvider()
         try:
-            snapshot, _ = await snapshot_off_loop(provider)
-        except ProviderError:
+            snapshot = await self._first_snapshot(provider)
+        except BaseException as exc:
             self._closed = True
-            self._close_owned_provider()
+            # Cancelled: the snapshot's thread may still be stuck in the driver, holding
+            # the provider's lock, so the close must not wait for it on the loop.
+            self._close_owned_provider(in_background=not isinstance(exc, Exception))
             raise
-        except Exception as exc:
+        if snapshot is None:
             self._closed = True
-            self._close_owned_provider()
-            raise ProviderError(f"the GPU provider failed on its first snapshot: {exc!r}") from exc
+            self._close_owned_provider(in_background=True)  # the thread is stuck, as above
+            raise ProviderError(
+                f"the GPU provider did not answer its first snapshot within open_timeout="
+                f"{self._open_timeout} s (a hung driver: does `nvidia-smi` answer?); pass "
+                "a larger open_timeout, or None, to wait longer"
+            )
         core = Scheduler(
             snapshot,
             max_parallel=self._max_parallel,
@@ -151,6 +163,7 @@ class GPUResourcePool:
             handler=self._on_snapshot,
             epoch=lambda: core.epoch,
             wanted=lambda: core.wants_refresh,
+            tick=lambda now: self._dispatch(core.expire(now)),
         )
         # The monitor runs under a cancel scope of its own: cancelling the task group's
         # scope would cancel the body of the user's `async with`, which that group wraps.
@@ -197,12 +210,42 @@ class GPUResourcePool:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
             self._monitor_scope.cancel()
-        self._close_owned_provider()
+        # A snapshot in flight may be stuck in a sick driver; its abandoned thread
+        # holds the provider's lock until the driver answers.
+        self._close_owned_provider(
+            in_background=self._monitor is not None and self._monitor.refreshing
+        )
         await anyio.lowlevel.checkpoint()
 
-    def _close_owned_provider(self) -> None:
+    async def _first_snapshot(self, provider: GPUProvider) -> list[GPUStats] | None:
+        """The provider's first snapshot, or ``None`` if it took over ``open_timeout``.
+
+        Any failure of the provider is a :class:`ProviderError`.
+        """
+        with anyio.move_on_after(self._open_timeout):
+            try:
+                snapshot, _ = await snapshot_off_loop(provider)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(
+                    f"the GPU provider failed on its first snapshot: {exc!r}"
+                ) from exc
+            return snapshot
+        return None
+
+    def _close_owned_provider(self, *, in_background: bool = False) -> None:
+        """Shut down the NVML the pool opened itself.
+
+        ``in_background``: in a daemon thread, because a snapshot may still be
+        running in the driver, and the close waits for it to return.
+        """
         provider, self._owned_provider = self._owned_provider, None
-        if provider is not None:
+        if provider is None:
+            return
+        if in_background:
+            threading.Thread(target=provider.close, name="gpupool-nvml-close", daemon=True).start()
+        else:
             provider.close()
 
     @property
@@ -243,6 +286,10 @@ class GPUResourcePool:
         gives. ``expected_duration`` (seconds) is a hint that lets shorter
         requests use GPUs the queue's head is waiting for without delaying it.
 
+        The request is decided on the cached snapshot, never after waiting for
+        the provider (a stale one is refreshed in the background), so a hung
+        driver cannot hold it past its timeout; see docs/pool.md.
+
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
         the request, :class:`PoolClosed` when the pool closes, and
@@ -268,8 +315,9 @@ class GPUResourcePool:
         await self._checkpoint()
         now = self._clock()
         if now >= monitor.stale_at:
-            await monitor.refresh()
-            now = self._clock()
+            # Decide on the data we have and refresh in the background: waiting for a
+            # sick driver here would hold the grant past its timeout (docs/pool.md).
+            monitor.refresh_soon()
         allocation = core.grant_at_once(request, now)
         if allocation is not None:
             return allocation
@@ -295,7 +343,8 @@ class GPUResourcePool:
 
         It never jumps the queue: while an earlier request that this one would
         delay is waiting, it raises :class:`WouldBlock` even if GPUs are free.
-        It uses the cached snapshot, however old (it cannot wait for a new one).
+        It decides on the cached snapshot, however old (it cannot wait for a
+        new one), and starts a refresh in the background when that is stale.
         """
         request = make_request(
             required_gpus,
@@ -306,8 +355,11 @@ class GPUResourcePool:
             experiment_id=experiment_id,
             expected_duration=expected_duration,
         )
-        core, _ = self._require_open()
-        submission = core.submit(request, anyio.current_time(), nowait=True)
+        core, monitor = self._require_open()
+        now = self._clock()
+        if now >= monitor.stale_at:
+            monitor.refresh_soon()
+        submission = core.submit(request, now, nowait=True)
         self._dispatch(submission.outcomes)
         if submission.allocation is None:
             raise WouldBlock(
@@ -404,7 +456,11 @@ class GPUResourcePool:
         self._dispatch(core.mark_healthy(gpu_index, anyio.current_time()))
 
     async def refresh(self) -> None:
-        """Ask the provider now (sharing a refresh already in flight) and reschedule."""
+        """Ask the provider now (sharing a refresh already in flight) and reschedule.
+
+        Unlike ``acquire``, this waits for the driver; cancelling it (or a
+        timeout around it) stops the wait, not the snapshot.
+        """
         _, monitor = self._require_open()
         await monitor.refresh()
 

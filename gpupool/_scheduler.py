@@ -482,6 +482,25 @@ class Scheduler:
         failures = self._fail_impossible() if lost_health else []
         return failures + self._schedule(now)
 
+    def expire(self, now: float) -> list[Outcome]:
+        """End the settles whose ``settle_timeout`` has passed, without a snapshot.
+
+        :meth:`update` does this too; this is for when no snapshot arrives (a
+        failing or hung provider), so that the deadline still holds.
+        """
+        ended = [
+            gpu
+            for gpu in map(self._gpus.__getitem__, self._settling)
+            if gpu.settle is not None and now >= gpu.settle.deadline
+        ]
+        if not ended:
+            return []
+        for gpu in ended:
+            gpu.settle = None
+            self._settling.discard(gpu.index)
+            self._refresh_idle(gpu)
+        return self._schedule(now)
+
     def mark_unhealthy(
         self, index: int, now: float, detail: str = "marked unhealthy"
     ) -> list[Outcome]:

@@ -381,10 +381,11 @@ async def test_concurrent_stale_acquires_share_one_refresh() -> None:
     fake = FakeGPUProvider(count=8)
     async with GPUResourcePool(fake, refresh_interval=3600) as pool:
         pool._monitor.mark_fresh(-1e9)  # type: ignore[union-attr]  # force staleness
-        fake.set_latency(0.05)
+        fake.set_latency(0.5)
         async with anyio.create_task_group() as tg:
             for _ in range(8):
-                tg.start_soon(pool.acquire, 1)
+                tg.start_soon(pool.acquire, 1)  # granted on the cache, none waits for NVML
+        await pool.refresh()  # joins the background refresh the acquires started
         assert fake.snapshot_count == 2  # the first snapshot, and one shared refresh
 
 

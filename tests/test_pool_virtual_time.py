@@ -102,3 +102,22 @@ def test_refresh_loop_never_spins_on_a_rounding_error() -> None:
     clock = MockClock(autojump_threshold=0)
     snapshots = trio.run(scenario, clock=clock)
     assert 5 <= snapshots <= 15
+
+
+def test_settle_timeout_holds_while_the_provider_fails() -> None:
+    """After a release, the GPU waits for its job's processes at most settle_timeout,
+    also when every snapshot fails (nothing could ever show the processes gone)."""
+    fake = FakeGPUProvider(count=1)
+
+    async def scenario() -> tuple[float, float]:
+        async with GPUResourcePool(fake, refresh_interval=1, settle_timeout=30) as pool:
+            holder = await pool.acquire()
+            pool.register_process(holder, 4242)
+            fake.fail_next(times=1000)
+            released_at = trio.current_time()
+            await pool.release(holder)
+            async with pool.allocation(timeout=3600):
+                return released_at, trio.current_time()
+
+    released_at, granted_at = run_virtual(scenario)
+    assert released_at + 30 <= granted_at <= released_at + 31
