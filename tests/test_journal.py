@@ -409,7 +409,9 @@ def test_failed_first_open_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
 RACER = """
     import os, sys, time
     from gpupool import Journal, JournalError, JournalInUse
-    directory, base, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    directory, rounds = sys.argv[1], int(sys.argv[2])
+    print("ready", flush=True)
+    base = float(sys.stdin.readline())
     for i in range(rounds):
         start = base + i * 0.4
         while time.time() < start:
@@ -436,8 +438,15 @@ def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
     import time
 
     rounds = 5
-    base = str(time.time() + 1.5)  # time for both interpreters to start
-    racers = [_spawn(RACER, str(tmp_path), base, str(rounds)) for _ in range(2)]
+    racers = [_spawn(RACER, str(tmp_path), str(rounds)) for _ in range(2)]
+    for racer in racers:  # both interpreters started (on a loaded machine, seconds)
+        assert racer.stdout is not None
+        assert racer.stdout.readline() == "ready\n"
+    base = f"{time.time() + 0.2}\n"
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write(base)
+        racer.stdin.flush()
     outputs = [r.communicate(timeout=60) for r in racers]
     lines = sorted(line for out, _ in outputs for line in out.splitlines())
     expected = sorted(f"{i} {outcome}" for i in range(rounds) for outcome in ("owner", "refused"))
