@@ -100,7 +100,8 @@ async def test_a_journal_that_fails_to_claim_stops_the_run() -> None:
     async def run() -> None:
         async with ParallelRunner(max_parallel=3, journal=journal) as runner:
             handles.extend(runner.submit(task, item, key=item) for item in ("ok", "bad", "later"))
-            await anyio.sleep_forever()  # the failure stops the run, this body included
+            async for _ in runner.as_completed(handles):  # the failure stops this body too
+                pass
 
     with pytest.raises(OSError, match="disk full") as info:
         await run()
@@ -142,3 +143,17 @@ async def test_items_without_a_json_form_need_an_explicit_key(tmp_path: Path) ->
     async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
         with pytest.raises(TypeError, match="pass key="):
             runner.submit(score, {"lr": {1, 2}})
+
+
+async def test_a_key_the_journal_cannot_store_is_refused_at_submit(tmp_path: Path) -> None:
+    """Not later, as a journal failure that would stop the whole run."""
+
+    async def task(item: int, allocation: GPUAllocation | None) -> int:
+        return item
+
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(ValueError, match="at most 512 characters"):
+            runner.submit(task, 1, key="k" * 513)
+        assert runner.statistics().submitted == 0  # nothing was registered
+        results = await runner.map(task, [1], key=lambda item: "k" * 512)
+    assert results[0].value == 1
