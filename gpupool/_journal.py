@@ -15,7 +15,13 @@ Design notes (the invariants the rest of gpupool relies on):
   and made inline, even from the event loop; they cannot be interrupted by
   cancellation half-way, which is what "commit, then act" needs.
   ``synchronous="full"`` adds an fsync per change (milliseconds): choose it
-  for tasks that run minutes, where it does not matter.
+  for tasks that run minutes, where it does not matter. Opening and closing
+  can wait for seconds (SQLite's lock, the WAL switch, a dead owner's jobs),
+  so the runner calls them on a worker thread.
+* **A failed commit changes nothing.** What this object keeps in memory (the
+  keys in flight) changes only once the COMMIT went through, so after a
+  failed write (a full disk) memory and file agree, and the runner stops
+  rather than record more (``docs/journal.md``).
 * **One owner.** The owner's identity (pid, process start time, boot id,
   host) is stored in the file. Opening a journal whose owner is alive raises
   `JournalInUse`; an owner that died is taken over: its queued and running
