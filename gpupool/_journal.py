@@ -15,7 +15,13 @@ Design notes (the invariants the rest of gpupool relies on):
   and made inline, even from the event loop; they cannot be interrupted by
   cancellation half-way, which is what "commit, then act" needs.
   ``synchronous="full"`` adds an fsync per change (milliseconds): choose it
-  for tasks that run minutes, where it does not matter.
+  for tasks that run minutes, where it does not matter. Opening and closing
+  can wait for seconds (SQLite's lock, the WAL switch, a dead owner's jobs),
+  so the runner calls them on a worker thread.
+* **A failed commit changes nothing.** What this object keeps in memory (the
+  keys in flight) changes only once the COMMIT went through, so after a
+  failed write (a full disk) memory and file agree, and the runner stops
+  rather than record more (``docs/journal.md``).
 * **One owner.** The owner's identity (pid, process start time, boot id,
   host) is stored in the file. Opening a journal whose owner is alive raises
   `JournalInUse`; an owner that died is taken over: its queued and running
@@ -289,16 +295,26 @@ class Journal:
         """Give up ownership and close the file. Idempotent.
 
         Tasks still in flight stay recorded as they are; the next owner queues
-        them again.
+        them again. The file is closed on every path; when the owner row
+        cannot be removed (a full disk) this raises `JournalError` after
+        closing, and the row left behind names this process, which the next
+        open recognises as gone (it is closed, or dead) and takes over.
         """
         with self._lock:
             if self._conn is None or os.getpid() != self._pid:
                 return
             conn, self._conn = self._conn, None
+            self._active.clear()
             try:
                 conn.execute("DELETE FROM gpupool_owner WHERE slot = 1 AND pid = ?", (self._pid,))
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"journal {self.path!r}: could not give up ownership on close ({exc}); "
+                    "nothing recorded is lost, and the next open finds this process gone "
+                    "and takes the journal over"
+                ) from exc
             finally:
-                conn.close()
+                _close_quietly(conn)
                 with _registry_lock:
                     if self._file_id is not None:
                         _open_journals.pop(self._file_id, None)
@@ -377,22 +393,25 @@ class Journal:
             item_json: str | None = canonical_json(item)
         except JournalEncodingError:
             item_json = None
-        with self._transaction() as conn:
-            if key in self._active:
-                raise JournalError(f"task {key!r} is already in flight in this journal")
-            record = read_record(conn, key)
-            if record is not None and _reusable(record.status, retry_failed):
-                return record.to_result()
-            now = time.time()
-            conn.execute(
-                "INSERT INTO tasks (key, fn, item, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "status = 'queued', attempts = 0, value = NULL, error = NULL, "
-                "traceback = NULL, duration_s = NULL, finished_at = NULL, "
-                "gpu_indices = '[]', updated_at = excluded.updated_at",
-                (key, fn, item_json, now, now),
-            )
-            self._event(conn, key, TaskStatus.QUEUED, 0, now)
+        with self._lock:  # the in-flight check and the add below are one step
+            with self._transaction() as conn:
+                if key in self._active:
+                    raise JournalError(f"task {key!r} is already in flight in this journal")
+                record = read_record(conn, key)
+                if record is not None and _reusable(record.status, retry_failed):
+                    return record.to_result()
+                now = time.time()
+                conn.execute(
+                    "INSERT INTO tasks (key, fn, item, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "status = 'queued', attempts = 0, value = NULL, error = NULL, "
+                    "traceback = NULL, duration_s = NULL, finished_at = NULL, "
+                    "gpu_indices = '[]', updated_at = excluded.updated_at",
+                    (key, fn, item_json, now, now),
+                )
+                self._event(conn, key, TaskStatus.QUEUED, 0, now)
+            # Only now that the COMMIT went through: a claim that failed to commit
+            # leaves nothing in flight, so nothing of it is ever recorded later.
             self._active.add(key)
         return None
 
@@ -440,29 +459,30 @@ class Journal:
         value_json: str | None = None
         if result.status is TaskStatus.SUCCEEDED:
             value_json = canonical_json(result.value)
-        with self._transaction() as conn:
-            self._check_active(result.key)
-            now = time.time()
-            conn.execute(
-                "UPDATE tasks SET status = ?, attempts = ?, gpu_indices = ?, value = ?, "
-                "error = ?, traceback = ?, duration_s = ?, updated_at = ?, finished_at = ? "
-                "WHERE key = ?",
-                (
-                    result.status.value,
-                    result.attempts,
-                    canonical_json(list(result.gpu_indices)),
-                    value_json,
-                    result.error,
-                    result.traceback,
-                    result.duration_s,
-                    now,
-                    now,
-                    result.key,
-                ),
-            )
-            conn.execute("DELETE FROM process_groups WHERE key = ?", (result.key,))
-            self._event(conn, result.key, result.status, result.attempts, now)
-            self._active.discard(result.key)
+        with self._lock:
+            with self._transaction() as conn:
+                self._check_active(result.key)
+                now = time.time()
+                conn.execute(
+                    "UPDATE tasks SET status = ?, attempts = ?, gpu_indices = ?, value = ?, "
+                    "error = ?, traceback = ?, duration_s = ?, updated_at = ?, finished_at = ? "
+                    "WHERE key = ?",
+                    (
+                        result.status.value,
+                        result.attempts,
+                        canonical_json(list(result.gpu_indices)),
+                        value_json,
+                        result.error,
+                        result.traceback,
+                        result.duration_s,
+                        now,
+                        now,
+                        result.key,
+                    ),
+                )
+                conn.execute("DELETE FROM process_groups WHERE key = ?", (result.key,))
+                self._event(conn, result.key, result.status, result.attempts, now)
+            self._active.discard(result.key)  # committed: no longer in flight
         return result
 
     def in_flight(self, key: str) -> bool:
@@ -615,6 +635,13 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     return str(exc).startswith(("database is locked", "database table is locked"))
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    """Close ``conn``; a failure to checkpoint on the way out (a full disk)
+    loses nothing, since the next open replays the WAL, so it is not raised."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
 
 
 def _holds_nothing(conn: sqlite3.Connection) -> bool:

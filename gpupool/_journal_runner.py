@@ -26,7 +26,7 @@ from typing import Any, Protocol, final
 
 from ._errors import JournalEncodingError
 from ._journal import Journal, Synchronous, current_task
-from ._journal_codec import function_name
+from ._journal_codec import check_key, function_name
 from ._tasks import TaskResult, TaskStatus
 
 __all__ = ["RunnerJournal", "open_journal"]
@@ -80,12 +80,18 @@ class RunnerJournal:
 
         The runner calls this when it starts, before it grants any GPU.
         """
+        opened = self._journal is None
         if self._journal is None:
             assert not isinstance(self._target, Journal)
             self._journal = Journal(
                 self._target, synchronous=self._synchronous, retry_failed=bool(self.retry_failed)
             )
-        self.killed_leftovers = self._journal.kill_leftovers()
+        try:
+            self.killed_leftovers = self._journal.kill_leftovers()
+        except BaseException:
+            if opened:  # a runner that failed to start gives up what it opened
+                self.close()
+            raise
 
     def close(self) -> None:
         """Close the journal if this object opened it."""
@@ -95,7 +101,13 @@ class RunnerJournal:
 
     def describe(self, key: str, fn: Callable[..., Any], item: object) -> None:
         """Note the function and item of ``key``, stored with it when claimed
-        (``gpupool journal export`` shows them)."""
+        (``gpupool journal export`` shows them).
+
+        The runner calls this when the task is submitted, so a key the journal
+        cannot store is refused there, by ``submit``/``map``, and never fails
+        a running sweep.
+        """
+        check_key(key)
         try:
             name = function_name(fn)
         except JournalEncodingError:

@@ -34,6 +34,7 @@ and wakes once when all its tasks are done.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import random
 import sys
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
     from ._journal_runner import RunnerJournal
 
 __all__ = ["ParallelRunner", "RunnerStatistics"]
+
+_log = logging.getLogger("gpupool.runner")
 
 ItemT = TypeVar("ItemT")
 T = TypeVar("T")
@@ -124,7 +128,12 @@ class ParallelRunner:
 
     Leaving the ``async with`` block waits for every submitted task; an
     exception or cancellation there cancels them all and releases every GPU.
+    A journal that fails to commit a change stops the run: every task is
+    cancelled and ``async with`` raises that one error (``docs/journal.md``).
     """
+
+    #: The journal's first failure, once it failed; the run then stops.
+    _journal_failure: BaseException | None = None
 
     def __init__(
         self,
@@ -201,8 +210,10 @@ class ParallelRunner:
         self._cancelled_class = anyio.get_cancelled_exc_class()
         self._clock = Native.current().clock  # anyio.current_time without the lookups
         if self._own_journal is not None:
-            # Opens the file and kills a dead run's leftover jobs, before any GPU is granted.
-            self._own_journal.open()
+            # Opens the file and kills a dead run's leftover jobs, before any GPU
+            # is granted. On a thread: the open may wait seconds for SQLite's
+            # locks and for the killed jobs to exit, and the loop must not.
+            await anyio.to_thread.run_sync(self._own_journal.open)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -216,8 +227,11 @@ class ParallelRunner:
     ) -> bool | None:
         assert self._task_group is not None
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
+            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
         except BaseException as error:
+            await self._shut_down(quietly=True)
+            if self._journal_failure is not None:
+                _log.warning("gpupool: the runner's journal failed: %s", self._journal_failure)
             # Tasks never raise (their failures are results), so a group that
             # holds just the body's own exception is that exception: give it
             # back unwrapped, as a user of the runner expects.
@@ -225,11 +239,36 @@ class ParallelRunner:
             if exc is not None and inner is not None and len(inner) == 1 and inner[0] is exc:
                 raise exc from None
             raise
-        finally:
-            self._closed = True
-            self._hub.close()
-            if self._own_journal is not None:
-                self._own_journal.close()
+        # The body ended, or was cancelled by a journal failure (see _stop_for_journal).
+        ended_cleanly = suppress or exc is None
+        failure = self._journal_failure if ended_cleanly else None
+        close_error = await self._shut_down(quietly=not ended_cleanly or failure is not None)
+        if failure is not None:
+            raise failure
+        if ended_cleanly and close_error is not None:
+            raise close_error
+        return suppress
+
+    async def _shut_down(self, *, quietly: bool) -> BaseException | None:
+        """Close the event streams and the runner's own journal.
+
+        Returns the journal's close error rather than raising it, so that it
+        never replaces an exception already on its way out; ``quietly`` logs
+        it instead (the caller is raising something else).
+        """
+        self._closed = True
+        self._hub.close()
+        if self._own_journal is None:
+            return None
+        try:
+            # Shielded: a cancelled runner still gives its journal up.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._own_journal.close)
+        except Exception as error:
+            if not quietly:
+                return error
+            _log.warning("gpupool: closing the runner's journal failed: %s", error)
+        return None
 
     def cancel(self) -> None:
         """Cancel every task of this runner; each ends CANCELLED, all GPUs are released."""
@@ -324,6 +363,11 @@ class ParallelRunner:
         existing = self._tasks.get(key)
         if existing is not None:
             return existing
+        describe = getattr(self._journal, "describe", None)
+        if describe is not None:
+            # Stored with the key when the journal claims it; first, so that a
+            # key the journal refuses leaves nothing registered.
+            describe(key, spec.fn, item)
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
         self._submitted += 1
@@ -333,9 +377,6 @@ class ParallelRunner:
             # would keep every item and result alive (and every garbage
             # collection would scan them).
             handle.add_done_callback(self._forget)
-        describe = getattr(self._journal, "describe", None)
-        if describe is not None:
-            describe(key, spec.fn, item)  # stored with the key when the journal claims it
         self._task_group.start_soon(self._drive, handle, name=f"gpupool task {key}")
         return handle
 
@@ -504,8 +545,36 @@ class ParallelRunner:
             from_journal=result is not None and result.from_journal,
         )
         if self._journal is not None and not event.from_journal:
-            await self._journal.record(event, result)
+            await self._journal_write(event, result)
         self._hub.publish(event)
+
+    async def _journal_write(self, event: TaskEvent, result: TaskResult | None) -> None:
+        """Commit one change to the journal, or stop the run.
+
+        The one rule for journal failures: a change the journal cannot
+        commit (a full disk, an I/O error) is never acted on. The first
+        failure stops the run (`_stop_for_journal`), which raises it from
+        ``async with`` once every task has ended; nothing more is written, so
+        the journal keeps the last state it could commit. Here the task is
+        cancelled at once, or, under the shield of a final change,
+        `_Unrecorded` tells `_end` that its result was not recorded.
+        """
+        assert self._journal is not None
+        if self._journal_failure is None:
+            try:
+                await self._journal.record(event, result)
+                return
+            except Exception as error:
+                self._stop_for_journal(error)
+        await anyio.lowlevel.checkpoint()  # raises the runner's cancellation
+        raise _Unrecorded
+
+    def _stop_for_journal(self, error: BaseException) -> None:
+        """Remember the journal's first failure and cancel the run (see `_journal_write`)."""
+        if self._journal_failure is None:
+            self._journal_failure = error
+            assert self._task_group is not None
+            self._task_group.cancel_scope.cancel()
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
         if self._sqlite_journal and not result.from_journal:
@@ -517,24 +586,48 @@ class ParallelRunner:
             task.status = result.status  # what _record does when no one listens
         else:
             with anyio.CancelScope(shield=True):
-                await self._record(
-                    task, result.status, result.attempts, result.gpu_indices, result.error, result
-                )
+                try:
+                    await self._record(
+                        task,
+                        result.status,
+                        result.attempts,
+                        result.gpu_indices,
+                        result.error,
+                        result,
+                    )
+                except _Unrecorded:
+                    result = self._unrecorded(task)
+                    task.status = result.status
+                    if self._hub.active:  # subscribers hear how it ended; the journal cannot
+                        self._hub.publish(
+                            TaskEvent(
+                                task.key,
+                                result.status,
+                                self._clock(),
+                                result.attempts,
+                                error=result.error,
+                            )
+                        )
         self._finished += 1
         task._finish(result)
+
+    def _unrecorded(self, task: TaskHandle[Any]) -> TaskResult:
+        """How ``task`` ends once the journal failed: as the journal holds it,
+        unfinished, so CANCELLED (the next run runs it again)."""
+        return TaskResult(
+            key=task.key,
+            status=TaskStatus.CANCELLED,
+            error=f"Cancelled: the run stopped because its journal failed ({self._journal_failure})",
+            attempts=task._attempts,
+        )
 
     async def _drive(self, task: TaskHandle[Any]) -> None:
         _EXECUTORS.set(self._executors)
         try:
             if self._journal is not None:
-                try:
-                    prior = await self._journal.finished(task.key)
-                except Exception as exc:
-                    # Not journaled, so not run: the task fails, the others go on.
-                    await self._end(task, _Outcome(error=exc).result(task.key, 0, None))
-                    return
+                prior = await self._prior(task)
                 if prior is not None:
-                    await self._end(task, attrs.evolve(prior, key=task.key, from_journal=True))
+                    await self._end(task, prior)
                     return
             if self._journal is not None or self._hub.active:
                 await self._record(task, TaskStatus.QUEUED, 0)
@@ -546,6 +639,26 @@ class ParallelRunner:
             await self._end(task, self._cancelled(task))
             raise
         await self._end(task, result)
+
+    async def _prior(self, task: TaskHandle[Any]) -> TaskResult | None:
+        """Claim ``task``'s key: None to run it, else the result to end it with.
+
+        That is the journal's record of a finished task (``from_journal``), or,
+        once the journal has failed, the unrecorded end: a task that is not
+        journaled is not run, and the run stops (see `_journal_write`).
+        """
+        assert self._journal is not None
+        if self._journal_failure is None:
+            try:
+                prior = await self._journal.finished(task.key)
+            except Exception as error:
+                self._stop_for_journal(error)
+            else:
+                if prior is not None:
+                    return attrs.evolve(prior, key=task.key, from_journal=True)
+                if self._journal_failure is None:
+                    return None
+        return self._unrecorded(task)
 
     def _cancelled(self, task: TaskHandle[Any]) -> TaskResult:
         return TaskResult(
@@ -699,6 +812,13 @@ class ParallelRunner:
             retry_backoff=retry_backoff,
             key_prefix=key_prefix,
         )
+
+
+class _Unrecorded(BaseException):
+    """A final change the journal did not commit (the journal has failed).
+
+    A ``BaseException``, like a cancellation: never a task's own failure to retry.
+    """
 
 
 async def _all_done(handles: Sequence[TaskHandle[Any]]) -> None:

@@ -409,7 +409,9 @@ def test_failed_first_open_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
 RACER = """
     import os, sys, time
     from gpupool import Journal, JournalError, JournalInUse
-    directory, base, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    directory, rounds = sys.argv[1], int(sys.argv[2])
+    print("ready", flush=True)
+    base = float(sys.stdin.readline())
     for i in range(rounds):
         start = base + i * 0.4
         while time.time() < start:
@@ -436,8 +438,15 @@ def test_two_processes_creating_one_journal_at_once(tmp_path: Path) -> None:
     import time
 
     rounds = 5
-    base = str(time.time() + 1.5)  # time for both interpreters to start
-    racers = [_spawn(RACER, str(tmp_path), base, str(rounds)) for _ in range(2)]
+    racers = [_spawn(RACER, str(tmp_path), str(rounds)) for _ in range(2)]
+    for racer in racers:  # both interpreters started (on a loaded machine, seconds)
+        assert racer.stdout is not None
+        assert racer.stdout.readline() == "ready\n"
+    base = f"{time.time() + 0.2}\n"
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write(base)
+        racer.stdin.flush()
     outputs = [r.communicate(timeout=60) for r in racers]
     lines = sorted(line for out, _ in outputs for line in out.splitlines())
     expected = sorted(f"{i} {outcome}" for i in range(rounds) for outcome in ("owner", "refused"))
@@ -501,3 +510,76 @@ def test_busy_is_recognised_by_code_and_by_message() -> None:
     assert not _is_busy(real.value)
     assert _is_busy(sqlite3.OperationalError("database is locked"))
     assert not _is_busy(sqlite3.OperationalError("disk I/O error"))
+
+
+class _CommitFails:
+    """A journal connection whose COMMIT fails as on a full disk: SQLite
+    rolls the transaction back and reports SQLITE_FULL."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            self.conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+@contextlib.contextmanager
+def _commits_fail(journal: Journal) -> Iterator[None]:
+    conn = journal._conn
+    assert conn is not None
+    journal._conn = _CommitFails(conn)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        journal._conn = conn
+
+
+def test_a_claim_whose_commit_fails_leaves_nothing_in_flight(journal: Journal) -> None:
+    """Issue 10 item 7: the key was marked in flight before the COMMIT, so the
+    runner later journaled a final event for a task that had no row."""
+    with _commits_fail(journal), pytest.raises(JournalError, match="disk is full"):
+        journal.claim("t1")
+    assert not journal.in_flight("t1")
+    assert journal.get("t1") is None
+    with pytest.raises(JournalError, match="not in flight"):
+        journal.finish(_ok("t1"))
+    assert journal.claim("t1") is None  # claimable once the disk has room again
+    assert journal.in_flight("t1")
+
+
+def test_a_finish_whose_commit_fails_leaves_the_task_in_flight(journal: Journal) -> None:
+    assert journal.claim("t1") is None
+    with _commits_fail(journal), pytest.raises(JournalError, match="disk is full"):
+        journal.finish(_ok("t1", 1))
+    assert journal.in_flight("t1")  # as the file says: not finished
+    record = journal.get("t1")
+    assert record is not None
+    assert record.status is TaskStatus.QUEUED
+    journal.finish(_ok("t1", 1))
+    assert not journal.in_flight("t1")
+
+
+def test_close_that_cannot_give_up_ownership_still_closes(path: Path) -> None:
+    """Issue 10 item 7: on a full disk close() raised a raw sqlite3 error and
+    left the journal registered as open in this process."""
+    journal = Journal(path)
+    assert journal._conn is not None
+    journal._conn.execute(
+        "CREATE TRIGGER no_delete BEFORE DELETE ON gpupool_owner "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    with pytest.raises(JournalError, match="could not give up ownership on close"):
+        journal.close()
+    assert journal.closed
+    with _sql(path) as conn:
+        conn.execute("DROP TRIGGER no_delete")
+        assert conn.execute("SELECT pid FROM gpupool_owner").fetchall() == [(os.getpid(),)]
+    with Journal(path) as again:  # the owner left behind is recognised as gone
+        assert again.takeover is not None
+        assert again.takeover.previous_owner == current_identity()

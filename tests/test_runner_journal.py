@@ -70,7 +70,11 @@ async def test_a_borrowed_journal_stays_open(tmp_path: Path) -> None:
         assert {r.key for r in journal.records()} == {"1", "2"}
 
 
-async def test_a_journal_that_fails_to_claim_fails_that_task_alone() -> None:
+async def test_a_journal_that_fails_to_claim_stops_the_run() -> None:
+    """The one rule for journal failures (issue 10 item 7): a journal that
+    cannot commit stops the run with that one error; it used to fail that
+    task alone, and the sweep went on with a journal that could not write."""
+
     class Flaky:
         def __init__(self) -> None:
             self.recorded: list[tuple[str, TaskStatus]] = []
@@ -87,13 +91,28 @@ async def test_a_journal_that_fails_to_claim_fails_that_task_alone() -> None:
 
     async def task(item: str, allocation: GPUAllocation | None) -> str:
         ran.append(item)
+        await anyio.sleep(1)
         return item
 
-    async with ParallelRunner(journal=Flaky()) as runner:
-        results = await runner.map(task, ["ok", "bad"], key=str)
-    assert ran == ["ok"]
-    assert results[0].ok
-    assert (results[1].status, results[1].error) == (TaskStatus.FAILED, "OSError: disk full")
+    journal = Flaky()
+    handles = []
+
+    async def run() -> None:
+        async with ParallelRunner(max_parallel=3, journal=journal) as runner:
+            handles.extend(runner.submit(task, item, key=item) for item in ("ok", "bad", "later"))
+            async for _ in runner.as_completed(handles):  # the failure stops this body too
+                pass
+
+    with pytest.raises(OSError, match="disk full") as info:
+        await run()
+    assert type(info.value) is OSError
+    assert "bad" not in ran
+    results = [h.result for h in handles]
+    assert [r.status for r in results if r] == [TaskStatus.CANCELLED] * 3
+    assert all("journal failed (disk full)" in str(r.error) for r in results if r)
+    # Nothing more was written once the journal failed, and "bad" never was.
+    assert all(key != "bad" for key, _ in journal.recorded)
+    assert not any(status is TaskStatus.CANCELLED for _, status in journal.recorded)
 
 
 def score(item: dict[str, float], allocation: GPUAllocation | None) -> object:
@@ -124,3 +143,17 @@ async def test_items_without_a_json_form_need_an_explicit_key(tmp_path: Path) ->
     async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
         with pytest.raises(TypeError, match="pass key="):
             runner.submit(score, {"lr": {1, 2}})
+
+
+async def test_a_key_the_journal_cannot_store_is_refused_at_submit(tmp_path: Path) -> None:
+    """Not later, as a journal failure that would stop the whole run."""
+
+    async def task(item: int, allocation: GPUAllocation | None) -> int:
+        return item
+
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(ValueError, match="at most 512 characters"):
+            runner.submit(task, 1, key="k" * 513)
+        assert runner.statistics().submitted == 0  # nothing was registered
+        results = await runner.map(task, [1], key=lambda item: "k" * 512)
+    assert results[0].value == 1
