@@ -123,7 +123,7 @@ async def test_a_failing_ask_cancels_trials_in_flight_and_propagates() -> None:
         with pytest.raises(LookupError, match="search space exhausted"):
             await runner.optimize(Broken(), objective, n_trials=10)
         # The same keys give back the three trials that were in flight.
-        handles = [runner.submit(objective, 0, key=f"trial-{i}") for i in range(3)]
+        handles = [runner.submit(objective, 0, key=f"optimize/trial-{i}") for i in range(3)]
         results = [await handle.wait() for handle in handles]
     assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
     assert started == []  # cancelled before they started
