@@ -496,4 +496,3 @@ async def optimize(
     )
     await study.run(n_trials)
     return study.outcome(direction)
-

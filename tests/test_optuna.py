@@ -105,7 +105,9 @@ async def test_a_real_study_finds_the_minimum_with_failures_and_prunings() -> No
     assert [t.number for t in outcome.trials] == [t.number for t in study.trials]
     by_state = {t.number: t.state for t in study.trials}
     for trial in outcome.trials:
-        expected_attempts = 2 if "gpupool:retry_of" in study.trials[trial.number].system_attrs else 1
+        expected_attempts = (
+            2 if "gpupool:retry_of" in study.trials[trial.number].system_attrs else 1
+        )
         assert trial.result.attempts == expected_attempts
         if by_state[trial.number] is TrialState.PRUNED:
             assert trial.number not in {r.system_attrs["gpupool:retry_of"] for r in retries}
@@ -311,7 +313,8 @@ async def test_a_rerun_tells_the_result_the_study_missed(tmp_path: Path) -> None
     assert len(study.trials) == 6
     assert study.trials[2].state is TrialState.COMPLETE  # told from the journal
     interrupted = [t.number for t in study.trials if t.state is TrialState.FAIL]
-    assert interrupted and all(n >= 3 for n in interrupted)
+    assert interrupted
+    assert all(n >= 3 for n in interrupted)
     rerun = calls[len(ran_first) :]
     assert not set(rerun) & set(ran_first), "no trial of the first run ran again"
     assert [t.number for t in outcome.trials] == list(range(6))

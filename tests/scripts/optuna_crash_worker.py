@@ -32,9 +32,7 @@ def note(log: Path, line: str) -> None:
 
 async def main(db: str, journal: str, log: Path, n_trials: int) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="crash", storage=f"sqlite:///{db}", load_if_exists=True
-    )
+    study = optuna.create_study(study_name="crash", storage=f"sqlite:///{db}", load_if_exists=True)
 
     async def objective(trial: Any, allocation: GPUAllocation | None) -> float:
         assert allocation is not None
