@@ -425,6 +425,13 @@ def _check_strategy(strategy: object) -> None:
             f"strategy must have ask() and tell(suggestion, result), got {strategy!r} "
             f"without {', '.join(missing)}"
         )
+    for name in ("trial_number", "unfinished", "earlier_trial", "retry"):
+        method = getattr(strategy, name, None)
+        if inspect.iscoroutinefunction(method):
+            raise TypeError(
+                f"strategy.{name} must be a plain method (only ask and tell may be "
+                f"async def), got {method!r}"
+            )
 
 
 async def optimize(

@@ -336,6 +336,22 @@ async def test_a_new_study_of_the_same_name_is_not_given_old_results(tmp_path: P
         _assert_consistent(study)
 
 
+async def test_a_journal_of_another_study_under_one_key_prefix_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """A new study run under the key_prefix of an old one would be told the
+    old study's values: refused instead."""
+    journal = tmp_path / "gp.sqlite"
+    async with ParallelRunner(journal=journal) as runner:
+        await runner.optimize(
+            OptunaStrategy(optuna.create_study()), _square, n_trials=2, key_prefix="s"
+        )
+    study = optuna.create_study()
+    async with ParallelRunner(journal=journal) as runner:
+        with pytest.raises(RuntimeError, match="belongs to another study"):
+            await runner.optimize(OptunaStrategy(study), _square, n_trials=2, key_prefix="s")
+
+
 def _start_crash_worker(tmp_path: Path) -> subprocess.Popen[str]:
     args = [str(tmp_path / "optuna.db"), str(tmp_path / "gp.sqlite"), str(tmp_path / "log")]
     return subprocess.Popen(

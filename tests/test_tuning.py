@@ -331,3 +331,16 @@ async def test_a_strategy_with_retry_makes_each_attempt_a_trial(anyio_backend: o
     times = [t for x, t in started if x == 1]
     assert 5 <= times[1] - times[0] <= 10
     assert 10 <= times[2] - times[1] <= 20
+
+
+async def test_async_extras_of_a_strategy_are_refused_at_the_call() -> None:
+    class AsyncRetry(Grid):
+        async def retry(self, suggestion: int) -> int:
+            return suggestion
+
+    async def objective(x: int, allocation: GPUAllocation | None) -> int:
+        return x
+
+    async with ParallelRunner() as runner:
+        with pytest.raises(TypeError, match=r"strategy\.retry must be a plain method"):
+            await runner.optimize(AsyncRetry(), objective, n_trials=1)
