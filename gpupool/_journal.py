@@ -548,6 +548,18 @@ class Journal:
         with self._lock:
             return list(read_records(self._connection()))
 
+    def keys(self, prefix: str = "") -> list[str]:
+        """The keys that start with ``prefix``, in the order first submitted.
+
+        ``runner.optimize`` lists a study's trials with it on resume.
+        """
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT key FROM tasks WHERE substr(key, 1, ?) = ? ORDER BY rowid",
+                (len(prefix), prefix),
+            )
+            return [key for (key,) in rows]
+
     def counts(self) -> dict[TaskStatus, int]:
         with self._lock:
             return count_statuses(self._connection())

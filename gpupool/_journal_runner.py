@@ -114,6 +114,11 @@ class RunnerJournal:
             name = getattr(fn, "__qualname__", type(fn).__qualname__)
         self._described[key] = (name, item)
 
+    def keys_under(self, prefix: str) -> list[str]:
+        """Every key of the journal that starts with ``prefix`` (a study's trials,
+        for ``runner.optimize`` to resume)."""
+        return self.journal.keys(prefix)
+
     async def finished(self, key: str) -> TaskResult | None:
         fn, item = self._described.pop(key, ("", None))
         return self.journal.claim(key, fn=fn, item=item, retry_failed=self.retry_failed)

@@ -789,12 +789,16 @@ class ParallelRunner:
         retries: int = 0,
         retry_on: RetryOn | None = None,
         retry_backoff: float = 1.0,
-        key_prefix: str = "trial-",
+        key_prefix: str | None = None,
     ) -> OptimizeResult[S]:
         """Ask/tell tuning: keep up to ``max_parallel`` trials of ``objective`` in flight.
 
         ``strategy.ask()`` is called as slots free up, ``strategy.tell(suggestion,
-        result)`` with every result, failures included; see ``docs/tutorial.md``.
+        result)`` with every result, failures included (either may be ``async
+        def``). Trials are keyed ``<study>/trial-<n>``: ``key_prefix`` names
+        the study (each optimize call on a runner needs its own), by default
+        the strategy's ``study_key`` or ``optimize``. On a journaled runner a
+        rerun resumes the study; see ``docs/runner.md`` for resume and retries.
         """
         return await optimize(
             self,
