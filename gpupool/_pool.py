@@ -27,7 +27,15 @@ from ._model import GPUAllocation, GPUStats, PoolStatistics
 from ._monitor import GPUMonitor, snapshot_off_loop
 from ._native import Event, Native
 from ._policy import SchedulingPolicy
-from ._request import Request, check_int, check_seconds, make_request
+from ._request import (
+    Request,
+    check_finite_seconds,
+    check_int,
+    check_seconds,
+    is_async_callable,
+    make_request,
+    shown,
+)
 from ._scheduler import Failure, Grant, Outcome, Scheduler
 from ._scoring import Scorer, default_score
 from .providers import GPUProvider
@@ -51,6 +59,22 @@ class _Waiter:
 # Open pools by id, so that code holding only an allocation (run_process) can find the
 # pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
 _open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
+
+
+def _check_policy(policy: object) -> None:
+    """``None`` or an object with the :class:`SchedulingPolicy` methods (else ``TypeError``)."""
+    if policy is None:
+        return
+    missing = [
+        name
+        for name in ("push", "remove", "schedule", "__iter__", "__len__")
+        if not callable(getattr(policy, name, None))
+    ]
+    if missing or isinstance(policy, type):
+        raise TypeError(
+            "policy must be None or a scheduling policy (such as gpupool.BackfillPolicy() or "
+            f"gpupool.FifoPolicy(); see docs/scheduling.md), got {shown(policy)}"
+        )
 
 
 def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
@@ -89,15 +113,17 @@ class GPUResourcePool:
         scorer: Scorer = default_score,
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
-            raise TypeError(f"provider must have a snapshot() method, got {provider!r}")
+            raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
         if max_parallel is not None:
             check_int("max_parallel", max_parallel, minimum=1)
-        interval = check_seconds("refresh_interval", refresh_interval, allow_zero=False)
-        if interval is None:
-            raise ValueError(f"refresh_interval must be finite, got {refresh_interval!r}")
+        interval = check_finite_seconds("refresh_interval", refresh_interval, allow_zero=False)
         settle = check_seconds("settle_timeout", settle_timeout)
-        if not callable(scorer):
-            raise TypeError(f"scorer must be callable, got {scorer!r}")
+        _check_policy(policy)
+        if not callable(scorer) or is_async_callable(scorer):
+            raise TypeError(
+                "scorer must be a plain function of a GPU returning a finite number, "
+                f"got {shown(scorer)}"
+            )
         self._provider = provider
         self._max_parallel = max_parallel
         self._refresh_interval = interval
@@ -137,14 +163,20 @@ class GPUResourcePool:
             self._closed = True
             self._close_owned_provider()
             raise ProviderError(f"the GPU provider failed on its first snapshot: {exc!r}") from exc
-        core = Scheduler(
-            snapshot,
-            max_parallel=self._max_parallel,
-            scorer=self._scorer,
-            policy=self._policy,
-            settle_timeout=self._settle_timeout,
-            pool_id=self._id,
-        )
+        try:
+            core = Scheduler(
+                snapshot,
+                max_parallel=self._max_parallel,
+                scorer=self._scorer,
+                policy=self._policy,
+                settle_timeout=self._settle_timeout,
+                pool_id=self._id,
+            )
+        except BaseException:
+            # A scorer that fails on the first snapshot: the pool never opens.
+            self._closed = True
+            self._close_owned_provider()
+            raise
         monitor = GPUMonitor(
             provider,
             refresh_interval=self._refresh_interval,
@@ -276,6 +308,8 @@ class GPUResourcePool:
         submission = core.submit(request, now)
         if submission.outcomes:
             self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
         if submission.allocation is not None:
             return submission.allocation
         return await self._wait(core, submission.ticket, request, limit)
@@ -309,6 +343,8 @@ class GPUResourcePool:
         core, _ = self._require_open()
         submission = core.submit(request, anyio.current_time(), nowait=True)
         self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
         if submission.allocation is None:
             raise WouldBlock(
                 f"no GPUs free now for required_gpus={request.required_gpus}, "
@@ -384,6 +420,10 @@ class GPUResourcePool:
         granted again until the process has left it (or ``settle_timeout``).
         :func:`gpupool.run_process` does this itself.
         """
+        if not isinstance(allocation, GPUAllocation):
+            raise TypeError(
+                f"allocation must be a GPUAllocation of this pool, got {shown(allocation)}"
+            )
         check_int("pid", pid, minimum=1)
         core, _ = self._require_open()
         core.attach_process(allocation, pid)
@@ -462,5 +502,18 @@ class GPUResourcePool:
     def _on_snapshot(
         self, snapshot: Sequence[GPUStats], started: float, epoch: int, sessions: Mapping[int, int]
     ) -> None:
-        if self._core is not None:
-            self._dispatch(self._core.update(snapshot, started, epoch=epoch, sessions=sessions))
+        if self._core is None:
+            return
+        try:
+            outcomes = self._core.update(snapshot, started, epoch=epoch, sessions=sessions)
+        except Exception as exc:
+            # The scorer failed on the new numbers (nothing else in update calls user
+            # code). The core changed nothing, so the pool goes on with the last good
+            # snapshot, as after a failed provider call; there is no caller to raise to.
+            logger.error(
+                "gpupool: a GPU snapshot was not taken in, keeping the last one: %s",
+                exc,
+                exc_info=True,
+            )
+            return
+        self._dispatch(outcomes)
