@@ -99,7 +99,9 @@ class GPUResourcePool:
     memory of the released job's processes to come back (see docs/devices.md).
     ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
     then arrival with backfilling that starves nobody; see docs/scheduling.md);
-    ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
+    ``scorer`` ranks the GPUs that fit (default: free memory and idleness): a
+    plain function that returns a finite number; a call for which it fails
+    raises its error and changes nothing (docs/errors.md, "Scorers").
     """
 
     def __init__(
@@ -278,8 +280,8 @@ class GPUResourcePool:
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
         the request, :class:`PoolClosed` when the pool closes, and
-        ``ValueError`` for bad arguments. Cancellation at any point leaves
-        nothing held.
+        ``TypeError`` / ``ValueError`` for bad arguments (docs/errors.md).
+        Cancellation at any point leaves nothing held.
         """
         request = make_request(
             required_gpus,

@@ -393,8 +393,10 @@ class ParallelRunner:
         ``required_gpus`` / ``min_memory_mb``: an int for every item, or a
         function of the item (a config that knows its model size).
         ``exclusive=False`` shares GPUs by memory, ``priority`` orders GPU
-        waiters (higher first). ``timeout``: seconds per attempt, counted
-        from RUNNING (waiting for GPUs is not included). ``retries``: extra
+        waiters (higher first); they follow :meth:`GPUResourcePool.acquire`'s
+        rules and are checked at the call. ``timeout``: seconds per attempt,
+        counted from RUNNING (waiting for GPUs is not included; ``0`` is a
+        deadline of now, as everywhere). ``retries``: extra
         attempts for failures that ``retry_on`` selects (exception types or a
         predicate; timeouts are ``TimeoutError``s), after a backoff starting
         at ``retry_backoff`` seconds and doubling. Cancellation is never
