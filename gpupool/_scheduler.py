@@ -209,6 +209,15 @@ class _GPU:
         self.rank_inputs = (foreign_mb, reserved_mb, utilization_pct)
         self.rank_key = rank_key
 
+    def take_reserved(self, reserved_mb: int, rank_key: tuple[float, int]) -> None:
+        """:meth:`take` for a change of the reservation alone (a shared grant, a release)."""
+        self.reserved_mb = reserved_mb
+        free = self.memory_total_mb - self.foreign_mb - reserved_mb
+        self.free_mb = free if free > 0 else 0
+        if rank_key is not self.rank_key:  # else rank_with found the inputs unchanged
+            self.rank_inputs = (self.foreign_mb, reserved_mb, self.utilization_pct)
+            self.rank_key = rank_key
+
     @property
     def grantable(self) -> bool:
         return self.healthy and self.settle is None
@@ -428,7 +437,10 @@ class Scheduler:
             chosen = self.find_gpus(request)
         if chosen is None:
             return None
-        ranks = self._ranks_after_grant(request, chosen)  # may raise: nothing has changed
+        # The scorer may raise here, before anything has changed (see try_grant).
+        ranks = (
+            None if request.exclusive else self._ranks_with_reserved(chosen, request.min_memory_mb)
+        )
         self._now = now
         return self._grant(None, request, chosen, ranks)
 
@@ -462,16 +474,7 @@ class Scheduler:
         memory = allocation.memory_mb
         # The score depends on memory alone: with none reserved, it stands. With some,
         # the new scores are worked out (and checked) before anything changes.
-        ranks = (
-            [
-                gpu.rank_with(
-                    self._scorer, gpu.foreign_mb, gpu.reserved_mb - memory, gpu.utilization_pct
-                )
-                for gpu in map(self._gpus.__getitem__, allocation.gpu_indices)
-            ]
-            if memory
-            else None
-        )
+        ranks = self._ranks_with_reserved(allocation.gpu_indices, -memory) if memory else None
         del self._holdings[allocation.id]
         if holding.ticket is not None:
             del self._ticket_to_allocation[holding.ticket]
@@ -490,9 +493,7 @@ class Scheduler:
                 gpu.settle = settle
                 self._settling.add(index)
             if ranks is not None:
-                gpu.take(
-                    gpu.foreign_mb, gpu.reserved_mb - memory, gpu.utilization_pct, ranks[position]
-                )
+                gpu.take_reserved(gpu.reserved_mb - memory, ranks[position])
             self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -667,8 +668,15 @@ class Scheduler:
         chosen = self.find_gpus(waiter.request, avoid)
         if chosen is None:
             return False
+        request = waiter.request
         try:
-            ranks = self._ranks_after_grant(waiter.request, chosen)
+            # A GPU held whole is not ranked while held (it is rescored when
+            # released), so only a shared grant asks the scorer.
+            ranks = (
+                None
+                if request.exclusive
+                else self._ranks_with_reserved(chosen, request.min_memory_mb)
+            )
         except Exception as error:
             # The scorer failed on the GPUs this waiter was about to get. It is in the
             # middle of a scheduling pass whose other decisions must still be delivered,
@@ -676,7 +684,7 @@ class Scheduler:
             self._unqueue(waiter.ticket)
             self._outcomes.append(Failure(waiter.ticket, error))
             return True
-        allocation = self._grant(waiter.ticket, waiter.request, chosen, ranks)
+        allocation = self._grant(waiter.ticket, request, chosen, ranks)
         self._outcomes.append(Grant(waiter.ticket, allocation))
         return True
 
@@ -691,23 +699,21 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    def _ranks_after_grant(
-        self, request: Request, chosen: tuple[int, ...]
-    ) -> list[tuple[float, int]] | None:
-        """The rank keys of ``chosen`` once ``request`` holds them (``None``: unchanged).
+    def _ranks_with_reserved(
+        self, indices: tuple[int, ...], delta_mb: int
+    ) -> list[tuple[float, int]]:
+        """The rank keys GPUs ``indices`` would have with ``delta_mb`` more reserved on each.
 
-        A GPU held whole is not ranked while held (it is rescored when
-        released), so only a shared grant asks the scorer; it may raise.
+        Runs the scorer (which may raise) and changes nothing: the first step
+        of a shared grant or of a release that frees memory.
         """
-        if request.exclusive:
-            return None
-        memory = request.min_memory_mb
-        return [
-            gpu.rank_with(
-                self._scorer, gpu.foreign_mb, gpu.reserved_mb + memory, gpu.utilization_pct
-            )
-            for gpu in map(self._gpus.__getitem__, chosen)
-        ]
+        scorer, gpus = self._scorer, self._gpus
+        ranks = []
+        for index in indices:
+            gpu = gpus[index]
+            reserved = gpu.reserved_mb + delta_mb
+            ranks.append(gpu.rank_with(scorer, gpu.foreign_mb, reserved, gpu.utilization_pct))
+        return ranks
 
     def _grant(
         self,
@@ -716,7 +722,8 @@ class Scheduler:
         chosen: tuple[int, ...],
         ranks: list[tuple[float, int]] | None,
     ) -> GPUAllocation:
-        """Grant ``chosen`` to ``request``, with the ranks :meth:`_ranks_after_grant` gave."""
+        """Grant ``chosen`` to ``request``; ``ranks`` are what :meth:`_ranks_with_reserved`
+        gave for a shared grant, ``None`` for an exclusive one."""
         gpus = self._gpus
         memory = request.min_memory_mb
         exclusive = request.exclusive
@@ -739,9 +746,7 @@ class Scheduler:
                 gpu.free_mb -= memory  # the grant checked that it fits
             else:
                 gpu.shared_holders[allocation.id] = memory
-                gpu.take(
-                    gpu.foreign_mb, gpu.reserved_mb + memory, gpu.utilization_pct, ranks[position]
-                )
+                gpu.take_reserved(gpu.reserved_mb + memory, ranks[position])
             if gpu.idle_key is not None:
                 # It has a holder now, so it leaves the idle list (what
                 # _refresh_idle would decide, without asking).
