@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from ._cli_run import EXIT_USAGE, RunOptions, run_jobs
-from ._commands import int_arg
+from ._commands import fake_gpus_arg
 
 __all__ = ["add_parser", "run_demo"]
 
@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fake-gpus",
-        type=int_arg(2),
+        type=fake_gpus_arg(2),
         default=4,
         metavar="N",
         help="how many fake GPUs (default 4)",

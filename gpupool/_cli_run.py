@@ -37,7 +37,7 @@ import attrs
 from rich.console import Console
 
 from ._cli_progress import JobsProgress
-from ._commands import int_arg
+from ._commands import fake_gpus_arg, int_arg
 from ._errors import GPUPoolError, JournalError, ProviderError
 from ._events import TaskEvent
 from ._jobs import (
@@ -181,7 +181,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fake-gpus",
-        type=int_arg(1),
+        type=fake_gpus_arg(1),
         metavar="N",
         help="pretend the machine has N GPUs (no NVML needed; for trying things out)",
     )

@@ -63,7 +63,7 @@ import anyio.to_thread
 import attrs
 
 from ._errors import GPUPoolError
-from ._request import check_int, check_seconds
+from ._request import check_int, check_seconds, is_async_callable, shown
 
 __all__ = [
     "DEFAULT_WORKERS",
@@ -384,14 +384,25 @@ def run_blocking(fn: Callable[..., T], *args: Any, timeout: float | None = None)
     ``timeout`` (seconds, or ``None``) covers waiting for a worker and running;
     past it the caller gets ``TimeoutError`` and the thread is abandoned (it
     runs on, holding no worker slot). An inline call cannot be pre-empted: it
-    raises ``TimeoutError`` when it returns late.
+    raises ``TimeoutError`` when it returns late. ``timeout=0`` is a deadline
+    of now, as everywhere in gpupool: the call times out unless it is done at
+    once.
+
+    ``fn`` must be a plain function: an ``async def`` one is refused with
+    ``TypeError`` (await it instead), since calling it in a thread would only
+    make a coroutine object.
 
     The return type is ``Any`` because one name serves both worlds: an
     awaitable from async code, the value itself from a thread.
     """
     if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
-    checked = check_seconds("timeout", timeout, allow_zero=False)
+        raise TypeError(f"fn must be callable, got {shown(fn)}")
+    if is_async_callable(fn):
+        raise TypeError(
+            f"fn must be a plain (blocking) function, got the async function {_describe(fn)}: "
+            "run_blocking would only make a coroutine object; await it instead"
+        )
+    checked = check_seconds("timeout", timeout)
     if _on_event_loop_thread():
         return _run_blocking_async(fn, args, checked)
     if _ROLE.get() is _Role.LOW:

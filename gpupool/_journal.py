@@ -133,8 +133,13 @@ class Journal:
         synchronous: Synchronous = "normal",
         retry_failed: bool = False,
     ):
-        if not isinstance(path, (str, os.PathLike)):
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
             raise TypeError(f"journal path must be a str or os.PathLike, got {path!r}")
+        if not os.fspath(path) or "\0" in os.fspath(path):
+            # SQLite would open "" as a private temporary database, which is no journal.
+            raise ValueError(
+                f"journal path must name a file (non-empty, no NUL byte), got {path!r}"
+            )
         if synchronous not in _SYNCHRONOUS_LEVEL:
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         if not isinstance(retry_failed, bool):

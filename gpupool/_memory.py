@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from ._request import check_int
+from ._request import check_int, check_number, shown
 
 __all__ = ["DTYPE_BYTES", "estimate_memory_mb"]
 
@@ -49,14 +49,6 @@ _ALIASES = {
 _MIB = 2**20
 
 
-def _number(name: str, value: object, *, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
-
-
 def estimate_memory_mb(
     parameters: float,
     *,
@@ -80,19 +72,27 @@ def estimate_memory_mb(
 
     See the module docstring for what is and is not counted.
     """
-    count = _number("parameters", parameters, minimum=0)
-    name = _ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    count = check_number("parameters", parameters, minimum=0)
+    known = ", ".join(sorted(DTYPE_BYTES))
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str, one of {known}, got {shown(dtype)}")
+    name = _ALIASES.get(dtype, dtype)
     if name not in DTYPE_BYTES:
-        known = ", ".join(sorted(DTYPE_BYTES))
         raise ValueError(f"dtype must be one of {known} (or an alias like 'bf16'), got {dtype!r}")
     shards = check_int("gpus", gpus, 1)
     if not isinstance(training, bool):
-        raise ValueError(f"training must be a bool, got {training!r}")
-    extra = _number("overhead", overhead, minimum=0)
+        raise TypeError(f"training must be True or False, got {shown(training)}")
+    extra = check_number("overhead", overhead, minimum=0)
     context = check_int("context_mb", context_mb, 0)
     width = DTYPE_BYTES[name]
     per_parameter = width
     if training:
         per_parameter += width + 8 + (4 if width < 4 else 0)
     sharded = count * per_parameter / shards
-    return math.ceil(sharded * (1 + extra) / _MIB) + context
+    mib = sharded * (1 + extra) / _MIB
+    if not math.isfinite(mib):
+        raise ValueError(
+            f"parameters={count!r} with overhead={extra!r} gives an estimate beyond "
+            "the float range; no GPU has that much memory"
+        )
+    return math.ceil(mib) + context

@@ -28,7 +28,15 @@ from ._model import GPUAllocation, GPUStats, PoolStatistics
 from ._monitor import GPUMonitor, snapshot_off_loop
 from ._native import Event, Native
 from ._policy import SchedulingPolicy
-from ._request import Request, check_int, check_seconds, make_request
+from ._request import (
+    Request,
+    check_finite_seconds,
+    check_int,
+    check_seconds,
+    is_async_callable,
+    make_request,
+    shown,
+)
 from ._scheduler import Failure, Grant, Outcome, Scheduler
 from ._scoring import Scorer, default_score
 from .providers import GPUProvider
@@ -54,6 +62,22 @@ class _Waiter:
 _open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
 
 
+def _check_policy(policy: object) -> None:
+    """``None`` or an object with the :class:`SchedulingPolicy` methods (else ``TypeError``)."""
+    if policy is None:
+        return
+    missing = [
+        name
+        for name in ("push", "remove", "schedule", "__iter__", "__len__")
+        if not callable(getattr(policy, name, None))
+    ]
+    if missing or isinstance(policy, type):
+        raise TypeError(
+            "policy must be None or a scheduling policy (such as gpupool.BackfillPolicy() or "
+            f"gpupool.FifoPolicy(); see docs/scheduling.md), got {shown(policy)}"
+        )
+
+
 def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
     """The open pool that granted ``allocation``, or ``None`` once it has closed."""
     return _open_pools.get(allocation.pool_id)
@@ -76,7 +100,9 @@ class GPUResourcePool:
     memory of the released job's processes to come back (see docs/devices.md).
     ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
     then arrival with backfilling that starves nobody; see docs/scheduling.md);
-    ``scorer`` ranks the GPUs that fit (default: free memory and idleness).
+    ``scorer`` ranks the GPUs that fit (default: free memory and idleness): a
+    plain function that returns a finite number; a call for which it fails
+    raises its error and changes nothing (docs/errors.md, "Scorers").
     ``open_timeout`` bounds the wait for the provider's first snapshot on
     entry (``None``: no bound); a driver that does not answer in time is a
     :class:`ProviderError`.
@@ -94,16 +120,18 @@ class GPUResourcePool:
         open_timeout: float | None = 60.0,
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
-            raise TypeError(f"provider must have a snapshot() method, got {provider!r}")
+            raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
         if max_parallel is not None:
             check_int("max_parallel", max_parallel, minimum=1)
-        interval = check_seconds("refresh_interval", refresh_interval, allow_zero=False)
-        if interval is None:
-            raise ValueError(f"refresh_interval must be finite, got {refresh_interval!r}")
+        interval = check_finite_seconds("refresh_interval", refresh_interval, allow_zero=False)
         settle = check_seconds("settle_timeout", settle_timeout)
         self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
-        if not callable(scorer):
-            raise TypeError(f"scorer must be callable, got {scorer!r}")
+        _check_policy(policy)
+        if not callable(scorer) or is_async_callable(scorer):
+            raise TypeError(
+                "scorer must be a plain function of a GPU returning a finite number, "
+                f"got {shown(scorer)}"
+            )
         self._provider = provider
         self._max_parallel = max_parallel
         self._refresh_interval = interval
@@ -149,14 +177,20 @@ class GPUResourcePool:
                 f"{self._open_timeout} s (a hung driver: does `nvidia-smi` answer?); pass "
                 "a larger open_timeout, or None, to wait longer"
             )
-        core = Scheduler(
-            snapshot,
-            max_parallel=self._max_parallel,
-            scorer=self._scorer,
-            policy=self._policy,
-            settle_timeout=self._settle_timeout,
-            pool_id=self._id,
-        )
+        try:
+            core = Scheduler(
+                snapshot,
+                max_parallel=self._max_parallel,
+                scorer=self._scorer,
+                policy=self._policy,
+                settle_timeout=self._settle_timeout,
+                pool_id=self._id,
+            )
+        except BaseException:
+            # A scorer that fails on the first snapshot: the pool never opens.
+            self._closed = True
+            self._close_owned_provider()
+            raise
         monitor = GPUMonitor(
             provider,
             refresh_interval=self._refresh_interval,
@@ -293,8 +327,8 @@ class GPUResourcePool:
         Raises :class:`PoolTimeout` after ``timeout`` seconds,
         :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
         the request, :class:`PoolClosed` when the pool closes, and
-        ``ValueError`` for bad arguments. Cancellation at any point leaves
-        nothing held.
+        ``TypeError`` / ``ValueError`` for bad arguments (docs/errors.md).
+        Cancellation at any point leaves nothing held.
         """
         request = make_request(
             required_gpus,
@@ -324,6 +358,8 @@ class GPUResourcePool:
         submission = core.submit(request, now)
         if submission.outcomes:
             self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
         if submission.allocation is not None:
             return submission.allocation
         return await self._wait(core, submission.ticket, request, limit)
@@ -361,6 +397,8 @@ class GPUResourcePool:
             monitor.refresh_soon()
         submission = core.submit(request, now, nowait=True)
         self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
         if submission.allocation is None:
             raise WouldBlock(
                 f"no GPUs free now for required_gpus={request.required_gpus}, "
@@ -436,6 +474,10 @@ class GPUResourcePool:
         granted again until the process has left it (or ``settle_timeout``).
         :func:`gpupool.run_process` does this itself.
         """
+        if not isinstance(allocation, GPUAllocation):
+            raise TypeError(
+                f"allocation must be a GPUAllocation of this pool, got {shown(allocation)}"
+            )
         check_int("pid", pid, minimum=1)
         core, _ = self._require_open()
         core.attach_process(allocation, pid)
@@ -518,5 +560,18 @@ class GPUResourcePool:
     def _on_snapshot(
         self, snapshot: Sequence[GPUStats], started: float, epoch: int, sessions: Mapping[int, int]
     ) -> None:
-        if self._core is not None:
-            self._dispatch(self._core.update(snapshot, started, epoch=epoch, sessions=sessions))
+        if self._core is None:
+            return
+        try:
+            outcomes = self._core.update(snapshot, started, epoch=epoch, sessions=sessions)
+        except Exception as exc:
+            # The scorer failed on the new numbers (nothing else in update calls user
+            # code). The core changed nothing, so the pool goes on with the last good
+            # snapshot, as after a failed provider call; there is no caller to raise to.
+            logger.error(
+                "gpupool: a GPU snapshot was not taken in, keeping the last one: %s",
+                exc,
+                exc_info=True,
+            )
+            return
+        self._dispatch(outcomes)

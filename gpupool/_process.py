@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import re
 import shlex
@@ -51,6 +50,7 @@ from . import _journal, _pool
 from ._errors import GPUPoolError
 from ._model import GPUAllocation
 from ._proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all
+from ._request import check_finite_seconds, check_seconds
 
 __all__ = [
     "CUDA_OOM_PATTERN",
@@ -269,9 +269,8 @@ async def run_process(
     args = _check_command(cmd)
     if allocation is not None and not isinstance(allocation, GPUAllocation):
         raise TypeError(f"allocation must be a GPUAllocation or None, got {allocation!r}")
-    timeout = _check_seconds("timeout", timeout, allow_none=True, allow_zero=False)
-    grace = _check_seconds("grace_period", grace_period, allow_none=False, allow_zero=True)
-    assert grace is not None
+    timeout = check_seconds("timeout", timeout)
+    grace = check_finite_seconds("grace_period", grace_period)
     extra_env = _check_env(env)
     log = _check_path("log_path", log_path)
     workdir = _check_path("cwd", cwd)
@@ -518,18 +517,6 @@ def _check_command(cmd: object) -> str | tuple[str, ...]:
     if not args or not args[0]:
         raise ValueError(f"cmd must be {allowed}, got {cmd!r}")
     return tuple(args)
-
-
-def _check_seconds(name: str, value: object, *, allow_none: bool, allow_zero: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    bound = ">= 0" if allow_zero else "> 0"
-    what = f"a finite number of seconds {bound}" + (" or None" if allow_none else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return float(value)
 
 
 def _check_env(env: object) -> dict[str, str]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import random
 import sys
@@ -54,7 +55,15 @@ from ._executors import _EXECUTORS, Executors, ExecutorStatistics
 from ._model import GPUAllocation
 from ._native import Native
 from ._pool import GPUResourcePool
-from ._request import check_int, check_seconds
+from ._request import (
+    check_finite_seconds,
+    check_int,
+    check_number,
+    check_seconds,
+    is_async_callable,
+    make_request,
+    shown,
+)
 from ._retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from ._slots import Slots
 from ._task import (
@@ -94,12 +103,6 @@ class RunnerStatistics:
     waiting_for_slot: int
     high_level: ExecutorStatistics
     low_level: ExecutorStatistics
-
-
-def _is_async(fn: Callable[..., object]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
 
 
 @final
@@ -278,7 +281,18 @@ class ParallelRunner:
     # -- events -----------------------------------------------------------
 
     def subscribe(self, callback: Callable[[TaskEvent], object]) -> Callable[[], None]:
-        """Call ``callback(event)`` for every transition; returns the unsubscribe function."""
+        """Call ``callback(event)`` for every transition; returns the unsubscribe function.
+
+        ``callback`` is called synchronously, on the event loop, as each
+        transition happens, so it must be a plain function that does not
+        block; an ``async def`` one is refused with ``TypeError`` (it would
+        never run). To await something per event, read :meth:`events`.
+        """
+        if not callable(callback) or is_async_callable(callback):
+            raise TypeError(
+                "callback must be a plain function of a TaskEvent (for async handling, "
+                f"iterate runner.events()), got {shown(callback)}"
+            )
         return self._hub.add_callback(callback)
 
     def events(self) -> MemoryObjectReceiveStream[TaskEvent]:
@@ -397,30 +411,36 @@ class ParallelRunner:
         retry_backoff: float,
     ) -> _Spec:
         if not callable(fn):
-            raise TypeError(f"fn must be callable as fn(item, allocation), got {fn!r}")
+            raise TypeError(f"fn must be callable as fn(item, allocation), got {shown(fn)}")
         gpus = check_int("required_gpus", required_gpus, 0)
         if gpus and self._pool is None:
             raise ValueError(
                 f"required_gpus={gpus} needs a pool: ParallelRunner(GPUResourcePool(...), ...)"
             )
-        if not isinstance(exclusive, bool):
-            raise TypeError(f"exclusive must be a bool, got {exclusive!r}")
-        backoff = check_seconds("retry_backoff", retry_backoff)
-        if backoff is None:
-            raise ValueError(
-                f"retry_backoff must be a finite number of seconds >= 0, got {retry_backoff!r}"
+        if gpus:
+            # The GPU options follow acquire's rules exactly, so that a request no
+            # acquire would take (exclusive=False with no memory, say) is refused
+            # here, at the call, rather than failing every task later.
+            request = make_request(
+                gpus, min_memory_mb=min_memory_mb, exclusive=exclusive, priority=priority
             )
+            memory, level = request.min_memory_mb, request.priority
+        else:
+            memory = math.ceil(check_number("min_memory_mb", min_memory_mb, minimum=0))
+            if not isinstance(exclusive, bool):
+                raise TypeError(f"exclusive must be True or False, got {shown(exclusive)}")
+            level = check_int("priority", priority)
         return _Spec(
             fn=fn,
-            is_async=_is_async(fn),
+            is_async=is_async_callable(fn),
             required_gpus=gpus,
-            min_memory_mb=check_int("min_memory_mb", min_memory_mb, 0),
+            min_memory_mb=memory,
             exclusive=exclusive,
-            priority=check_int("priority", priority),
-            timeout=check_seconds("timeout", timeout, allow_zero=False),
+            priority=level,
+            timeout=check_seconds("timeout", timeout),
             retries=check_int("retries", retries, 0),
             retry_on=check_retry_on(retry_on),
-            retry_backoff=backoff,
+            retry_backoff=check_finite_seconds("retry_backoff", retry_backoff),
         )
 
     async def map(
@@ -452,8 +472,10 @@ class ParallelRunner:
         ``required_gpus`` / ``min_memory_mb``: an int for every item, or a
         function of the item (a config that knows its model size).
         ``exclusive=False`` shares GPUs by memory, ``priority`` orders GPU
-        waiters (higher first). ``timeout``: seconds per attempt, counted
-        from RUNNING (waiting for GPUs is not included). ``retries``: extra
+        waiters (higher first); they follow :meth:`GPUResourcePool.acquire`'s
+        rules and are checked at the call. ``timeout``: seconds per attempt,
+        counted from RUNNING (waiting for GPUs is not included; ``0`` is a
+        deadline of now, as everywhere). ``retries``: extra
         attempts for failures that ``retry_on`` selects (exception types or a
         predicate; timeouts are ``TimeoutError``s), after a backoff starting
         at ``retry_backoff`` seconds and doubling. Cancellation is never

@@ -16,7 +16,9 @@ Invariants, each checked by the state-machine tests:
   of a grant (foreign memory that grows *after* a grant cannot be undone).
 * Reserved memory counts as used from the grant on, before the job has
   touched the GPU, so two jobs starting together cannot both see it free.
-* A call that raises changes nothing (an illegal release, a bad submit).
+* A call that raises changes nothing (an illegal release, a bad submit, a
+  scorer that fails: every score is computed, and checked to be a finite
+  number, before the call changes anything).
 * Nothing leaks: when every allocation is released, every GPU is free.
 * Which waiter goes next is the policy's business (:mod:`gpupool._policy`),
   behind one small interface: the core only answers "would this fit now?" and
@@ -38,11 +40,11 @@ from typing import NamedTuple, TypeAlias
 import attrs
 
 from ._backfill import BackfillPolicy
-from ._errors import AllocationNotHeld, GPUPoolError, PoolClosed, UnsatisfiableRequest
+from ._errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
 from ._model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
 from ._policy import SchedulingPolicy
 from ._request import Request
-from ._scoring import Scorer, default_score
+from ._scoring import ScoredGPU, Scorer, checked_score, default_score
 
 __all__ = [
     "Failure",
@@ -74,10 +76,15 @@ class Grant:
 
 @attrs.frozen
 class Failure:
-    """Wake waiter ``ticket`` with ``error``: it will never be granted."""
+    """Wake waiter ``ticket`` with ``error``: it will never be granted.
+
+    ``error`` is a :class:`GPUPoolError` (``UnsatisfiableRequest``,
+    ``PoolClosed``), or the error of a scorer that failed on the GPUs the
+    waiter was about to be granted.
+    """
 
     ticket: int
-    error: GPUPoolError
+    error: Exception
 
 
 Outcome: TypeAlias = Grant | Failure
@@ -88,12 +95,30 @@ class Submission(NamedTuple):
 
     ``allocation`` is set when it was granted at once, ``None`` when it waits.
     ``outcomes`` are decisions for *other* waiters made in the same step.
-    (A named tuple rather than an attrs class: it is made on every acquire.)
+    ``error`` is set when the request itself failed in that step (the scorer
+    failed on the GPUs it was about to get): raise it once the outcomes are
+    delivered. (A named tuple rather than an attrs class: it is made on every
+    acquire.)
     """
 
     ticket: int
     allocation: GPUAllocation | None
     outcomes: list[Outcome]
+    error: Exception | None = None
+
+
+class _Numbers:
+    """What a scorer reads of a GPU (:class:`ScoredGPU`), for numbers not yet applied."""
+
+    __slots__ = ("index", "memory_free_mb", "memory_total_mb", "utilization_pct")
+
+    def __init__(
+        self, index: int, memory_total_mb: int, memory_free_mb: int, utilization_pct: float | None
+    ) -> None:
+        self.index = index
+        self.memory_total_mb = memory_total_mb
+        self.memory_free_mb = memory_free_mb
+        self.utilization_pct = utilization_pct
 
 
 @attrs.define(eq=False)
@@ -133,8 +158,9 @@ class _GPU:
     exclusive_holder: int | None = None
     shared_holders: dict[int, int] = attrs.Factory(dict)
     settle: _Settle | None = None
-    # Derived from the fields above by rescore(), which every change to them calls:
-    # a grant reads them for each candidate GPU, so they are computed once per change.
+    # Derived from the fields above by take(), which every change to them goes through
+    # (an exclusive grant excepted, see _grant): a grant reads them for each candidate
+    # GPU, so they are computed once per change.
     free_mb: int = 0
     rank_key: tuple[float, int] = (0.0, 0)
     # What rank_key was computed from: a GPU released as it was granted scores the same.
@@ -150,13 +176,47 @@ class _GPU:
     def memory_free_mb(self) -> int:
         return self.free_mb
 
-    def rescore(self, scorer: Scorer) -> None:
-        free = self.memory_total_mb - self.foreign_mb - self.reserved_mb
+    def rank_with(
+        self, scorer: Scorer, foreign_mb: int, reserved_mb: int, utilization_pct: float | None
+    ) -> tuple[float, int]:
+        """The rank key this GPU would have with these numbers; changes nothing.
+
+        The first of the two steps of every change to a GPU's numbers: the
+        scorer runs (and its result is checked) here, so that a scorer that
+        fails makes the change fail before anything has changed.
+        """
+        if self.rank_inputs == (foreign_mb, reserved_mb, utilization_pct):
+            return self.rank_key  # released as it was granted, say: it scores the same
+        free = self.memory_total_mb - foreign_mb - reserved_mb
+        numbers: ScoredGPU = _Numbers(
+            self.index, self.memory_total_mb, free if free > 0 else 0, utilization_pct
+        )
+        return (-checked_score(scorer, numbers), self.index)
+
+    def take(
+        self,
+        foreign_mb: int,
+        reserved_mb: int,
+        utilization_pct: float | None,
+        rank_key: tuple[float, int],
+    ) -> None:
+        """The second step: set the numbers, with the key :meth:`rank_with` gave for them."""
+        self.foreign_mb = foreign_mb
+        self.reserved_mb = reserved_mb
+        self.utilization_pct = utilization_pct
+        free = self.memory_total_mb - foreign_mb - reserved_mb
         self.free_mb = free if free > 0 else 0
-        inputs = (self.foreign_mb, self.reserved_mb, self.utilization_pct)
-        if self.rank_inputs != inputs:
-            self.rank_inputs = inputs
-            self.rank_key = (-scorer(self), self.index)
+        self.rank_inputs = (foreign_mb, reserved_mb, utilization_pct)
+        self.rank_key = rank_key
+
+    def take_reserved(self, reserved_mb: int, rank_key: tuple[float, int]) -> None:
+        """:meth:`take` for a change of the reservation alone (a shared grant, a release)."""
+        self.reserved_mb = reserved_mb
+        free = self.memory_total_mb - self.foreign_mb - reserved_mb
+        self.free_mb = free if free > 0 else 0
+        if rank_key is not self.rank_key:  # else rank_with found the inputs unchanged
+            self.rank_inputs = (self.foreign_mb, reserved_mb, self.utilization_pct)
+            self.rank_key = rank_key
 
     @property
     def grantable(self) -> bool:
@@ -208,7 +268,8 @@ class Scheduler:
         self._max_parallel = max_parallel
         self._scorer = scorer
         for gpu in self._gpus.values():
-            gpu.rescore(scorer)
+            numbers = (gpu.foreign_mb, gpu.reserved_mb, gpu.utilization_pct)
+            gpu.take(*numbers, gpu.rank_with(scorer, *numbers))
         # Whether a request shape could ever be served; only health changes alter the answer.
         self._impossible_cache: dict[tuple[int, int, frozenset[int] | None], str | None] = {}
         self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
@@ -334,15 +395,18 @@ class Scheduler:
         # _nothing_can_start); the queue grows by one and that is all.
         outcomes = [] if futile else self._schedule(now)
         allocation = None
+        error = None
         others: list[Outcome] = []
         for outcome in outcomes:
-            if outcome.ticket == waiter.ticket and isinstance(outcome, Grant):
+            if outcome.ticket != waiter.ticket:
+                others.append(outcome)
+            elif isinstance(outcome, Grant):
                 allocation = outcome.allocation
             else:
-                others.append(outcome)
-        if allocation is None and nowait:
+                error = outcome.error  # a scorer that failed on the GPUs it was to get
+        if allocation is None and error is None and nowait:
             others.extend(self.cancel(waiter.ticket, now))
-        return Submission(waiter.ticket, allocation, others)
+        return Submission(waiter.ticket, allocation, others, error)
 
     def grant_at_once(self, request: Request, now: float) -> GPUAllocation | None:
         """Grant ``request`` now if nobody waits and it fits; else ``None``, changing nothing.
@@ -373,8 +437,12 @@ class Scheduler:
             chosen = self.find_gpus(request)
         if chosen is None:
             return None
+        # The scorer may raise here, before anything has changed (see try_grant).
+        ranks = (
+            None if request.exclusive else self._ranks_with_reserved(chosen, request.min_memory_mb)
+        )
         self._now = now
-        return self._grant(None, request, chosen)
+        return self._grant(None, request, chosen, ranks)
 
     def cancel(self, ticket: int, now: float) -> list[Outcome]:
         """Withdraw waiter ``ticket`` (cancelled, timed out).
@@ -403,6 +471,10 @@ class Scheduler:
                 f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
                 "by this pool: it was released already, or another pool granted it"
             )
+        memory = allocation.memory_mb
+        # The score depends on memory alone: with none reserved, it stands. With some,
+        # the new scores are worked out (and checked) before anything changes.
+        ranks = self._ranks_with_reserved(allocation.gpu_indices, -memory) if memory else None
         del self._holdings[allocation.id]
         if holding.ticket is not None:
             del self._ticket_to_allocation[holding.ticket]
@@ -410,8 +482,7 @@ class Scheduler:
         settle = None
         if holding.pids and self._settle_timeout > 0:
             settle = _Settle(holding.pids, self._epoch, now + self._settle_timeout)
-        memory = allocation.memory_mb
-        for index in allocation.gpu_indices:
+        for position, index in enumerate(allocation.gpu_indices):
             gpu = self._gpus[index]
             if allocation.exclusive:
                 gpu.exclusive_holder = None
@@ -421,10 +492,8 @@ class Scheduler:
             if settle is not None:
                 gpu.settle = settle
                 self._settling.add(index)
-            if memory:
-                # The score depends on memory alone: with none reserved, it stands.
-                gpu.reserved_mb -= memory
-                gpu.rescore(self._scorer)
+            if ranks is not None:
+                gpu.take_reserved(gpu.reserved_mb - memory, ranks[position])
             self._refresh_idle(gpu)
         return self._schedule(now)
 
@@ -454,10 +523,21 @@ class Scheduler:
         as used counts as foreign.
         """
         by_index = {s.index: s for s in snapshot}
-        self._hosts.clear()
-        lost_health = health_changed = False
+        sessions = sessions or {}
+        # Every GPU's new numbers and score first: a scorer that fails on them
+        # leaves the core as it was (the pool then keeps the last good snapshot).
+        reported: list[tuple[_GPU, GPUStats | None, int, tuple[float, int]]] = []
         for gpu in self._gpus.values():
             stats = by_index.get(gpu.index)
+            if stats is None:
+                reported.append((gpu, None, gpu.foreign_mb, gpu.rank_key))
+                continue
+            foreign = self._foreign_memory(gpu, stats, sessions)
+            rank = gpu.rank_with(self._scorer, foreign, gpu.reserved_mb, stats.utilization_pct)
+            reported.append((gpu, stats, foreign, rank))
+        self._hosts.clear()
+        lost_health = health_changed = False
+        for gpu, stats, foreign, rank in reported:
             was_healthy = gpu.healthy
             if stats is None:
                 gpu.reported_healthy = False
@@ -465,9 +545,8 @@ class Scheduler:
             else:
                 gpu.reported_healthy = stats.healthy
                 gpu.health_detail = stats.health_detail
-                gpu.utilization_pct = stats.utilization_pct
-                gpu.foreign_mb = self._foreign_memory(gpu, stats, sessions or {})
-                if gpu.settle is not None and _settled(gpu.settle, stats, epoch, sessions or {}):
+                gpu.take(foreign, gpu.reserved_mb, stats.utilization_pct, rank)
+                if gpu.settle is not None and _settled(gpu.settle, stats, epoch, sessions):
                     gpu.settle = None
             if gpu.settle is not None and now >= gpu.settle.deadline:
                 gpu.settle = None
@@ -475,7 +554,6 @@ class Scheduler:
                 self._settling.discard(gpu.index)
             lost_health |= was_healthy and not gpu.healthy
             health_changed |= was_healthy != gpu.healthy
-            gpu.rescore(self._scorer)
             self._refresh_idle(gpu)
         if health_changed:
             self._impossible_cache.clear()
@@ -609,7 +687,23 @@ class Scheduler:
         chosen = self.find_gpus(waiter.request, avoid)
         if chosen is None:
             return False
-        allocation = self._grant(waiter.ticket, waiter.request, chosen)
+        request = waiter.request
+        try:
+            # A GPU held whole is not ranked while held (it is rescored when
+            # released), so only a shared grant asks the scorer.
+            ranks = (
+                None
+                if request.exclusive
+                else self._ranks_with_reserved(chosen, request.min_memory_mb)
+            )
+        except Exception as error:
+            # The scorer failed on the GPUs this waiter was about to get. It is in the
+            # middle of a scheduling pass whose other decisions must still be delivered,
+            # so the error goes to this waiter (its acquire raises it), not up the stack.
+            self._unqueue(waiter.ticket)
+            self._outcomes.append(Failure(waiter.ticket, error))
+            return True
+        allocation = self._grant(waiter.ticket, request, chosen, ranks)
         self._outcomes.append(Grant(waiter.ticket, allocation))
         return True
 
@@ -624,9 +718,31 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
+    def _ranks_with_reserved(
+        self, indices: tuple[int, ...], delta_mb: int
+    ) -> list[tuple[float, int]]:
+        """The rank keys GPUs ``indices`` would have with ``delta_mb`` more reserved on each.
+
+        Runs the scorer (which may raise) and changes nothing: the first step
+        of a shared grant or of a release that frees memory.
+        """
+        scorer, gpus = self._scorer, self._gpus
+        ranks = []
+        for index in indices:
+            gpu = gpus[index]
+            reserved = gpu.reserved_mb + delta_mb
+            ranks.append(gpu.rank_with(scorer, gpu.foreign_mb, reserved, gpu.utilization_pct))
+        return ranks
+
     def _grant(
-        self, ticket: int | None, request: Request, chosen: tuple[int, ...]
+        self,
+        ticket: int | None,
+        request: Request,
+        chosen: tuple[int, ...],
+        ranks: list[tuple[float, int]] | None,
     ) -> GPUAllocation:
+        """Grant ``chosen`` to ``request``; ``ranks`` are what :meth:`_ranks_with_reserved`
+        gave for a shared grant, ``None`` for an exclusive one."""
         gpus = self._gpus
         memory = request.min_memory_mb
         exclusive = request.exclusive
@@ -639,17 +755,17 @@ class Scheduler:
             request.experiment_id,
             self._pool_id,
         )
-        for index in chosen:
+        for position, index in enumerate(chosen):
             gpu = gpus[index]
-            gpu.reserved_mb += memory
-            if exclusive:
+            if ranks is None:
                 # Held whole: its score matters again only once released (rescored then).
+                gpu.reserved_mb += memory
                 gpu.exclusive_holder = allocation.id
                 self._held_whole += 1
                 gpu.free_mb -= memory  # the grant checked that it fits
             else:
                 gpu.shared_holders[allocation.id] = memory
-                gpu.rescore(self._scorer)
+                gpu.take_reserved(gpu.reserved_mb + memory, ranks[position])
             if gpu.idle_key is not None:
                 # It has a holder now, so it leaves the idle list (what
                 # _refresh_idle would decide, without asking).

@@ -47,7 +47,6 @@ def test_training_adds_gradients_adam_states_and_a_master_copy(
         ({"parameters": 1, "dtype": "float17"}, "dtype must be one of bfloat16, float16"),
         ({"parameters": 1, "gpus": 0}, "gpus must be an int >= 1, got 0"),
         ({"parameters": 1, "overhead": -0.1}, "overhead must be a finite number >= 0"),
-        ({"parameters": 1, "training": "yes"}, "training must be a bool"),
         ({"parameters": 1, "context_mb": -5}, "context_mb must be an int >= 0"),
     ],
 )

@@ -483,8 +483,7 @@ async def test_a_missing_log_directory_raises(tmp_path: Path) -> None:
         ({"cmd": b"ls"}, TypeError, "cmd must be"),
         ({"cmd": ["ls", 3]}, TypeError, "every argument of cmd"),
         ({"cmd": 42}, TypeError, "cmd must be"),
-        ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds > 0"),
-        ({"timeout": -1}, ValueError, "timeout must be"),
+        ({"timeout": -1}, ValueError, "timeout must be None or a number of seconds >= 0"),
         ({"timeout": float("nan")}, ValueError, "timeout must be"),
         ({"timeout": "5"}, TypeError, "timeout must be"),
         (

@@ -560,8 +560,8 @@ async def test_submit_arguments_are_validated() -> None:
             runner.submit(task, 0, required_gpus=1)
         with pytest.raises(ValueError, match="required_gpus must be an int >= 0, got -1"):
             runner.submit(task, 0, required_gpus=-1)
-        with pytest.raises(ValueError, match="timeout must be None or a number of seconds > 0"):
-            runner.submit(task, 0, timeout=0)
+        with pytest.raises(ValueError, match="timeout must be None or a number of seconds >= 0"):
+            runner.submit(task, 0, timeout=-1)
         with pytest.raises(ValueError, match="retries must be an int >= 0, got -1"):
             runner.submit(task, 0, retries=-1)
         with pytest.raises(TypeError, match="retry_on must be an exception type"):

@@ -81,7 +81,7 @@ def test_default_policy_is_backfill_and_gpu_snapshots_are_accepted() -> None:
         (
             lambda: simulate([Job(arrival=0, duration=1, hint=-1)]),
             ValueError,
-            "expected_duration must be None or a number of seconds > 0",
+            "expected_duration must be None or a finite number of seconds > 0",
         ),
     ],
 )

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from .._model import GPUStats
 from ..providers import FakeGPUProvider, NVMLProvider
-from . import int_arg
+from . import fake_gpus_arg
 
 __all__ = ["add_parser", "gpu_to_json", "run"]
 
@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--fake-gpus",
-        type=int_arg(1, label="N"),
+        type=fake_gpus_arg(1, label="N"),
         metavar="N",
         help="show N idle fake GPUs instead of asking NVML (for machines without GPUs)",
     )

@@ -11,10 +11,22 @@ import attrs
 
 from .._errors import ProviderError
 from .._model import GPUProcess, GPUStats
+from .._request import check_finite_seconds, check_int, check_number, shown
 
-__all__ = ["FakeGPUProvider"]
+__all__ = ["MAX_FAKE_GPUS", "FakeGPUProvider"]
 
 DEFAULT_MEMORY_MB = 24_576
+
+#: The most GPUs a :class:`FakeGPUProvider` (and ``--fake-gpus``) will pretend to have.
+#: Far beyond any real machine (NVML numbers a node's GPUs in the tens), and small
+#: enough that every snapshot stays cheap: ten million fake GPUs took minutes to build.
+MAX_FAKE_GPUS = 1024
+
+
+def _check_utilization(value: object) -> float | None:
+    if value is None:
+        return None
+    return check_number("utilization_pct", value, minimum=0, maximum=100)
 
 
 @attrs.define
@@ -54,6 +66,9 @@ def fake_uuid(index: int) -> str:
 class FakeGPUProvider:
     """``count`` pretend GPUs whose usage, processes and faults a test sets.
 
+    ``count`` is at most :data:`MAX_FAKE_GPUS` (1024). Every argument is
+    checked at the call (``TypeError`` for a wrong type, ``ValueError`` for
+    a wrong value), so a bad one never surfaces later as a failed snapshot.
     Every setter is thread-safe and takes effect at the next :meth:`snapshot`;
     the pool only notices at its next refresh, exactly as with real GPUs.
     ``snapshot_count`` tells a test how often the provider was asked.
@@ -72,22 +87,28 @@ class FakeGPUProvider:
         name: str = "Fake GPU",
         utilization_pct: float = 0.0,
     ) -> None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"count must be an int >= 0, got {count!r}")
+        check_int("count", count, 0, MAX_FAKE_GPUS)
         if isinstance(memory_mb, int) and not isinstance(memory_mb, bool):
             totals = [memory_mb] * count
-        else:
-            totals = list(memory_mb)  # type: ignore[arg-type]
+        elif isinstance(memory_mb, Sequence) and not isinstance(memory_mb, (str, bytes)):
+            totals = list(memory_mb)
             if len(totals) != count:
                 raise ValueError(
-                    f"memory_mb must be an int or a sequence of {count} ints, got {memory_mb!r}"
+                    f"memory_mb must be an int or a sequence of {count} ints, "
+                    f"got {shown(memory_mb)}"
                 )
+        else:
+            raise TypeError(
+                f"memory_mb must be an int or a sequence of {count} ints, got {shown(memory_mb)}"
+            )
         for total in totals:
-            if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
-                raise ValueError(f"memory_mb must be > 0 for every GPU, got {total!r}")
+            check_int("memory_mb (for every GPU)", total, 1)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {shown(name)}")
+        utilization = _check_utilization(utilization_pct)
         self._lock = threading.Lock()
         self._gpus = [
-            _FakeGPU(i, fake_uuid(i), f"{name} {i}", total, utilization_pct=utilization_pct)
+            _FakeGPU(i, fake_uuid(i), f"{name} {i}", total, utilization_pct=utilization)
             for i, total in enumerate(totals)
         ]
         self._snapshot_count = 0
@@ -127,41 +148,41 @@ class FakeGPUProvider:
         return stats
 
     def _gpu(self, index: int) -> _FakeGPU:
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not 0 <= index < len(self._gpus)
-        ):
-            raise ValueError(f"index must be a GPU index in [0, {len(self._gpus)}), got {index!r}")
+        check_int("index", index, 0, len(self._gpus) - 1)
         return self._gpus[index]
 
     def set_memory_used(self, index: int, memory_mb: int) -> None:
         """Memory on GPU ``index`` used by something outside the pool (no process listed)."""
-        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 0:
-            raise ValueError(f"memory_mb must be an int >= 0, got {memory_mb!r}")
+        check_int("memory_mb", memory_mb, 0)
         with self._lock:
             self._gpu(index).foreign_used_mb = memory_mb
 
     def set_utilization(self, index: int, utilization_pct: float | None) -> None:
         """Utilization of GPU ``index``, or ``None`` for a device that cannot report it."""
-        if utilization_pct is not None and not 0 <= utilization_pct <= 100:
-            raise ValueError(
-                f"utilization_pct must be in [0, 100] or None, got {utilization_pct!r}"
-            )
+        utilization = _check_utilization(utilization_pct)
         with self._lock:
-            self._gpu(index).utilization_pct = utilization_pct
+            self._gpu(index).utilization_pct = utilization
 
     def add_process(self, index: int, pid: int, used_memory_mb: int | None) -> None:
-        """A compute process ``pid`` holding ``used_memory_mb`` on GPU ``index``."""
+        """A compute process ``pid`` holding ``used_memory_mb`` on GPU ``index``
+        (``None``: the driver does not say how much, as in some containers)."""
+        check_int("pid", pid, 1)
+        if used_memory_mb is not None:
+            check_int("used_memory_mb", used_memory_mb, 0)
         with self._lock:
             self._gpu(index).processes[pid] = used_memory_mb
 
     def remove_process(self, index: int, pid: int) -> None:
+        check_int("pid", pid, 1)
         with self._lock:
             self._gpu(index).processes.pop(pid, None)
 
     def set_healthy(self, index: int, healthy: bool, detail: str | None = None) -> None:
         """Mark GPU ``index`` lost (``False``) or recovered (``True``)."""
+        if not isinstance(healthy, bool):
+            raise TypeError(f"healthy must be True or False, got {shown(healthy)}")
+        if detail is not None and not isinstance(detail, str):
+            raise TypeError(f"detail must be a str or None, got {shown(detail)}")
         with self._lock:
             gpu = self._gpu(index)
             gpu.healthy = healthy
@@ -169,15 +190,20 @@ class FakeGPUProvider:
 
     def fail_next(self, error: BaseException | None = None, times: int = 1) -> None:
         """Make the next ``times`` snapshots raise ``error`` (a ``ProviderError`` by default)."""
-        if times < 1:
-            raise ValueError(f"times must be >= 1, got {times!r}")
+        given: object = error  # checked as what a caller may really pass
+        if not (
+            given is None
+            or isinstance(given, BaseException)
+            or (isinstance(given, type) and issubclass(given, BaseException))
+        ):
+            raise TypeError(f"error must be an exception or None, got {shown(error)}")
+        check_int("times", times, 1)
         with self._lock:
             for _ in range(times):
                 self._failures.append(error or ProviderError("injected provider failure"))
 
     def set_latency(self, seconds: float) -> None:
         """Make every snapshot take ``seconds`` (a slow driver), blocking its thread."""
-        if not seconds >= 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        latency = check_finite_seconds("seconds", seconds)
         with self._lock:
-            self._latency_s = seconds
+            self._latency_s = latency

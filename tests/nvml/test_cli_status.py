@@ -142,8 +142,8 @@ def test_bad_cuda_visible_devices_is_a_clear_error(
     ("args", "fragment"),
     [
         ((), "the following arguments are required: COMMAND"),
-        (("status", "--fake-gpus", "0"), "N must be an int >= 1, got '0'"),
-        (("status", "--fake-gpus", "two"), "N must be an int >= 1, got 'two'"),
+        (("status", "--fake-gpus", "0"), "N must be an int in [1, 1024], got '0'"),
+        (("status", "--fake-gpus", "two"), "N must be an int in [1, 1024], got 'two'"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
     ],
 )
