@@ -8,6 +8,7 @@ import os
 import pty
 import random
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -643,3 +644,26 @@ def test_watch_skips_an_appended_job_that_could_never_start_and_ctrl_c_exits_1(
     assert "1 succeeded, 0 failed" in out
     assert list(_statuses(journal).values()) == ["succeeded"]  # never journaled as failed
     assert not (tmp_path / "marks" / "never").exists()
+
+
+def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path: Path) -> None:
+    # Regression: the demo said "run the same command again: finished jobs are
+    # answered from the journal", but each `gpupool demo` made a new directory.
+    env = {**_env(), "TMPDIR": str(tmp_path)}  # where the demo makes its directory
+    first = subprocess.run(
+        [sys.executable, "-m", "gpupool", "demo", "--fake-gpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert first.returncode == 0, first.stderr
+    match = re.search(r"Run `gpupool (demo [^`]*)`: finished jobs are answered", first.stderr)
+    assert match is not None, first.stderr
+    again = _gpupool(*shlex.split(match.group(1)), cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "8 succeeded, 0 failed" in again.stdout
+    assert again.stdout.count("(earlier run)") == 8  # none ran again
+    assert len(list(tmp_path.glob("gpupool-demo-*"))) == 1
