@@ -77,7 +77,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: How often ``--watch`` looks at the jobs file's size and modification time.
+#: How often ``--watch`` looks at the jobs file's size, modification time and inode.
 WATCH_INTERVAL = 0.5
 
 
@@ -165,7 +165,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         epilog=(
             "exit codes: 0 every job succeeded, 1 a job failed or timed out, "
-            "2 bad usage or input (nothing run), 130 interrupted. "
+            "2 bad usage or input (nothing run), 130 interrupted with jobs unfinished. "
             "Inspect the journal with `gpupool journal show JOURNAL`."
         ),
     )
@@ -231,7 +231,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="keep running and pick up lines appended to JOBS_FILE; stop with Ctrl-C",
+        help="keep running and pick up jobs added to JOBS_FILE (anywhere); stop with Ctrl-C",
     )
     parser.add_argument(
         "--retry-failed",

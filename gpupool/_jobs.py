@@ -130,8 +130,8 @@ class JobSpec:
 
         A named job logs to ``NAME.log``; any other to the first words of its
         command and the digest of its key: ``python train.py --lr 0.1`` (key
-        ``job-0323f3d34d0d4aef``) to ``python-train.py-lr-0.1_0323f3d34d0d4aef.log``,
-        its second copy to ``..._0323f3d34d0d4aef~2.log``. Names cannot contain
+        ``job-f13e18dfdfd56d3f``) to ``python-train.py-lr-0.1_f13e18dfdfd56d3f.log``,
+        its second copy to ``..._f13e18dfdfd56d3f~2.log``. Names cannot contain
         ``_``, so the two forms never meet, and since the name follows the
         key, not the line number, every attempt of a job in every run appends
         to the same log, wherever its line has moved.
