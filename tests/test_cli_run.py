@@ -626,15 +626,21 @@ def test_watch_skips_an_appended_job_that_could_never_start_and_ctrl_c_exits_1(
     journal = tmp_path / "jobs.txt.journal.sqlite"
     runner = _start("run", "jobs.txt", "--fake-gpus", "2", "--watch", cwd=tmp_path)
     assert runner.stderr is not None
-    _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"], "the first job")
+    try:
+        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"], "the first job")
+    except AssertionError:
+        _stop_with_ctrl_c(runner)
+        raise
     with jobs.open("a") as handle:
         handle.write("[mem=1T] touch marks/never\n[gpus=y] echo bad\n")
     reported: list[str] = []
-    while len([line for line in reported if "(line skipped)" in line]) < 2:
-        line = runner.stderr.readline()
-        assert line, f"gpupool run ended early: {reported}"
-        reported.append(line)
-    out, err = _stop_with_ctrl_c(runner)
+    try:
+        while len([line for line in reported if "(line skipped)" in line]) < 2:
+            line = runner.stderr.readline()
+            assert line, f"gpupool run ended early: {reported}"
+            reported.append(line)
+    finally:
+        out, err = _stop_with_ctrl_c(runner)
     assert runner.returncode == 1, err
     assert [line for line in reported if "(line skipped)" in line] == [
         "gpupool run: error: jobs.txt:2: mem=1T but no GPU has that much memory "
@@ -667,3 +673,17 @@ def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path
     assert "8 succeeded, 0 failed" in again.stdout
     assert again.stdout.count("(earlier run)") == 8  # none ran again
     assert len(list(tmp_path.glob("gpupool-demo-*"))) == 1
+
+
+def test_ctrl_c_under_watch_that_stops_a_running_job_exits_130(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "[gpus=0] echo $$ > marks/pid; sleep 60\n")
+    runner = _start(
+        "run", "jobs.txt", "--watch", "--fake-gpus", "1", "--grace", "0.5", cwd=tmp_path
+    )
+    pid_file = tmp_path / "marks" / "pid"
+    try:
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+    finally:
+        out, err = _stop_with_ctrl_c(runner)
+    assert runner.returncode == 130, err
+    assert "0 succeeded, 0 failed, 1 interrupted" in out
