@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ._cli_console import OutputConsole
 from ._commands import int_arg
@@ -220,8 +221,12 @@ def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console
         errors.add_column("error", overflow="fold")
         for r in failed[:max_errors]:
             first_line = (r.error or "").splitlines()[0] if r.error else ""
-            errors.add_row(
-                r.key, r.status.value, str(r.attempts), describe_item(r.item), first_line
+            errors.add_row(  # Text, not str: a key or command is never rich markup
+                Text(r.key),
+                r.status.value,
+                str(r.attempts),
+                Text(describe_item(r.item)),
+                Text(first_line),
             )
         console.print(errors)
         if len(failed) > max_errors:

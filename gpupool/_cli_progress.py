@@ -16,6 +16,7 @@ import attrs
 from rich import box
 from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -61,6 +62,8 @@ class JobsProgress:
 
     console: Console
     max_parallel: int
+    #: Where the jobs' logs are; a failure's line then names its log.
+    log_dir: Path | None = None
     jobs: dict[str, JobSpec] = attrs.Factory(dict)
     running: dict[str, _Running] = attrs.Factory(dict)
     results: dict[str, TaskResult] = attrs.Factory(dict)
@@ -80,7 +83,8 @@ class JobsProgress:
         if self._live is None:
             retry = f" (attempt {attempt})" if attempt > 1 else ""
             self.console.print(
-                f"[bold]start[/] line {job.line} on GPU {_gpus_text(gpus)}{retry}: {job.label}",
+                f"[bold]start[/] line {job.line} on GPU {_gpus_text(gpus)}{retry}: "
+                f"{escape(job.label)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -90,7 +94,8 @@ class JobsProgress:
         running = self.running.pop(key, None)
         if running is not None and self._live is None:
             self.console.print(
-                f"[yellow]retry[/] line {running.job.line}: {_failure_tail(error or 'failed')}",
+                f"[yellow]retry[/] line {running.job.line}: "
+                f"{escape(_failure_tail(error or 'failed'))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -104,9 +109,12 @@ class JobsProgress:
         if not result.from_journal:  # on a terminal, printed above the live panel
             job = self.jobs[result.key]
             style = _STYLE.get(result.status, "")
+            outcome = _describe(result)
+            if not result.ok and self.log_dir is not None:
+                outcome += f"; log: {self.log_dir / job.log_name}"
             self.console.print(
-                f"[{style}]{result.status.value}[/] line {job.line}: {job.label} "
-                f"({_describe(result)})",
+                f"[{style}]{result.status.value}[/] line {job.line}: {escape(job.label)} "
+                f"({escape(outcome)})",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -279,9 +287,10 @@ def _summary_table(rows: list[_SummaryRow], caption: str, outcome_width: int) ->
             row.tries,
             row.gpus,
             row.time,
-            row.outcome,
-            row.job.command,
-            row.job.log_name,
+            # Text, not str: a command's "[b]" is text, not rich markup.
+            Text(row.outcome),
+            Text(row.job.command),
+            Text(row.job.log_name),
         )
     return table
 

@@ -402,7 +402,7 @@ class _Session:
         assert self.runner_journal is not None
         journal = self.runner_journal
         max_parallel = self._max_parallel()
-        progress = self.progress = JobsProgress(self.err, max_parallel)
+        progress = self.progress = JobsProgress(self.err, max_parallel, self.options.log_path)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._handle_signals)
             progress.start()

@@ -331,7 +331,7 @@ def test_a_cli_run_journal_tells_each_jobs_line_command_and_log(tmp_path: Path) 
     # Regression: the journal held no command (`"item": null` in the export) and
     # `journal show` listed keys only, so a failure could not be traced to its line.
     jobs = tmp_path / "jobs.txt"
-    jobs.write_text("# a sweep\necho fine\n\n[gpus=0] echo broken >&2; exit 3\n")
+    jobs.write_text("# a sweep\necho fine\n\n[gpus=0] echo '[b]broken' >&2; exit 3\n")
     run = _cli("run", str(jobs), "--gpus", "0")
     assert run.returncode == 1, run.stderr
     journal = str(tmp_path / "jobs.txt.journal.sqlite")
@@ -341,12 +341,17 @@ def test_a_cli_run_journal_tells_each_jobs_line_command_and_log(tmp_path: Path) 
     logs = tmp_path / "jobs.txt.logs"
     assert [(i["line"], i["command"], i["file"]) for i in items] == [
         (2, "echo fine", str(jobs)),
-        (4, "echo broken >&2; exit 3", str(jobs)),
+        (4, "echo '[b]broken' >&2; exit 3", str(jobs)),
     ]
     assert Path(items[1]["log"]).parent == logs
-    assert Path(items[1]["log"]).name.startswith("echo-broken-2-exit-3_")
-    assert Path(items[1]["log"]).read_text() == "broken\n"
+    assert Path(items[1]["log"]).name.startswith("echo-b-broken-2-exit-3_")
+    assert Path(items[1]["log"]).read_text() == "[b]broken\n"
+    # The failure's progress line names its log (and shows the command as written).
+    assert (
+        f"failed line 4: echo '[b]broken' >&2; exit 3 (exit code 3; log: {items[1]['log']})"
+        in run.stderr
+    )
     show = _cli("journal", "show", journal)
-    assert "line 4: echo broken >&2; exit 3" in show.stdout
+    assert "line 4: echo '[b]broken' >&2; exit 3" in show.stdout
     # The summary names the log (folded, maybe, on a narrow terminal).
     assert Path(items[1]["log"]).name in "".join(run.stdout.split())

@@ -446,6 +446,7 @@ def test_the_summary_loses_no_field_at_any_width() -> None:
         rows: list[tuple[str, TaskResult | None]] = []
         for _ in range(rng.randrange(1, 5)):
             words = ["w" * rng.randrange(1, 30) for _ in range(rng.randrange(1, 8))]
+            words.insert(rng.randrange(len(words) + 1), "'[b]'")  # text, not markup
             status = rng.choice([TaskStatus.SUCCEEDED, TaskStatus.FAILED, None])
             result = None
             if status is not None:
