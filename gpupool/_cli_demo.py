@@ -2,8 +2,9 @@
 
 Nothing is simulated but the GPUs: the jobs are real processes, each sees
 its own ``CUDA_VISIBLE_DEVICES``, the journal and the logs are real files in
-a fresh directory, which is kept so that the user can look at it and run the
-same command again (to see a resume).
+a fresh directory (or ``--dir``), which is kept so that the user can look at
+it; the last message names the command that runs the demo again in that
+directory, to see a resume.
 """
 
 from __future__ import annotations
@@ -102,10 +103,14 @@ def run_demo(*, fake_gpus: int = 4, directory: Path | None = None) -> int:
             job_cwd=workdir,
         )
     )
+    # A second `gpupool demo` without --dir starts afresh in a new directory,
+    # so the way to see a resume is to name this one.
+    again = f"gpupool demo --dir {shlex.quote(str(workdir))} --fake-gpus {fake_gpus}"
     err.print(
         f"\ngpupool demo: logs in {workdir / (DEMO_JOBS + '.logs')}, journal in "
         f"{workdir / (DEMO_JOBS + '.journal.sqlite')}.\n"
-        "  Run the same command again: finished jobs are answered from the journal, "
-        "not run again."
+        f"  Run `{again}`: finished jobs are answered from the journal, not run again.",
+        markup=False,
+        soft_wrap=True,
     )
     return code

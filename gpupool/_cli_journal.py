@@ -9,7 +9,10 @@ writer go on side by side).
 Wiring: `add_parser` adds the ``journal`` command to an argparse subparsers
 object and sets ``handler`` (arguments -> exit code), the convention of
 ``gpupool.cli``. Errors print one line ``gpupool: error: ...`` to stderr and
-return exit code 2.
+return exit code 2, a damaged journal included (SQLite's "database disk image
+is malformed", or a row the journal cannot decode). A reader that goes away
+(``gpupool journal export J | head``) is a normal end: `BrokenPipeError` is
+left to ``gpupool.cli.main``, which exits 0 quietly.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from ._cli_console import OutputConsole
 from ._commands import int_arg
 from ._errors import JournalError
 from ._journal_owner import ProcessIdentity, is_alive
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.journal_command == "show":
             with _read_only(args.file) as conn:
-                _show(conn, args.file, args.errors, Console(highlight=False))
+                _show(conn, args.file, args.errors, OutputConsole(highlight=False))
         elif args.journal_command == "export":
             with _read_only(args.file) as conn:
                 statuses = set(args.status or [s.value for s in TaskStatus])
@@ -116,11 +121,23 @@ def run(args: argparse.Namespace) -> int:
                     _export_to_file(records, args.format, args.output)
         else:
             _unlock(args.file)
+    except BrokenPipeError:
+        raise  # not an error: the reader has all it wanted (see gpupool.cli.main)
+    except sqlite3.DatabaseError as exc:
+        _error(
+            f"cannot read journal {args.file!r}: {exc} (the file is damaged; restore it "
+            "from a copy, or try `sqlite3 FILE .recover`)"
+        )
+        return 2
     except (JournalError, OSError) as exc:
-        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"gpupool: error: {message}", file=sys.stderr)
+        _error(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
         return 2
     return 0
+
+
+def _error(message: str) -> None:
+    """The one line a failed command prints (a message of many lines is joined)."""
+    print(f"gpupool: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,13 +213,35 @@ def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console
         if r.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED)
     ]
     if failed and max_errors:
-        errors = Table("key", "status", "attempts", "error", title="failures", box=None)
+        errors = Table(title="failures", box=None)
+        errors.add_column("key", overflow="fold")
+        errors.add_column("status", no_wrap=True)
+        errors.add_column("attempts", no_wrap=True, justify="right")
+        errors.add_column("job", overflow="fold")
+        errors.add_column("error", overflow="fold")
         for r in failed[:max_errors]:
             first_line = (r.error or "").splitlines()[0] if r.error else ""
-            errors.add_row(r.key, r.status.value, str(r.attempts), first_line)
+            errors.add_row(  # Text, not str: a key or command is never rich markup
+                Text(r.key),
+                r.status.value,
+                str(r.attempts),
+                Text(describe_item(r.item)),
+                Text(first_line),
+            )
         console.print(errors)
         if len(failed) > max_errors:
             console.print(f"... and {len(failed) - max_errors} more (see `gpupool journal export`)")
+
+
+def describe_item(item: Any) -> str:
+    """A task's item in a few words: ``line 7: python train.py`` for a job of
+    ``gpupool run``, the compact JSON of any other item, cut to 80 characters."""
+    if isinstance(item, dict) and isinstance(item.get("line"), int) and "command" in item:
+        return f"line {item['line']}: {item['command']}"
+    if item is None:
+        return ""
+    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _row(record: TaskRecord) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-from rich.console import Console, Group, RenderableType
+from rich import box
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -60,6 +62,8 @@ class JobsProgress:
 
     console: Console
     max_parallel: int
+    #: Where the jobs' logs are; a failure's line then names its log.
+    log_dir: Path | None = None
     jobs: dict[str, JobSpec] = attrs.Factory(dict)
     running: dict[str, _Running] = attrs.Factory(dict)
     results: dict[str, TaskResult] = attrs.Factory(dict)
@@ -79,7 +83,8 @@ class JobsProgress:
         if self._live is None:
             retry = f" (attempt {attempt})" if attempt > 1 else ""
             self.console.print(
-                f"[bold]start[/] line {job.line} on GPU {_gpus_text(gpus)}{retry}: {job.label}",
+                f"[bold]start[/] line {job.line} on GPU {_gpus_text(gpus)}{retry}: "
+                f"{escape(job.label)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -89,7 +94,8 @@ class JobsProgress:
         running = self.running.pop(key, None)
         if running is not None and self._live is None:
             self.console.print(
-                f"[yellow]retry[/] line {running.job.line}: {_failure_tail(error or 'failed')}",
+                f"[yellow]retry[/] line {running.job.line}: "
+                f"{escape(_failure_tail(error or 'failed'))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -103,9 +109,12 @@ class JobsProgress:
         if not result.from_journal:  # on a terminal, printed above the live panel
             job = self.jobs[result.key]
             style = _STYLE.get(result.status, "")
+            outcome = _describe(result)
+            if not result.ok and self.log_dir is not None:
+                outcome += f"; log: {self.log_dir / job.log_name}"
             self.console.print(
-                f"[{style}]{result.status.value}[/] line {job.line}: {job.label} "
-                f"({_describe(result)})",
+                f"[{style}]{result.status.value}[/] line {job.line}: {escape(job.label)} "
+                f"({escape(outcome)})",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -167,10 +176,10 @@ class JobsProgress:
             f"  ETA {_format_seconds(eta)}" if eta is not None else "",
         )
         table = Table(box=None, show_edge=False, pad_edge=False)
-        table.add_column("line", justify="right")
-        table.add_column("GPUs")
-        table.add_column("for", justify="right")
-        table.add_column("job", overflow="ellipsis", no_wrap=True)
+        table.add_column("line", justify="right", no_wrap=True, min_width=4)
+        table.add_column("GPUs", no_wrap=True, min_width=4)
+        table.add_column("for", justify="right", no_wrap=True, min_width=6)
+        table.add_column("job", overflow="ellipsis", no_wrap=True, min_width=8)
         now = time.monotonic()
         for running in sorted(self.running.values(), key=lambda r: r.job.line):
             table.add_row(
@@ -181,31 +190,132 @@ class JobsProgress:
             )
         return Group(header, table) if self.running else header
 
-    def summary(self, log_dir: Path) -> Table:
-        """One row per job, in file order."""
-        table = Table(title="gpupool run: summary", title_justify="left")
-        for name in ("line", "status", "tries", "GPUs", "time"):
-            table.add_column(name, no_wrap=True, justify="right" if name != "status" else "left")
-        table.add_column("outcome", no_wrap=True)
-        table.add_column("job", overflow="ellipsis", no_wrap=True, min_width=12, max_width=48)
-        for job in sorted(self.jobs.values(), key=lambda j: j.line):
-            result = self.results.get(job.key)
-            if result is None:
-                table.add_row(str(job.line), "not run", "", "", "", "", job.label)
-                continue
-            status = result.status.value + (" (earlier run)" if result.from_journal else "")
-            table.add_row(
-                str(job.line),
-                Text(status, style=_STYLE.get(result.status, "")),
-                str(result.attempts),
-                _gpus_text(result.gpu_indices) if result.gpu_indices or not job.gpus else "",
-                _format_seconds(result.duration_s) if result.duration_s is not None else "",
-                _describe(result),
-                job.label,
-            )
-        table.caption = f"logs: {log_dir}"
-        table.caption_justify = "left"
-        return table
+    def summary(self, log_dir: Path, width: int) -> RenderableType:
+        """One entry per job, in file order, laid out for ``width`` columns.
+
+        A table where it fits; below that, one short block per job. Either
+        way no field is cut: the key fields (line, status, tries, GPUs, time)
+        never wrap, and the outcome, the command and the log name fold onto
+        more lines. (Rich shrinks the columns of a table that is too wide
+        down to nothing, which is how this table once lost all but one.)
+        """
+        rows = [self._summary_row(job) for job in sorted(self.jobs.values(), key=lambda j: j.line)]
+        caption = f"logs in {log_dir}"
+        outcome_width = _outcome_width(rows)
+        if width >= _table_width(rows, outcome_width):
+            return _summary_table(rows, caption, outcome_width)
+        return _summary_blocks(rows, caption)
+
+    def _summary_row(self, job: JobSpec) -> _SummaryRow:
+        result = self.results.get(job.key)
+        if result is None:
+            return _SummaryRow(str(job.line), "not run", "", "", "", "", job, "")
+        outcome = _describe(result) + (" (earlier run)" if result.from_journal else "")
+        return _SummaryRow(
+            line=str(job.line),
+            status=result.status.value,
+            tries=str(result.attempts),
+            gpus=_gpus_text(result.gpu_indices) if result.gpu_indices or not job.gpus else "",
+            time=_format_seconds(result.duration_s) if result.duration_s is not None else "",
+            outcome=outcome,
+            job=job,
+            style=_STYLE.get(result.status, ""),
+        )
+
+
+@attrs.frozen
+class _SummaryRow:
+    line: str
+    status: str
+    tries: str
+    gpus: str
+    time: str
+    outcome: str
+    job: JobSpec
+    style: str
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.line, self.status, self.tries, self.gpus, self.time)
+
+
+_KEY_HEADERS = ("line", "status", "tries", "GPUs", "time")
+#: The narrowest the job and log columns get before the blocks take over.
+_FOLDED_MIN = 10
+#: Outcomes up to this long stay on one line ("exit code 0 (earlier run)").
+_OUTCOME_WHOLE = 25
+
+
+def _outcome_width(rows: list[_SummaryRow]) -> int:
+    longest = max((len(row.outcome) for row in rows), default=0)
+    return max(_FOLDED_MIN, min(longest, _OUTCOME_WHOLE))
+
+
+def _table_width(rows: list[_SummaryRow], outcome_width: int) -> int:
+    """The narrowest the summary table can be with every key field whole."""
+    widths = [len(header) for header in _KEY_HEADERS]
+    for row in rows:
+        widths = [max(w, len(field)) for w, field in zip(widths, row.key_fields(), strict=True)]
+    columns = len(_KEY_HEADERS) + 3
+    gaps = 2 * (columns - 1)  # one blank on each side of every inner border
+    return sum(widths) + outcome_width + 2 * _FOLDED_MIN + gaps
+
+
+def _summary_table(rows: list[_SummaryRow], caption: str, outcome_width: int) -> Table:
+    table = Table(
+        title="gpupool run: summary",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for name in _KEY_HEADERS:
+        justify: JustifyMethod = "left" if name == "status" else "right"
+        table.add_column(name, justify=justify, no_wrap=True)
+    # No min_width on folded columns: rich 13-15 then wraps a cell wider than
+    # its column and crops the rest (characters of a log name went missing).
+    # The width check in `summary` leaves them room instead.
+    short = all(len(row.outcome) <= outcome_width for row in rows)
+    table.add_column("outcome", no_wrap=short, overflow="fold")
+    table.add_column("job", overflow="fold")
+    table.add_column("log", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.line,
+            Text(row.status, style=row.style),
+            row.tries,
+            row.gpus,
+            row.time,
+            # Text, not str: a command's "[b]" is text, not rich markup.
+            Text(row.outcome),
+            Text(row.job.command),
+            Text(row.job.log_name),
+        )
+    return table
+
+
+def _summary_blocks(rows: list[_SummaryRow], caption: str) -> RenderableType:
+    """The summary for a narrow terminal: a few short lines per job."""
+    parts: list[RenderableType] = [Text("gpupool run: summary", overflow="fold")]
+    for row in rows:
+        # key=value tokens: a narrow line wraps between fields, never inside one.
+        head = Text.assemble(
+            f"line={row.line}  ",
+            (row.status, row.style),
+            f"  tries={row.tries or '-'}  GPUs={row.gpus or '-'}  time={row.time or '-'}",
+        )
+        head.overflow = "fold"
+        parts.append(head)
+        for label, value in (
+            ("outcome", row.outcome),
+            ("job", row.job.command),
+            ("log", row.job.log_name),
+        ):
+            if value:
+                parts.append(Text(f"  {label}: {value}", overflow="fold"))
+    parts.append(Text(caption, overflow="fold"))
+    return Group(*parts)
 
 
 def _describe(result: TaskResult) -> str:

@@ -3,8 +3,9 @@
 How the pieces fit: the jobs file is parsed (``_jobs``), every job becomes a
 task of a :class:`ParallelRunner` on a :class:`GPUResourcePool`, each task
 runs its command with :func:`run_process` (own session, its GPUs in
-``CUDA_VISIBLE_DEVICES``, output to ``LOG_DIR/KEY.log``), and the runner
-writes every state change to the SQLite journal before acting on it. Running
+``CUDA_VISIBLE_DEVICES``, output to ``LOG_DIR/`` :attr:`JobSpec.log_name`), and
+the runner writes every state change to the SQLite journal before acting on
+it, with the job's line, command and log as the task's item. Running
 the same command again therefore resumes: the journal answers finished jobs
 without running them (failed ones too, unless ``--retry-failed``), and a
 crashed run's leftover process groups are killed before any GPU is granted.
@@ -15,15 +16,23 @@ cancelled (it runs again next time). A second Ctrl-C does not wait: it
 SIGKILLs the job groups and exits at once; the journal (SQLite, WAL) stays
 consistent and the next run takes it over as a crashed run's.
 
+Every line is checked before anything runs, syntax and capacity alike (a
+job asking for more GPUs or more memory than the machine has could never
+start), and all problems are reported together; so no job is ever journaled
+as failed for a request no GPU could satisfy.
+
 Exit codes: 0 every job succeeded; 1 a job failed, timed out or was not
-run; 2 bad usage or input (nothing was run, nothing half-written); 130
-interrupted.
+run, or a line appended under ``--watch`` was bad; 2 bad usage or input
+(nothing was run, nothing half-written); 130 interrupted with jobs still
+running or queued (under ``--watch``, where Ctrl-C is the normal way to
+stop, a Ctrl-C with nothing left to do exits 0 or 1 as if the file ended).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import tempfile
@@ -41,16 +50,18 @@ from ._commands import fake_gpus_arg, int_arg
 from ._errors import GPUPoolError, JournalError, ProviderError
 from ._events import TaskEvent
 from ._jobs import (
+    JobCheck,
     JobDefaults,
     JobsFileError,
     JobsFileReader,
     JobSpec,
+    LineProblem,
     parse_duration,
     parse_memory_mb,
 )
 from ._journal import Journal
 from ._journal_runner import RunnerJournal
-from ._model import GPUAllocation
+from ._model import GPUAllocation, GPUStatistics
 from ._pool import GPUResourcePool
 from ._process import DEFAULT_GRACE_PERIOD, run_process
 from ._proctree import killpg_quietly
@@ -59,14 +70,14 @@ from ._task import TaskHandle
 from ._tasks import TaskStatus
 from .providers import FakeGPUProvider
 
-__all__ = ["RunOptions", "add_parser", "run_jobs"]
+__all__ = ["RunOptions", "add_parser", "capacity_problem", "run_jobs"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: How often ``--watch`` looks at the jobs file's size and modification time.
+#: How often ``--watch`` looks at the jobs file's size, modification time and inode.
 WATCH_INTERVAL = 0.5
 
 
@@ -154,7 +165,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         epilog=(
             "exit codes: 0 every job succeeded, 1 a job failed or timed out, "
-            "2 bad usage or input (nothing run), 130 interrupted. "
+            "2 bad usage or input (nothing run), 130 interrupted with jobs unfinished. "
             "Inspect the journal with `gpupool journal show JOURNAL`."
         ),
     )
@@ -195,7 +206,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--log-dir",
         type=Path,
         metavar="DIR",
-        help="one KEY.log per job (default: JOBS_FILE.logs beside the jobs file)",
+        help="one log per job, named after its command (default: JOBS_FILE.logs beside the jobs file)",
     )
     parser.add_argument(
         "--retries",
@@ -220,7 +231,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="keep running and pick up lines appended to JOBS_FILE; stop with Ctrl-C",
+        help="keep running and pick up jobs added to JOBS_FILE (anywhere); stop with Ctrl-C",
     )
     parser.add_argument(
         "--retry-failed",
@@ -290,7 +301,7 @@ class _Session:
     journal: Journal | None = None
     runner_journal: RunnerJournal | None = None
     pool: GPUResourcePool | None = None
-    handles: list[TaskHandle[JobSpec]] = attrs.Factory(list)
+    handles: list[TaskHandle[dict[str, Any]]] = attrs.Factory(list)
     groups: set[int] = attrs.Factory(set)
     interrupted: bool = False
     bad_appended_lines: int = 0
@@ -311,61 +322,74 @@ class _Session:
             first = await anyio.to_thread.run_sync(reader.read_new)
         except JobsFileError as error:
             raise _UsageError(str(error)) from None
-        if first.problems:
-            raise _UsageError("\n".join(first.problems))
-        if not first.jobs and not options.watch:
+        if not first.jobs and not first.problems and not options.watch:
             self.err.print(f"gpupool run: {options.jobs_file} has no jobs; nothing to do")
             return EXIT_OK
-
-        needs_pool = options.fake_gpus is not None or options.watch
-        needs_pool = needs_pool or any(job.gpus for job in first.jobs)
         async with contextlib.AsyncExitStack() as stack:
-            if needs_pool:
-                fake = options.fake_gpus
-                pool = GPUResourcePool(
-                    None if fake is None else FakeGPUProvider(count=fake),
-                    refresh_interval=0.25 if fake else 1.0,
-                )
-                try:
-                    self.pool = await stack.enter_async_context(pool)
-                except (ProviderError, ImportError) as error:
-                    raise _UsageError(
-                        f"cannot use the GPUs: {error} "
-                        "(to try gpupool without GPUs, add --fake-gpus N)"
-                    ) from None
-            too_big = self._too_big(first.jobs)
-            if too_big:
-                raise _UsageError("\n".join(too_big))
-            created = await anyio.to_thread.run_sync(_make_log_dir, options.log_path)
-            try:
-                self.journal = await anyio.to_thread.run_sync(_open_journal, options.journal_path)
-            except _UsageError:
-                await anyio.to_thread.run_sync(_remove_dirs, created)
-                raise
-            stack.callback(self.journal.close)
-            self.runner_journal = RunnerJournal(self.journal, retry_failed=options.retry_failed)
-            self.runner_journal.open()  # kills a dead run's leftover jobs
-            killed = self.runner_journal.killed_leftovers
-            if killed:
-                self.err.print(
-                    f"gpupool run: killed {len(killed)} leftover process group(s) "
-                    "of an earlier run that died"
-                )
+            problems = list(first.problems)
+            if options.fake_gpus is not None or options.watch or any(j.gpus for j in first.jobs):
+                await self._open_pool(stack, problems)
+            # Syntax and capacity in one report, so the user fixes everything at once.
+            check = self._capacity_check()
+            source = str(options.jobs_file)
+            for job in first.jobs:
+                reason = check(job)
+                if reason is not None:
+                    problems.append(LineProblem(source, job.line, reason))
+            if problems:
+                problems.sort(key=lambda problem: problem.line)
+                raise _UsageError("\n".join(map(str, problems)))
+            await self._open_journal(stack)
             return await self._run(reader, list(first.jobs))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open_pool(
+        self, stack: contextlib.AsyncExitStack, problems: list[LineProblem]
+    ) -> None:
+        """Open the pool; if there are no GPUs to use, say so along with ``problems``."""
+        fake = self.options.fake_gpus
+        pool = GPUResourcePool(
+            None if fake is None else FakeGPUProvider(count=fake),
+            refresh_interval=0.25 if fake else 1.0,
+        )
+        try:
+            self.pool = await stack.enter_async_context(pool)
+        except (ProviderError, ImportError) as error:
+            no_gpus = (
+                f"cannot use the GPUs: {error} (to try gpupool without GPUs, add --fake-gpus N)"
+            )
+            raise _UsageError("\n".join([*map(str, problems), no_gpus])) from None
+
+    async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
+        """Make the log directory, open the journal and take over a dead run's."""
+        options = self.options
+        created = await anyio.to_thread.run_sync(_make_log_dir, options.log_path)
+        try:
+            self.journal = await anyio.to_thread.run_sync(_open_journal, options.journal_path)
+        except _UsageError:
+            await anyio.to_thread.run_sync(_remove_dirs, created)
+            raise
+        stack.callback(self.journal.close)
+        self.runner_journal = RunnerJournal(self.journal, retry_failed=options.retry_failed)
+        self.runner_journal.open()  # kills a dead run's leftover jobs
+        killed = self.runner_journal.killed_leftovers
+        if killed:
+            self.err.print(
+                f"gpupool run: killed {len(killed)} leftover process group(s) "
+                "of an earlier run that died"
+            )
 
     def _gpu_count(self) -> int:
         return 0 if self.pool is None else len(self.pool.statistics().gpus)
 
-    def _too_big(self, jobs: Sequence[JobSpec]) -> list[str]:
-        """Jobs that ask for more GPUs than the machine has, as ``file:line`` messages."""
-        count = self._gpu_count()
-        return [
-            f"{self.options.jobs_file}:{job.line}: gpus={job.gpus} but there "
-            f"{'is' if count == 1 else 'are'} only {count} GPU{'' if count == 1 else 's'}"
-            for job in jobs
-            if job.gpus > count
-        ]
+    def _capacity_check(self) -> JobCheck:
+        """Why a job could never start on the GPUs as they are now, or None.
+
+        The GPUs are read here, on the event loop; the check itself may run
+        in the jobs file reader's worker thread.
+        """
+        gpus = () if self.pool is None else self.pool.statistics().gpus
+        return functools.partial(capacity_problem, gpus=gpus)
 
     def _max_parallel(self) -> int:
         if self.options.max_parallel is not None:
@@ -378,7 +402,7 @@ class _Session:
         assert self.runner_journal is not None
         journal = self.runner_journal
         max_parallel = self._max_parallel()
-        progress = self.progress = JobsProgress(self.err, max_parallel)
+        progress = self.progress = JobsProgress(self.err, max_parallel, self.options.log_path)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._handle_signals)
             progress.start()
@@ -406,7 +430,7 @@ class _Session:
         for job in jobs:
             handle = runner.submit(
                 self._run_job,
-                job,
+                self._journal_item(job),
                 required_gpus=job.gpus,
                 min_memory_mb=job.memory_mb,
                 priority=job.priority,
@@ -418,7 +442,21 @@ class _Session:
             handle.add_done_callback(self._on_done)
             self.handles.append(handle)
 
-    def _on_done(self, handle: TaskHandle[JobSpec]) -> None:
+    def _journal_item(self, job: JobSpec) -> dict[str, Any]:
+        """The task's item: what the journal keeps of the job, so that
+        ``gpupool journal show``/``export`` tell which line, command and log it is."""
+        return {
+            "key": job.key,
+            "file": str(self.options.jobs_file),
+            "line": job.line,
+            "command": job.command,
+            "log": str(self._log_file(job)),
+        }
+
+    def _log_file(self, job: JobSpec) -> Path:
+        return self.options.log_path / job.log_name
+
+    def _on_done(self, handle: TaskHandle[dict[str, Any]]) -> None:
         if self.progress is not None and handle.result is not None:
             self.progress.job_finished(handle.result)
 
@@ -427,7 +465,11 @@ class _Session:
         while True:
             await anyio.sleep(WATCH_INTERVAL)
             try:
-                new = await anyio.to_thread.run_sync(lambda: reader.read_new(complete_only=True))
+                new = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        reader.read_new, complete_only=True, check=self._capacity_check()
+                    )
+                )
             except JobsFileError as error:
                 if str(error) != last_warning:  # say it once, not twice a second
                     last_warning = str(error)
@@ -439,18 +481,17 @@ class _Session:
                 self.err.print(
                     f"gpupool run: error: {problem} (line skipped)", markup=False, soft_wrap=True
                 )
-            too_big = self._too_big(new.jobs)
-            for problem in too_big:
-                self.bad_appended_lines += 1
-                self.err.print(f"gpupool run: error: {problem} (line skipped)", markup=False)
-            runnable = [job for job in new.jobs if job.gpus <= self._gpu_count()]
-            if runnable:
-                self._submit(runner, runnable)
+            if new.jobs:
+                self._submit(runner, list(new.jobs))
 
-    async def _run_job(self, job: JobSpec, allocation: GPUAllocation | None) -> dict[str, Any]:
+    async def _run_job(
+        self, item: dict[str, Any], allocation: GPUAllocation | None
+    ) -> dict[str, Any]:
         assert self.journal is not None
+        assert self.progress is not None
         journal = self.journal
-        log = self.options.log_path / f"{job.key}.log"
+        job = self.progress.jobs[item["key"]]
+        log = self._log_file(job)
         started: list[int] = []
 
         def on_start(pid: int) -> None:
@@ -515,7 +556,8 @@ class _Session:
         progress = self.progress
         assert progress is not None
         if progress.jobs:
-            self.out.print(progress.summary(self.options.log_path))
+            summary = progress.summary(self.options.log_path, self.out.width)
+            self.out.print(summary, soft_wrap=False)
         counts = progress.counts()
         not_run = len(progress.jobs) - len(progress.results)
         self.out.print(
@@ -531,12 +573,61 @@ class _Session:
             )
         all_ok = (
             all(r.ok for r in progress.results.values())
-            and len(progress.results) == len(progress.jobs)
+            and not not_run
             and not self.bad_appended_lines
         )
-        if self.interrupted and not (self.options.watch and all_ok):
+        # Under --watch, Ctrl-C is how a run ends: it is an interruption only
+        # when it stopped jobs that were still running or queued.
+        cut_short = bool(counts["cancelled"] or not_run)
+        if self.interrupted and (cut_short or not self.options.watch):
             return EXIT_INTERRUPTED
         return EXIT_OK if all_ok else EXIT_FAILED
+
+
+# -- capacity -------------------------------------------------------------------
+
+
+def capacity_problem(job: JobSpec, gpus: Sequence[GPUStatistics]) -> str | None:
+    """Why ``job`` could never start on ``gpus``, in the jobs file's words, or None.
+
+    The pool's rule for an impossible request (see ``UnsatisfiableRequest``):
+    ``gpus=`` healthy GPUs, each with at least ``mem=`` memory in total. It is
+    checked before anything runs, so such a job is reported with the other
+    bad lines instead of being run, failed and journaled as failed.
+    """
+    if job.gpus == 0:
+        return None
+    healthy = [gpu for gpu in gpus if gpu.healthy]
+    if job.gpus > len(gpus):
+        count = len(gpus)
+        return (
+            f"gpus={job.gpus} but there {'is' if count == 1 else 'are'} only "
+            f"{count} GPU{'' if count == 1 else 's'}"
+        )
+    if job.gpus > len(healthy):
+        return f"gpus={job.gpus} but only {len(healthy)} of the {len(gpus)} GPUs are healthy"
+    big_enough = sum(1 for gpu in healthy if gpu.memory_total_mb >= job.memory_mb)
+    if big_enough >= job.gpus:
+        return None
+    largest = _size(max(gpu.memory_total_mb for gpu in healthy))
+    if job.gpus == 1:
+        return (
+            f"mem={_size(job.memory_mb)} but no GPU has that much memory "
+            f"(the largest has {largest})"
+        )
+    return (
+        f"gpus={job.gpus} mem={_size(job.memory_mb)} but only {big_enough} "
+        f"GPU{'' if big_enough == 1 else 's'} {'has' if big_enough == 1 else 'have'} "
+        f"that much memory (the largest has {largest})"
+    )
+
+
+def _size(mb: int) -> str:
+    """Megabytes as the jobs file writes them: ``24G``, ``1T`` where whole, else ``1500M``."""
+    for unit, scale in (("T", 1024 * 1024), ("G", 1024)):
+        if mb >= scale and mb % scale == 0:
+            return f"{mb // scale}{unit}"
+    return f"{mb}M"
 
 
 # -- files ----------------------------------------------------------------------

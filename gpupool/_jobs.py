@@ -20,9 +20,12 @@ edited, a journal recognises finished jobs across runs, and a command listed
 twice runs twice. Resources are not part of the key: giving a job more memory
 and running again does not re-run it if it already succeeded.
 
+Each job logs to :attr:`JobSpec.log_name`, a file name derived from its key
+(so stable in the same way) that a person can read.
+
 Everything here is pure (text in, jobs out) except :class:`JobsFileReader`,
-which reads a file and, for ``--watch``, only the part appended since the last
-look, and only when the size or modification time changed.
+which reads a file and, for ``--watch``, reads it whole again each time it
+changed, returning only the jobs with keys it has not returned before.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, final
 
@@ -41,10 +45,12 @@ import attrs
 from ._errors import GPUPoolError
 
 __all__ = [
+    "JobCheck",
     "JobDefaults",
     "JobSpec",
     "JobsFileError",
     "JobsFileReader",
+    "LineProblem",
     "NewJobs",
     "parse_duration",
     "parse_jobs",
@@ -55,6 +61,8 @@ _KEYS = ("gpus", "mem", "timeout", "retries", "priority", "name")
 _ALIASES = {"memory": "mem", "gpu": "gpus", "retry": "retries"}
 _SPEC_START = re.compile(r"\[(?=[A-Za-z])")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+#: How much of the command a log file name keeps.
+_LOG_WORDS = 40
 
 
 class JobsFileError(GPUPoolError, ValueError):
@@ -115,6 +123,24 @@ class JobSpec:
         if self.name is not None:
             return self.name
         return self.command if len(self.command) <= 60 else self.command[:57] + "..."
+
+    @property
+    def log_name(self) -> str:
+        """The file name of the job's log: one per key, readable, stable when lines move.
+
+        A named job logs to ``NAME.log``; any other to the first words of its
+        command and the digest of its key: ``python train.py --lr 0.1`` (key
+        ``job-f13e18dfdfd56d3f``) to ``python-train.py-lr-0.1_f13e18dfdfd56d3f.log``,
+        its second copy to ``..._f13e18dfdfd56d3f~2.log``. Names cannot contain
+        ``_``, so the two forms never meet, and since the name follows the
+        key, not the line number, every attempt of a job in every run appends
+        to the same log, wherever its line has moved.
+        """
+        if self.name is not None:
+            return f"{self.name}.log"
+        words = re.sub(r"[^A-Za-z0-9.]+", "-", self.command).strip("-.")
+        words = words[:_LOG_WORDS].rstrip("-.") or "job"
+        return f"{words}_{self.key.removeprefix('job-')}.log"
 
 
 def parse_memory_mb(text: str) -> int:
@@ -197,12 +223,27 @@ def _command_key(command: str, occurrence: int) -> str:
     return f"job-{digest}" if occurrence == 1 else f"job-{digest}~{occurrence}"
 
 
-@attrs.define(eq=False)
-class _KeyState:
-    """What key assignment remembers between chunks of one file (for --watch)."""
+@final
+@attrs.frozen
+class LineProblem:
+    """A line of a jobs file that cannot run: where it is and what is wrong."""
 
-    occurrences: Counter[str] = attrs.Factory(Counter)
-    names: dict[str, int] = attrs.Factory(dict)
+    source: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.message}"
+
+
+@attrs.frozen
+class _Line:
+    """One non-blank, non-comment line: its job, or what is wrong with it."""
+
+    text: str
+    number: int
+    job: JobSpec | None
+    problem: str | None
 
 
 def parse_jobs(
@@ -215,7 +256,7 @@ def parse_jobs(
     """The jobs in ``text``; every bad line is reported together in one :class:`JobsFileError`.
 
     ``source`` names the file in messages; ``first_line`` is the number of the
-    first line of ``text`` (for a chunk appended to a file).
+    first line of ``text``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {text!r}")
@@ -224,17 +265,20 @@ def parse_jobs(
     defaults = JobDefaults() if defaults is None else defaults
     if not isinstance(defaults, JobDefaults):
         raise TypeError(f"defaults must be a JobDefaults, got {defaults!r}")
-    jobs, problems = _parse_chunk(text, source, defaults, first_line, _KeyState())
+    lines = _parse_text(text, defaults, first_line)
+    problems = [
+        str(LineProblem(source, line.number, line.problem)) for line in lines if line.problem
+    ]
     if problems:
         raise JobsFileError(problems)
-    return jobs
+    return [line.job for line in lines if line.job is not None]
 
 
-def _parse_chunk(
-    text: str, source: str, defaults: JobDefaults, first_line: int, keys: _KeyState
-) -> tuple[list[JobSpec], list[str]]:
-    jobs: list[JobSpec] = []
-    problems: list[str] = []
+def _parse_text(text: str, defaults: JobDefaults, first_line: int) -> list[_Line]:
+    """Every job line of ``text``, parsed, with keys given in file order."""
+    parsed: list[_Line] = []
+    occurrences: Counter[str] = Counter()
+    names: dict[str, int] = {}
     for number, raw in enumerate(text.split("\n"), start=first_line):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -242,22 +286,23 @@ def _parse_chunk(
         try:
             job = _parse_line(line, number, defaults)
         except ValueError as error:
-            problems.append(f"{source}:{number}: {error}")
+            parsed.append(_Line(line, number, None, str(error)))
             continue
         if job.name is not None:
-            if job.name in keys.names:
-                problems.append(
-                    f"{source}:{number}: name={job.name} is already used on line "
-                    f"{keys.names[job.name]}; names must be unique"
+            if job.name in names:
+                problem = (
+                    f"name={job.name} is already used on line {names[job.name]}; "
+                    "names must be unique"
                 )
+                parsed.append(_Line(line, number, None, problem))
                 continue
-            keys.names[job.name] = number
+            names[job.name] = number
             job = attrs.evolve(job, key=job.name)
         else:
-            keys.occurrences[job.command] += 1
-            job = attrs.evolve(job, key=_command_key(job.command, keys.occurrences[job.command]))
-        jobs.append(job)
-    return jobs, problems
+            occurrences[job.command] += 1
+            job = attrs.evolve(job, key=_command_key(job.command, occurrences[job.command]))
+        parsed.append(_Line(line, number, job, None))
+    return parsed
 
 
 def _parse_line(line: str, number: int, defaults: JobDefaults) -> JobSpec:
@@ -290,36 +335,47 @@ def _parse_line(line: str, number: int, defaults: JobDefaults) -> JobSpec:
 @final
 @attrs.frozen
 class NewJobs:
-    """What one look at a jobs file found: good jobs, and problems as ``file:line: what``."""
+    """What one look at a jobs file found: jobs not returned before, and bad lines."""
 
     jobs: tuple[JobSpec, ...]
-    problems: tuple[str, ...]
+    problems: tuple[LineProblem, ...]
+
+
+#: Why a job could never run here (``"gpus=3 but there are only 2 GPUs"``), or None.
+JobCheck = Callable[[JobSpec], str | None]
 
 
 @attrs.define(eq=False)
 class JobsFileReader:
-    """Reads a jobs file, then (for ``--watch``) only what is appended to it.
+    """Reads a jobs file and, for ``--watch``, each new version of it.
 
-    :meth:`read_new` returns the jobs of lines not seen before. It does not
-    read the file when its size and modification time are unchanged, and
-    otherwise reads only from where the last read stopped. With
-    ``complete_only=True`` a last line without its newline is left for a later
-    look, so a line being written is never cut in two. A file that shrank was
-    rewritten: it is read again from the start and only keys not returned
-    before come back. Bad lines are reported once and skipped.
+    :meth:`read_new` returns the jobs whose keys it has not returned before.
+    Each look that finds the file changed (size, modification time or inode)
+    reads and parses the whole file again: an editor may change any part of
+    it (a comment inserted at the top, a line fixed in the middle), and a
+    reader that resumed at the old byte offset would take the tail of some
+    line for a new job. Jobs are told apart by key, which does not depend on
+    where a line is, so a whole re-read finds exactly the new ones whatever
+    was edited; jobs files are small, and unchanged ones are not read.
+
+    With ``complete_only=True`` a last line without its newline is left for a
+    later look, so a line being written is never cut in two. A bad line (and,
+    with ``check``, a job that could never run) is reported once, at the
+    first look that finds it, and skipped; it is known by its text, so after
+    a fix the line is read as a job.
     """
 
     path: Path
     defaults: JobDefaults = attrs.Factory(JobDefaults)
-    _offset: int = 0
-    _line: int = 1
-    _stamp: tuple[int, int] | None = None
-    _keys: _KeyState = attrs.Factory(_KeyState)
+    _stamp: tuple[int, int, int] | None = None
     _returned: set[str] = attrs.Factory(set)
+    #: Bad lines already reported, as (text, how many identical bad lines came before + 1).
+    _reported: set[tuple[str, int]] = attrs.Factory(set)
 
-    def read_new(self, *, complete_only: bool = False) -> NewJobs:
-        """Jobs of the lines added since the last call.
+    def read_new(self, *, complete_only: bool = False, check: JobCheck | None = None) -> NewJobs:
+        """Jobs of the lines that are new since the last call, and new bad lines.
 
+        ``check`` rejects jobs that could never run (reported as problems).
         Raises :class:`JobsFileError` when the file cannot be read at all
         (missing, a directory, unreadable, not UTF-8).
         """
@@ -330,32 +386,46 @@ class JobsFileReader:
             raise JobsFileError([f"{source}: no such file"]) from None
         except OSError as error:
             raise JobsFileError([f"{source}: cannot read: {error.strerror}"]) from None
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if stamp == self._stamp:
             return NewJobs((), ())
-        if stat.st_size < self._offset:
-            self._offset, self._line, self._keys = 0, 1, _KeyState()
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except IsADirectoryError:
-            raise JobsFileError([f"{source}: is a directory, not a jobs file"]) from None
-        except OSError as error:
-            raise JobsFileError([f"{source}: cannot read: {error.strerror}"]) from None
+        data = self._read(source)
         if complete_only:
             data = data[: data.rfind(b"\n") + 1]
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            bad_line = self._line + data[: error.start].count(b"\n")
+            bad_line = 1 + data[: error.start].count(b"\n")
             raise JobsFileError([f"{source}:{bad_line}: not UTF-8 text"]) from None
         if text.endswith("\n"):
             text = text[:-1]  # the newline ends the last line; it does not start another
-        jobs, problems = _parse_chunk(text, source, self.defaults, self._line, self._keys)
-        self._offset += len(data)
-        self._line += data.count(b"\n")
+        jobs: list[JobSpec] = []
+        problems: list[LineProblem] = []
+        bad_copies: Counter[str] = Counter()
+        for line in _parse_text(text, self.defaults, 1):
+            job, problem = line.job, line.problem
+            if job is not None:
+                if job.key in self._returned:
+                    continue
+                problem = None if check is None else check(job)
+                if problem is None:
+                    jobs.append(job)
+                    continue
+            assert problem is not None
+            bad_copies[line.text] += 1
+            identity = (line.text, bad_copies[line.text])
+            if identity not in self._reported:
+                self._reported.add(identity)
+                problems.append(LineProblem(source, line.number, problem))
+        self._returned.update(job.key for job in jobs)
         self._stamp = stamp
-        fresh = tuple(job for job in jobs if job.key not in self._returned)
-        self._returned.update(job.key for job in fresh)
-        return NewJobs(fresh, tuple(problems))
+        return NewJobs(tuple(jobs), tuple(problems))
+
+    def _read(self, source: str) -> bytes:
+        try:
+            with self.path.open("rb") as handle:
+                return handle.read()
+        except IsADirectoryError:
+            raise JobsFileError([f"{source}: is a directory, not a jobs file"]) from None
+        except OSError as error:
+            raise JobsFileError([f"{source}: cannot read: {error.strerror}"]) from None

@@ -189,24 +189,45 @@ _COLUMNS = (
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
+    """Decode one ``tasks`` row; a damaged one raises `JournalError` naming the task."""
+    try:
+        return _decode_row(row)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise JournalError(
+            f"the journal's row for task {row[0]!r} is damaged ({exc}); "
+            "restore the journal from a copy, or start a new one"
+        ) from None
+
+
+def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
     (key, fn, item, status, attempts, starts, interrupted, gpus, value, error, tb) = row[:11]
+    gpu_indices = decode_json(_typed("gpu_indices", gpus, str))
+    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
+        raise ValueError(f"gpu_indices is {gpus!r}, not a JSON list of ints")
     return TaskRecord(
-        key=key,
-        fn=fn,
-        item=None if item is None else decode_json(item),
+        key=_typed("key", key, str),
+        fn=_typed("fn", fn, str),
+        item=None if item is None else decode_json(_typed("item", item, str)),
         status=TaskStatus(status),
-        attempts=attempts,
-        starts=starts,
-        interrupted=interrupted,
-        gpu_indices=tuple(decode_json(gpus)),
-        value=None if value is None else decode_json(value),
-        error=error,
-        traceback=tb,
-        duration_s=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        finished_at=row[14],
+        attempts=_typed("attempts", attempts, int),
+        starts=_typed("starts", starts, int),
+        interrupted=_typed("interrupted", interrupted, int),
+        gpu_indices=tuple(gpu_indices),
+        value=None if value is None else decode_json(_typed("value", value, str)),
+        error=None if error is None else _typed("error", error, str),
+        traceback=None if tb is None else _typed("traceback", tb, str),
+        duration_s=None if row[11] is None else _typed("duration_s", row[11], (int, float)),
+        created_at=_typed("created_at", row[12], (int, float)),
+        updated_at=_typed("updated_at", row[13], (int, float)),
+        finished_at=None if row[14] is None else _typed("finished_at", row[14], (int, float)),
     )
+
+
+def _typed(column: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """``value`` if SQLite gave it the column's type (a damaged page may not)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{column} is {value!r}")
+    return value
 
 
 def read_record(conn: sqlite3.Connection, key: str) -> TaskRecord | None:
@@ -224,5 +245,10 @@ def count_statuses(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
     """How many tasks are in each state (every state present, zeros included)."""
     counts = dict.fromkeys(TaskStatus, 0)
     for status, n in conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"):
-        counts[TaskStatus(status)] = n
+        try:
+            counts[TaskStatus(status)] = n
+        except ValueError:
+            raise JournalError(
+                f"the journal is damaged: {n} task(s) have the unknown status {status!r}"
+            ) from None
     return counts

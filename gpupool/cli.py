@@ -6,7 +6,9 @@ sets its ``handler`` default, a function from the parsed arguments to the
 exit code. Adding a command is one module plus one entry in :data:`COMMANDS`.
 
 Exit codes: 0 success, 1 a command's own failure, 2 bad usage or no usable
-GPU provider (the message says what to do), 130 interrupted.
+GPU provider (the message says what to do), 130 interrupted. A reader that
+closes the pipe early (``gpupool journal export J | head -1``) ends the
+command normally: exit 0, nothing on stderr.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="gpupool: %(levelname)s: %(message)s")
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
     except ProviderError as error:
         print(f"gpupool: error: {error}", file=sys.stderr)
         return 2
@@ -65,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpupool: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (`gpupool status --json | head`): not worth a traceback.
-        # Point stdout at /dev/null so that the interpreter's final flush stays quiet.
+        # The reader went away (`gpupool status --json | head`): it has what it
+        # wanted, so this is a normal end. Point stdout at /dev/null so that the
+        # interpreter's final flush of what is still buffered stays quiet (the
+        # recipe of the Python docs, "Note on SIGPIPE").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
     return code

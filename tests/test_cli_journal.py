@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
 import json
 import os
+import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool import Journal, TaskResult, TaskStatus
+from gpupool import Journal, TaskResult, TaskStatus, cli
 from gpupool._cli_journal import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +85,7 @@ def test_show_counts_and_failures(path: Path, capsys: pytest.CaptureFixture[str]
     assert ["succeeded", "2"] in lines
     assert ["failed", "1"] in lines
     assert ["running", "1"] in lines
-    assert ["t2", "failed", "2", "ValueError:", "diverged"] in lines
+    assert ["t2", "failed", "2", '{"lr":0.2}', "ValueError:", "diverged"] in lines
     assert "at step 9" not in out  # first line of the error only
     assert "cut short" not in out
 
@@ -191,3 +194,164 @@ def test_unlock(path: Path, tmp_path: Path) -> None:
         result = _cli("journal", "unlock", str(path))
         assert result.returncode == 2
         assert "which is alive; stop it instead of unlocking" in result.stderr
+
+
+def _big_journal(path: Path, tasks: int = 300) -> Path:
+    """A closed journal of ``tasks`` finished tasks, several pages long."""
+    with Journal(path) as journal:
+        for i in range(tasks):
+            key = f"task-{i:04d}"
+            item = {"line": i, "command": "x" * 40}
+            assert journal.claim(key, fn="sweep.train", item=item) is None
+            journal.record(key, TaskStatus.RUNNING, attempt=1, gpu_indices=(i % 4,))
+            status = TaskStatus.FAILED if i % 5 == 0 else TaskStatus.SUCCEEDED
+            journal.finish(
+                TaskResult(key, status, value={"loss": i}, error="E" if i % 5 == 0 else None)
+            )
+    return path
+
+
+def _damage(path: Path, rng: random.Random, kind: int) -> str:
+    """Damage the journal at ``path`` in one of several ways; say how."""
+    size = path.stat().st_size
+    key = f"task-{rng.randrange(300):04d}"
+    if kind == 0:  # a row whose JSON does not parse
+        column = rng.choice(["item", "value", "gpu_indices"])
+        text = rng.choice(["{", "nope", "[1,", '{"a":}', "\x00"])
+        with _sql(path) as conn:
+            conn.execute(f"UPDATE tasks SET {column} = ? WHERE key = ?", (text, key))
+        return f"{column} of {key} = {text!r}"
+    if kind == 1:  # values of the wrong type, as a damaged page can give
+        column, value = rng.choice(
+            [
+                ("status", "bogus"),
+                ("key", b"\x01\x02"),
+                ("attempts", "many"),
+                ("gpu_indices", "3"),
+                ("gpu_indices", '["a"]'),
+                ("error", 5),
+                ("created_at", "yesterday"),
+                ("value", b"\xff"),
+            ]
+        )
+        with _sql(path) as conn:
+            conn.execute("PRAGMA ignore_check_constraints = 1")
+            conn.execute(f"UPDATE tasks SET {column} = ? WHERE key = ?", (value, key))
+        return f"{column} of {key} = {value!r}"
+    if kind == 2:  # random bytes over part of a page
+        page = rng.randrange(1, size // 4096)
+        offset = page * 4096 + rng.randrange(4096 - 64)
+        with path.open("r+b") as handle:
+            handle.seek(offset)
+            handle.write(rng.randbytes(rng.randrange(8, 64)))
+        return f"random bytes at {offset}"
+    if kind == 3:  # a page of zeros or of noise
+        page = rng.randrange(0, size // 4096)
+        with path.open("r+b") as handle:
+            handle.seek(page * 4096)
+            handle.write(rng.choice([bytes(4096), rng.randbytes(4096)]))
+        return f"page {page} overwritten"
+    length = rng.randrange(0, size)  # cut short
+    with path.open("r+b") as handle:
+        handle.truncate(length)
+    return f"truncated to {length} bytes"
+
+
+def test_a_damaged_journal_gives_one_error_line_and_exit_2_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: invalid JSON in a row gave json.decoder.JSONDecodeError, a
+    # damaged page sqlite3.DatabaseError, each as a traceback with exit 1.
+    base = _big_journal(tmp_path / "base.sqlite")
+    rng = random.Random(20261201)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for n in range(35):
+        path = tmp_path / f"damaged-{n}.sqlite"
+        shutil.copyfile(base, path)
+        how = _damage(path, rng, n % 5)
+        for command in ("show", "export"):
+            code = cli.main(["journal", command, str(path)])
+            err = capsys.readouterr().err
+            if code == 0:
+                assert err == "", (how, command, err)
+            else:
+                assert code == 2, (how, command, code, err)
+                assert err.count("\n") == 1, (how, command, err)
+                assert err.startswith("gpupool: error: "), (how, command, err)
+            outcomes[f"{command} exit {code}"] += 1
+    # The damages were real: most of them are found.
+    assert outcomes["show exit 2"] >= 15, outcomes
+    assert outcomes["export exit 2"] >= 15, outcomes
+
+
+@pytest.mark.parametrize("damage", ["invalid JSON in a row", "a damaged page"])
+def test_a_damaged_journal_in_a_real_process(tmp_path: Path, damage: str) -> None:
+    path = _big_journal(tmp_path / "j.sqlite")
+    if damage == "invalid JSON in a row":
+        with _sql(path) as conn:
+            conn.execute("UPDATE tasks SET value = '{' WHERE key = 'task-0007'")
+        expected = "gpupool: error: the journal's row for task 'task-0007' is damaged"
+    else:
+        with _sql(path) as conn:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'tasks'")
+            (page,) = root.fetchone()
+        with path.open("r+b") as handle:
+            handle.seek((page - 1) * page_size)  # the root page of the tasks table
+            handle.write(b"\xa5" * page_size)
+        expected = "gpupool: error: cannot read journal"
+    for command in ("show", "export"):
+        result = _cli("journal", command, str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(expected), result.stderr
+
+
+def test_export_into_a_pipe_closed_early_is_a_normal_end(tmp_path: Path) -> None:
+    # Regression: `gpupool journal export ... | head -1` printed
+    # "gpupool: error: Broken pipe" and exited 2.
+    path = _big_journal(tmp_path / "j.sqlite", tasks=1500)  # far more than a pipe holds
+    for command in ("export", "show"):
+        export = subprocess.Popen(
+            [sys.executable, "-m", "gpupool", "journal", command, str(path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert export.stdout is not None
+        assert export.stdout.readline()  # `head -1`
+        export.stdout.close()
+        _, err = export.communicate(timeout=60)
+        assert export.returncode == 0, err
+        assert err == b""
+
+
+def test_a_cli_run_journal_tells_each_jobs_line_command_and_log(tmp_path: Path) -> None:
+    # Regression: the journal held no command (`"item": null` in the export) and
+    # `journal show` listed keys only, so a failure could not be traced to its line.
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# a sweep\necho fine\n\n[gpus=0] echo '[b]broken' >&2; exit 3\n")
+    run = _cli("run", str(jobs), "--gpus", "0")
+    assert run.returncode == 1, run.stderr
+    journal = str(tmp_path / "jobs.txt.journal.sqlite")
+    export = _cli("journal", "export", journal)
+    assert export.returncode == 0, export.stderr
+    items = [json.loads(line)["item"] for line in export.stdout.splitlines()]
+    logs = tmp_path / "jobs.txt.logs"
+    assert [(i["line"], i["command"], i["file"]) for i in items] == [
+        (2, "echo fine", str(jobs)),
+        (4, "echo '[b]broken' >&2; exit 3", str(jobs)),
+    ]
+    assert Path(items[1]["log"]).parent == logs
+    assert Path(items[1]["log"]).name.startswith("echo-b-broken-2-exit-3_")
+    assert Path(items[1]["log"]).read_text() == "[b]broken\n"
+    # The failure's progress line names its log (and shows the command as written).
+    assert (
+        f"failed line 4: echo '[b]broken' >&2; exit 3 (exit code 3; log: {items[1]['log']})"
+        in run.stderr
+    )
+    show = _cli("journal", "show", journal)
+    assert "line 4: echo '[b]broken' >&2; exit 3" in show.stdout
+    # The summary names the log (folded, maybe, on a narrow terminal).
+    assert Path(items[1]["log"]).name in "".join(run.stdout.split())

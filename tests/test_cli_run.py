@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pty
+import random
+import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -11,9 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
+from rich.console import Console
 
+from gpupool._cli_progress import JobsProgress
+from gpupool._jobs import parse_jobs
 from gpupool._proctree import read_stat
+from gpupool._tasks import TaskResult, TaskStatus
 from gpupool.providers.fake import fake_uuid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +144,7 @@ def test_a_successful_run_exits_0_and_a_second_run_runs_nothing(tmp_path: Path) 
     assert "3 succeeded, 0 failed" in first.stdout
     again = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "succeeded (earlier run)" in again.stdout
+    assert "exit code 0 (earlier run)" in again.stdout
     assert all(marks == ["start", "end"] for marks in _marks(tmp_path).values())
     assert len(_marks(tmp_path)) == 3
 
@@ -410,3 +421,270 @@ def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> N
 def _is_alive(pid: int) -> bool:
     info = read_stat(pid)
     return info is not None and info.alive
+
+
+def _summary_text(rows: list[tuple[str, TaskResult | None]], width: int) -> str:
+    """The summary `gpupool run` prints, rendered for a terminal ``width`` wide."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, highlight=False, soft_wrap=True)
+    progress = JobsProgress(console, max_parallel=2)
+    jobs = parse_jobs("\n".join(text for text, _ in rows))
+    progress.add_jobs({job.key: job for job in jobs})
+    for job, (_, result) in zip(jobs, rows, strict=True):
+        if result is not None:
+            progress.results[job.key] = attrs.evolve(result, key=job.key)
+    console.print(progress.summary(Path("jobs.txt.logs"), width), soft_wrap=False)
+    return buffer.getvalue()
+
+
+def test_the_summary_loses_no_field_at_any_width() -> None:
+    # Regression: a long outcome squeezed the line, tries, GPUs and time
+    # columns to zero width (`││ ││││ UnsatisfiableRequest: ...`).
+    rng = random.Random(10)
+    long_error = "UnsatisfiableRequest: " + " ".join(["min_memory_mb=102400 on 1 GPU(s)"] * 4)
+    for width in [*range(20, 221, 7), 40, 80, 200]:
+        rows: list[tuple[str, TaskResult | None]] = []
+        for _ in range(rng.randrange(1, 5)):
+            words = ["w" * rng.randrange(1, 30) for _ in range(rng.randrange(1, 8))]
+            words.insert(rng.randrange(len(words) + 1), "'[b]'")  # text, not markup
+            status = rng.choice([TaskStatus.SUCCEEDED, TaskStatus.FAILED, None])
+            result = None
+            if status is not None:
+                result = TaskResult(
+                    "k",
+                    status,
+                    error=rng.choice([long_error, "ProcessFailed: x failed: exit code 3"]),
+                    attempts=rng.randrange(1, 12),
+                    gpu_indices=tuple(range(rng.randrange(0, 8))),
+                    duration_s=rng.choice([0.4, 754.0, 45000.0]),
+                    from_journal=rng.random() < 0.5,
+                )
+            rows.append((f"[gpus=0] echo {' '.join(words)}", result))
+        text = _summary_text(rows, width)
+        lines = text.splitlines()
+        assert max(map(len, lines)) <= width, text
+        # Every character of every field is there (folded, maybe, but not cut).
+        jobs = parse_jobs("\n".join(t for t, _ in rows))
+        fields = "".join(job.command + job.log_name for job in jobs)
+        missing = collections.Counter(fields.replace(" ", "")) - collections.Counter(
+            text.replace(" ", "").replace("\n", "")
+        )
+        assert not missing, f"width {width}: lost {missing}\n{text}"
+        # The key fields are whole, on one line.
+        for job, (_, result) in zip(jobs, rows, strict=True):
+            assert any(re.search(rf"\b{job.line}\b", line) for line in lines)
+            if result is not None:
+                assert any(result.status.value in line for line in lines), text
+                assert any(re.search(rf"\b{result.attempts}\b", line) for line in lines), text
+                gpus = ",".join(map(str, result.gpu_indices)) or "cpu"
+                assert any(gpus in line for line in lines), text
+
+
+def _on_terminal(*args: str, cwd: Path, columns: int) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal ``columns`` wide; (exit code, stdout)."""
+    controller, terminal = pty.openpty()
+    env = {**_env(), "COLUMNS": str(columns), "TERM": "xterm"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpupool", *args],
+        cwd=cwd,
+        env=env,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    code = process.wait(timeout=90)
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_the_summary_keeps_every_column_on_terminals_of_any_width_and_in_a_pipe(
+    tmp_path: Path,
+) -> None:
+    # Regression: the line, tries, GPUs and time columns shrank to nothing.
+    _jobs_file(
+        tmp_path,
+        "[gpus=2] echo fine\n"
+        "[name=oom] echo 'RuntimeError: CUDA out of memory. Tried to allocate' >&2; exit 1\n"
+        "python3 -c 'import sys; sys.exit(3)' --a-rather-long-argument --and-another-one\n",
+    )
+    assert _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 1
+    logs = sorted(p.name for p in (tmp_path / "jobs.txt.logs").iterdir())
+    assert "oom.log" in logs
+    piped = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    outputs = {"piped": piped.stdout}
+    for columns in (40, 80, 200):
+        code, outputs[f"{columns} columns"] = _on_terminal(
+            "run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path, columns=columns
+        )
+        assert code == 1
+    for where, text in outputs.items():
+        summary = text[: text.index("1 succeeded, 2 failed")]
+        for line_number, status, gpus in ((1, "succeeded", "0,1"), (2, "failed", r"\d")):
+            fields = rf"{line_number}\s+{status}\s+(tries=)?1\s+(GPUs=)?{gpus}\s+(time=)?\d\.\ds"
+            assert re.search(fields, summary), f"{where}: line {line_number} lost a field:\n{text}"
+        squeezed = text.replace(" ", "").replace("\n", "")
+        for log in logs:
+            assert not collections.Counter(log) - collections.Counter(squeezed), (where, text)
+        if where != "piped":  # the table fits; the messages after it are not wrapped (grep)
+            assert max(map(len, summary.splitlines())) <= int(where.split()[0]), text
+
+
+def _stop_with_ctrl_c(runner: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGINT to a running `gpupool run` (as Ctrl-C sends it); its stdout and stderr."""
+    try:
+        runner.send_signal(signal.SIGINT)
+        return runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+
+
+def test_watch_runs_no_fragment_of_a_line_when_the_file_is_edited_above(tmp_path: Path) -> None:
+    # Regression: --watch resumed reading at the old byte offset, so a comment
+    # inserted at the top made it run the tail of line 2 as a job.
+    tail = "touch marks/FRAGMENT-RAN\n"  # the end of line 2, where the shell ignores it
+    original = MARK.format(body="echo first") + "\n" + MARK.format(body="true") + " # " + tail
+    jobs = _jobs_file(tmp_path, original)
+    journal = tmp_path / "jobs.txt.journal.sqlite"
+    runner = _start("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
+    try:
+        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 2, "the two jobs")
+        comment = "#" + "-" * (len(tail) - 2) + "\n"  # exactly as long as the tail
+        jobs.write_text(comment + original + MARK.format(body="echo third") + "\n")
+        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 3, "the third")
+        out, err = _stop_with_ctrl_c(runner)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 0, err
+    assert not (tmp_path / "marks" / "FRAGMENT-RAN").exists()
+    assert "error" not in err
+    assert "3 succeeded, 0 failed" in out
+    assert sorted(map(len, _marks(tmp_path).values())) == [2, 2, 2]  # each ran once
+
+
+def test_syntax_and_capacity_errors_are_reported_together_and_nothing_runs(
+    tmp_path: Path,
+) -> None:
+    # Regression: gpus=3 on 2 GPUs was reported only once the syntax errors were
+    # fixed, and mem= above every GPU's size was not checked before running.
+    _jobs_file(
+        tmp_path,
+        "touch marks/ran\n"
+        "[gpus=3] echo too many\n"
+        "[gpus=x] echo bad\n"
+        "[mem=100G] echo too big\n"
+        "[gpus=2 mem=24G] echo fits\n"
+        "[gpus=0 mem=100G] echo cpu only, mem means nothing\n",
+    )
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "gpupool run: error: jobs.txt:2: gpus=3 but there are only 2 GPUs",
+        "gpupool run: error: jobs.txt:3: gpus must be an int >= 0, got 'x'",
+        "gpupool run: error: jobs.txt:4: mem=100G but no GPU has that much memory "
+        "(the largest has 24G)",
+    ]
+    assert run.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.txt", "marks"]
+    assert not (tmp_path / "marks" / "ran").exists()
+
+
+def test_a_fixed_mem_line_runs_instead_of_being_skipped_as_failed_earlier(
+    tmp_path: Path,
+) -> None:
+    # Regression: the job ran, failed with UnsatisfiableRequest, was journaled as
+    # failed, and after the fix was skipped as "failed in an earlier run".
+    jobs = _jobs_file(tmp_path, "[mem=100G] touch marks/big\n")
+    assert _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 2
+    assert _statuses(tmp_path / "jobs.txt.journal.sqlite") == {}
+    jobs.write_text("[mem=20G] touch marks/big\n")
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (tmp_path / "marks" / "big").exists()
+
+
+def test_watch_skips_an_appended_job_that_could_never_start_and_ctrl_c_exits_1(
+    tmp_path: Path,
+) -> None:
+    # Ctrl-C is how a --watch run ends: with nothing running it ends the run as
+    # the end of the file would, exit 1 after a bad line (130 is for a Ctrl-C
+    # that cut jobs short; the docs said 1, the code gave 130).
+    jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
+    journal = tmp_path / "jobs.txt.journal.sqlite"
+    runner = _start("run", "jobs.txt", "--fake-gpus", "2", "--watch", cwd=tmp_path)
+    assert runner.stderr is not None
+    try:
+        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"], "the first job")
+    except AssertionError:
+        _stop_with_ctrl_c(runner)
+        raise
+    with jobs.open("a") as handle:
+        handle.write("[mem=1T] touch marks/never\n[gpus=y] echo bad\n")
+    reported: list[str] = []
+    try:
+        while len([line for line in reported if "(line skipped)" in line]) < 2:
+            line = runner.stderr.readline()
+            assert line, f"gpupool run ended early: {reported}"
+            reported.append(line)
+    finally:
+        out, err = _stop_with_ctrl_c(runner)
+    assert runner.returncode == 1, err
+    assert [line for line in reported if "(line skipped)" in line] == [
+        "gpupool run: error: jobs.txt:2: mem=1T but no GPU has that much memory "
+        "(the largest has 24G) (line skipped)\n",
+        "gpupool run: error: jobs.txt:3: gpus must be an int >= 0, got 'y' (line skipped)\n",
+    ]
+    assert "1 succeeded, 0 failed" in out
+    assert list(_statuses(journal).values()) == ["succeeded"]  # never journaled as failed
+    assert not (tmp_path / "marks" / "never").exists()
+
+
+def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path: Path) -> None:
+    # Regression: the demo said "run the same command again: finished jobs are
+    # answered from the journal", but each `gpupool demo` made a new directory.
+    env = {**_env(), "TMPDIR": str(tmp_path)}  # where the demo makes its directory
+    first = subprocess.run(
+        [sys.executable, "-m", "gpupool", "demo", "--fake-gpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert first.returncode == 0, first.stderr
+    match = re.search(r"Run `gpupool (demo [^`]*)`: finished jobs are answered", first.stderr)
+    assert match is not None, first.stderr
+    again = _gpupool(*shlex.split(match.group(1)), cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "8 succeeded, 0 failed" in again.stdout
+    assert again.stdout.count("(earlier run)") == 8  # none ran again
+    assert len(list(tmp_path.glob("gpupool-demo-*"))) == 1
+
+
+def test_ctrl_c_under_watch_that_stops_a_running_job_exits_130(tmp_path: Path) -> None:
+    _jobs_file(tmp_path, "[gpus=0] echo $$ > marks/pid; sleep 60\n")
+    runner = _start(
+        "run", "jobs.txt", "--watch", "--fake-gpus", "1", "--grace", "0.5", cwd=tmp_path
+    )
+    pid_file = tmp_path / "marks" / "pid"
+    try:
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+    finally:
+        out, err = _stop_with_ctrl_c(runner)
+    assert runner.returncode == 130, err
+    assert "0 succeeded, 0 failed, 1 interrupted" in out

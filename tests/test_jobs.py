@@ -1,4 +1,4 @@
-"""The jobs-file parser and the appending reader behind ``gpupool run --watch``."""
+"""The jobs-file parser and the reader behind ``gpupool run --watch``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gpupool._jobs import (
     JobDefaults,
     JobsFileError,
     JobsFileReader,
+    JobSpec,
     parse_duration,
     parse_jobs,
     parse_memory_mb,
@@ -201,7 +202,10 @@ def test_reader_reports_bad_appended_lines_and_keeps_the_good_ones(tmp_path: Pat
     _append(path, "[gpus=x] echo b\necho c\n")
     new = reader.read_new(complete_only=True)
     assert [j.command for j in new.jobs] == ["echo c"]
-    assert new.problems == (f"{path}:2: gpus must be an int >= 0, got 'x'",)
+    assert [str(p) for p in new.problems] == [f"{path}:2: gpus must be an int >= 0, got 'x'"]
+    _append(path, "echo d\n")
+    assert [j.command for j in reader.read_new(complete_only=True).jobs] == ["echo d"]
+    assert reader.read_new(complete_only=True).problems == ()  # reported once
 
 
 def test_reader_rereads_a_rewritten_file_without_repeating_jobs(tmp_path: Path) -> None:
@@ -222,3 +226,86 @@ def test_reader_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"echo a\necho \xff\n")
     with pytest.raises(JobsFileError, match=r"binary.txt:2: not UTF-8 text"):
         JobsFileReader(binary).read_new()
+
+
+def test_reader_takes_no_fragment_of_a_line_for_a_job_when_text_is_inserted_above(
+    tmp_path: Path,
+) -> None:
+    # Regression: the reader resumed at the old byte offset, so a comment inserted
+    # at the top made it read the last bytes of line 2 as a new line and run them.
+    path = tmp_path / "jobs.txt"
+    path.write_text("echo first\necho second; echo FRAGMENT-RAN\n")
+    reader = JobsFileReader(path)
+    assert len(reader.read_new().jobs) == 2
+    comment = "#" + "-" * (len("echo FRAGMENT-RAN\n") - 2) + "\n"
+    path.write_text(comment + path.read_text() + "echo third\n")
+    new = reader.read_new(complete_only=True)
+    assert [(j.line, j.command) for j in new.jobs] == [(4, "echo third")]
+    assert new.problems == ()
+
+
+def test_reader_finds_a_line_inserted_or_edited_in_the_middle(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    path.write_text("echo a\necho b\necho c\n")
+    reader = JobsFileReader(path)
+    first = {j.command: j.key for j in reader.read_new().jobs}
+    path.write_text("echo a\necho new\necho b\necho c, edited\n")
+    new = reader.read_new(complete_only=True)
+    assert [(j.line, j.command) for j in new.jobs] == [(2, "echo new"), (4, "echo c, edited")]
+    assert first["echo b"] not in {j.key for j in new.jobs}
+
+
+def test_reader_counts_copies_of_a_command_over_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    path.write_text("echo a\n")
+    reader = JobsFileReader(path)
+    assert [j.key for j in reader.read_new().jobs] == [parse_jobs("echo a")[0].key]
+    path.write_text("echo a\necho z\necho a\n")  # a second copy: runs a second time
+    new = reader.read_new(complete_only=True)
+    assert [(j.line, j.command, j.key.endswith("~2")) for j in new.jobs] == [
+        (2, "echo z", False),
+        (3, "echo a", True),
+    ]
+
+
+def test_reader_check_rejects_jobs_once_and_takes_them_after_a_fix(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    path.write_text("echo a\n")
+    reader = JobsFileReader(path)
+    reader.read_new()
+
+    def check(job: JobSpec) -> str | None:
+        return f"gpus={job.gpus} is too many" if job.gpus > 2 else None
+
+    _append(path, "[gpus=3] echo big\necho b\n")
+    new = reader.read_new(complete_only=True, check=check)
+    assert [j.command for j in new.jobs] == ["echo b"]
+    assert [str(p) for p in new.problems] == [f"{path}:2: gpus=3 is too many"]
+    _append(path, "echo c\n")
+    new = reader.read_new(complete_only=True, check=check)
+    assert ([j.command for j in new.jobs], new.problems) == (["echo c"], ())
+    path.write_text(path.read_text().replace("gpus=3", "gpus=2"))
+    new = reader.read_new(complete_only=True, check=check)
+    assert [(j.line, j.command, j.gpus) for j in new.jobs] == [(2, "echo big", 2)]
+
+
+def test_log_names_are_readable_unique_and_follow_the_key() -> None:
+    jobs = parse_jobs(
+        "python train.py --lr 0.1\n"
+        "[name=base.line] python train.py\n"
+        "python train.py --lr 0.1\n"
+        "   ;;; \n"
+        "python " + "x" * 80 + "\n"
+    )
+    names = [j.log_name for j in jobs]
+    digest = jobs[0].key.removeprefix("job-")
+    assert names[:3] == [
+        f"python-train.py-lr-0.1_{digest}.log",
+        "base.line.log",
+        f"python-train.py-lr-0.1_{digest}~2.log",
+    ]
+    assert names[3].startswith("job_")
+    assert names[4] == "python-" + "x" * 33 + "_" + jobs[4].key.removeprefix("job-") + ".log"
+    assert len(set(names)) == len(names)
+    moved = parse_jobs("# a comment\n\n[gpus=2] python train.py --lr 0.1\n")
+    assert moved[0].log_name == names[0]

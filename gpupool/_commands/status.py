@@ -8,10 +8,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._cli_console import OutputConsole
 from .._model import GPUStats
 from ..providers import FakeGPUProvider, NVMLProvider
 from . import fake_gpus_arg
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([gpu_to_json(gpu) for gpu in gpus], indent=2))
         return 0
-    console = Console(highlight=False)
+    console = OutputConsole(highlight=False)
     if not gpus:
         console.print(f"No GPUs visible to this process ({'; '.join(caption)}).")
         return 0
