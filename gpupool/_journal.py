@@ -411,7 +411,10 @@ class Journal:
                     "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (key) DO UPDATE SET "
                     "status = 'queued', attempts = 0, value = NULL, error = NULL, "
                     "traceback = NULL, duration_s = NULL, finished_at = NULL, "
-                    "gpu_indices = '[]', updated_at = excluded.updated_at",
+                    "gpu_indices = '[]', updated_at = excluded.updated_at, "
+                    # A task run again is described as it is now (a jobs-file line may have
+                    # moved); an item with no JSON form keeps the last description.
+                    "fn = excluded.fn, item = COALESCE(excluded.item, item)",
                     (key, fn, item_json, now, now),
                 )
                 self._event(conn, key, TaskStatus.QUEUED, 0, now)

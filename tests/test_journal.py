@@ -151,6 +151,22 @@ def test_cancelled_task_runs_again(journal: Journal) -> None:
     assert journal.claim("t1") is None
 
 
+def test_a_task_claimed_again_is_described_as_it_is_now(journal: Journal) -> None:
+    # Regression: a re-claim kept the first item, so a `gpupool run` job whose line
+    # moved was still shown at its old line number in the journal.
+    assert journal.claim("t1", fn="a", item={"line": 3}) is None
+    journal.finish(TaskResult("t1", TaskStatus.CANCELLED))
+    assert journal.claim("t1", fn="b", item={"line": 7}) is None
+    record = journal.get("t1")
+    assert record is not None
+    assert (record.fn, record.item) == ("b", {"line": 7})
+    journal.finish(TaskResult("t1", TaskStatus.CANCELLED))
+    assert journal.claim("t1", fn="b", item=object()) is None  # no JSON form: kept
+    record = journal.get("t1")
+    assert record is not None
+    assert record.item == {"line": 7}
+
+
 def test_key_in_flight_cannot_be_claimed_twice(journal: Journal) -> None:
     assert journal.claim("t1") is None
     with pytest.raises(JournalError, match="'t1' is already in flight"):

@@ -219,7 +219,8 @@ async def test_a_retry_is_a_new_trial_with_the_same_params() -> None:
         return (x - 2) ** 2
 
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=0))
-    async with ParallelRunner() as runner:
+    # One trial at a time, so the study's trial numbers follow the attempts.
+    async with ParallelRunner(max_parallel=1) as runner:
         outcome = await runner.optimize(
             OptunaStrategy(study), flaky, n_trials=2, retries=1, retry_backoff=0
         )
