@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pty
 import random
@@ -688,3 +689,20 @@ def test_ctrl_c_under_watch_that_stops_a_running_job_exits_130(tmp_path: Path) -
         out, err = _stop_with_ctrl_c(runner)
     assert runner.returncode == 130, err
     assert "0 succeeded, 0 failed, 1 interrupted" in out
+
+
+def test_gpupool_run_still_reports_a_failed_job_in_one_line(tmp_path: Path) -> None:
+    # ``gpupool run`` judges the result itself and points at the job's log, so
+    # its outcome stays "exit code 3": no output quoted in the summary or journal
+    # (run_process's check=True would quote it). The job prints HELLO, a word its
+    # command line does not contain.
+    command = "echo hello | tr a-z A-Z; exit 3"
+    (tmp_path / "jobs.txt").write_text(command + "\n")
+    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "exit code 3" in run.stdout
+    assert "HELLO" not in run.stdout
+    export = _gpupool("journal", "export", "jobs.txt.journal.sqlite", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    [row] = [json.loads(line) for line in export.stdout.splitlines()]
+    assert row["error"] == f"ProcessFailed: command {command!r} failed: exit code 3"

@@ -27,14 +27,11 @@ from gpupool import (
     run_blocking,
 )
 
+from .marks import trio_mockclock
+
 pytestmark = pytest.mark.anyio
 
 GENEROUS = 30.0  # seconds; reached only if something hangs
-
-trio_mockclock = pytest.mark.parametrize(
-    "anyio_backend",
-    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
-)
 
 
 @pytest.fixture

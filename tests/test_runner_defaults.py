@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from trio.testing import MockClock
 
 from gpupool import (
     FakeGPUProvider,
@@ -24,14 +23,11 @@ from gpupool import (
     TaskStatus,
 )
 
+from .marks import trio_mockclock
+
 pytestmark = pytest.mark.anyio
 
 TASK_S = 0.2
-
-trio_mockclock = pytest.mark.parametrize(
-    "anyio_backend",
-    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
-)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from trio.testing import MockClock
 
 from gpupool import (
     FakeGPUProvider,
@@ -20,12 +19,9 @@ from gpupool import (
     TaskStatus,
 )
 
-pytestmark = pytest.mark.anyio
+from .marks import trio_mockclock
 
-trio_mockclock = pytest.mark.parametrize(
-    "anyio_backend",
-    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
-)
+pytestmark = pytest.mark.anyio
 
 
 class Grid:
