@@ -28,11 +28,11 @@ from typing import final
 
 import attrs
 
-from ._backfill import BackfillPolicy, FrontInfo, GreedyPolicy
-from ._model import GPUAllocation, GPUStats
-from ._policy import FifoPolicy, SchedulingPolicy
-from ._request import make_request
-from ._scheduler import Failure, Grant, Outcome, Scheduler
+from ._core.backfill import BackfillPolicy, FrontInfo, GreedyPolicy
+from ._core.model import GPUAllocation, GPUStats
+from ._core.policy import FifoPolicy, SchedulingPolicy
+from ._core.request import make_request
+from ._core.scheduler import Failure, Grant, Outcome, Scheduler
 from .providers.fake import DEFAULT_MEMORY_MB, fake_uuid
 
 __all__ = [
@@ -274,7 +274,7 @@ def simulate(
     max_parallel: int | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> SimResult:
-    """Replay ``jobs`` through a :class:`~gpupool._scheduler.Scheduler` in virtual time.
+    """Replay ``jobs`` through a :class:`~gpupool._core.scheduler.Scheduler` in virtual time.
 
     ``gpus`` is a GPU count (identical GPUs of ``memory_mb`` each) or a list
     of :class:`gpupool.GPUStats`. ``policy`` is a fresh policy object (a

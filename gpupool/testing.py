@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._model import GPUStats
+from ._core.model import GPUStats
 from .providers.fake import FakeGPUProvider, fake_uuid
 
 if TYPE_CHECKING:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gpupool import Journal, TaskResult, TaskStatus, cli
-from gpupool._cli_journal import main
+from gpupool import Journal, TaskResult, TaskStatus
+from gpupool._cli import main as cli
+from gpupool._cli.journal import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

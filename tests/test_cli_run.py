@@ -22,10 +22,10 @@ import attrs
 import pytest
 from rich.console import Console
 
-from gpupool._cli_progress import JobsProgress
-from gpupool._jobs import parse_jobs
-from gpupool._proctree import read_stat
-from gpupool._tasks import TaskResult, TaskStatus
+from gpupool._cli.jobs_file import parse_jobs
+from gpupool._cli.progress import JobsProgress
+from gpupool._core.results import TaskResult, TaskStatus
+from gpupool._process.proctree import read_stat
 from gpupool.providers.fake import fake_uuid
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 
 import gpupool
 from gpupool import CallAbandoned, run_blocking
-from gpupool._executors import Executors, current_executors
+from gpupool._runner.executors import Executors, current_executors
 
 pytestmark = pytest.mark.anyio
 
@@ -188,13 +188,13 @@ async def test_abandoning_a_call_cancels_its_nested_calls() -> None:
         await _eventually(lambda: bool(seen))
         assert isinstance(seen[0], CallAbandoned)
         # Code working for an abandoned call that asks for more work is refused at once.
-        call = gpupool._executors._Call(abandoned=True)
-        token = gpupool._executors._CALL.set(call)
+        call = gpupool._runner.executors._Call(abandoned=True)
+        token = gpupool._runner.executors._CALL.set(call)
         try:
             with pytest.raises(CallAbandoned):
                 await run_blocking(pow, 1, 1)
         finally:
-            gpupool._executors._CALL.reset(token)
+            gpupool._runner.executors._CALL.reset(token)
     finally:
         release.set()
 
@@ -202,7 +202,7 @@ async def test_abandoning_a_call_cancels_its_nested_calls() -> None:
 async def test_outside_a_runner_each_event_loop_has_a_default_pair() -> None:
     first = current_executors()
     assert first is current_executors()
-    assert first.low.workers == gpupool._executors.DEFAULT_WORKERS
+    assert first.low.workers == gpupool._runner.executors.DEFAULT_WORKERS
 
 
 def test_from_a_thread_without_an_event_loop() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpupool._jobs import (
+from gpupool._cli.jobs_file import (
     JobDefaults,
     JobsFileError,
     JobsFileReader,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gpupool import Journal, JournalError, JournalInUse, TaskResult, TaskStatus
-from gpupool._journal_owner import current_identity
-from gpupool._journal_schema import SCHEMA_VERSION
+from gpupool._journal.owner import current_identity
+from gpupool._journal.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,7 +411,7 @@ def test_read_only_directory_is_a_clear_error(tmp_path: Path, existing: bool) ->
 
 
 def test_failed_first_open_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gpupool._journal as journal_module
+    import gpupool._journal.store as journal_module
 
     def broken(conn: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
@@ -517,7 +517,7 @@ def test_sqlite_failure_mid_write_is_a_journal_error_and_keeps_nothing(journal: 
 
 def test_busy_is_recognised_by_code_and_by_message() -> None:
     """Python 3.10's sqlite3 errors carry no code, only the message."""
-    from gpupool._journal import _is_busy
+    from gpupool._journal.store import _is_busy
 
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE t (x)")

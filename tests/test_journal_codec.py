@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpupool import JournalEncodingError
-from gpupool._journal_codec import (
+from gpupool._journal.codec import (
     canonical_json,
     check_key,
     decode_json,
@@ -97,7 +97,7 @@ def test_task_key_refuses_lambdas_and_unkeyable_items() -> None:
 def test_task_key_is_identical_in_another_process() -> None:
     """Keys must not depend on hash randomisation or anything per-process."""
     code = (
-        "from gpupool._journal_codec import task_key\n"
+        "from gpupool._journal.codec import task_key\n"
         "import tests.test_journal_codec as m\n"
         "print(task_key(m.train, {'lr': 0.1, 'layers': [1, 2], 'name': 'x'}))\n"
     )

@@ -22,7 +22,7 @@ import anyio.lowlevel
 import pytest
 
 from gpupool import GPUAllocation, Journal, JournalError, ParallelRunner, TaskStatus
-from gpupool._journal_owner import current_identity
+from gpupool._journal.owner import current_identity
 
 ITEMS = list(range(24))
 FILL_AT = 10  # the 10th call fills the disk (say, with a checkpoint that grew too big)

@@ -9,8 +9,8 @@ import attrs
 import pytest
 
 from gpupool import Journal, JournalInUse, TaskResult, TaskStatus
-from gpupool._journal import current_task, record_process_group
-from gpupool._journal_runner import RunnerJournal, open_journal
+from gpupool._journal.adapter import RunnerJournal, open_journal
+from gpupool._journal.store import current_task, record_process_group
 
 
 @attrs.frozen

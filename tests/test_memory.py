@@ -6,14 +6,14 @@ import doctest
 
 import pytest
 
-import gpupool._memory
+import gpupool._core.memory
 from gpupool import estimate_memory_mb
 
 MIB = 2**20
 
 
 def test_the_docstring_examples_hold() -> None:
-    failures, tried = doctest.testmod(gpupool._memory, raise_on_error=False)
+    failures, tried = doctest.testmod(gpupool._core.memory, raise_on_error=False)
     assert (failures, tried > 0) == (0, True)
 
 

@@ -20,8 +20,8 @@ from gpupool import (
     UnsatisfiableRequest,
     WouldBlock,
 )
-from gpupool._request import Request, make_request
-from gpupool._scheduler import Grant, Scheduler
+from gpupool._core.request import Request, make_request
+from gpupool._core.scheduler import Grant, Scheduler
 from gpupool.sim import GreedyPolicy, Job, simulate
 from gpupool.testing import request_kwargs
 

@@ -21,7 +21,7 @@ from gpupool import (
     UnsatisfiableRequest,
     WouldBlock,
 )
-from gpupool._policy import FifoPolicy
+from gpupool._core.policy import FifoPolicy
 
 pytestmark = pytest.mark.anyio
 

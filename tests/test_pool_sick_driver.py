@@ -185,7 +185,7 @@ class SickNVML(SickDriver):
 def sick_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[SickNVML]]:
     """Make ``GPUResourcePool()`` (provider=None) open a :class:`SickNVML`."""
     SickNVML.instances.clear()
-    monkeypatch.setattr("gpupool._pool.NVMLProvider", lambda: SickNVML(stalled=True))
+    monkeypatch.setattr("gpupool._pool.pool.NVMLProvider", lambda: SickNVML(stalled=True))
     yield SickNVML
     for driver in SickNVML.instances:
         driver.cure()
@@ -219,7 +219,7 @@ async def test_an_owned_nvml_stuck_at_open_is_closed_without_blocking_the_loop(
 async def test_an_owned_nvml_stuck_in_a_refresh_is_closed_without_blocking_the_loop(
     monkeypatch: pytest.MonkeyPatch, sick_nvml: type[SickNVML]
 ) -> None:
-    monkeypatch.setattr("gpupool._pool.NVMLProvider", lambda: SickNVML(stalled=False))
+    monkeypatch.setattr("gpupool._pool.pool.NVMLProvider", lambda: SickNVML(stalled=False))
     async with GPUResourcePool(refresh_interval=0.01) as pool:
         (driver,) = sick_nvml.instances
         await anyio.sleep(0.05)

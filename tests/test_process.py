@@ -24,7 +24,7 @@ from gpupool import (
     TaskStatus,
     run_process,
 )
-from gpupool._proctree import JobTracker, ProcInfo, read_stat
+from gpupool._process.proctree import JobTracker, ProcInfo, read_stat
 from gpupool.providers.fake import fake_uuid
 
 pytestmark = pytest.mark.anyio
@@ -130,7 +130,7 @@ class _MissedOnce:
 
 
 async def test_a_process_one_scan_missed_is_still_ended() -> None:
-    from gpupool._process import _end_job
+    from gpupool._process.run import _end_job
 
     stray = await anyio.open_process(["sleep", "1000"], start_new_session=True)
     job = await anyio.open_process(["sleep", "1000"], start_new_session=True)
@@ -313,7 +313,7 @@ async def test_success_is_returned_with_check() -> None:
 
 
 async def test_the_tail_keeps_the_last_lines_and_caps_a_huge_line(tmp_path: Path) -> None:
-    from gpupool._process import TAIL_LINES
+    from gpupool._process.run import TAIL_LINES
 
     many = await run_process("seq 1 100", check=False)
     assert many.output_tail.splitlines() == [str(i) for i in range(101 - TAIL_LINES, 101)]
@@ -521,7 +521,7 @@ def test_exported() -> None:
 
 
 async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path: Path) -> None:
-    from gpupool._journal import Journal, current_task
+    from gpupool._journal.store import Journal, current_task
 
     path = tmp_path / "journal.sqlite"
     seen_during_run: list[list[tuple[str, int]]] = []
@@ -563,12 +563,12 @@ async def test_a_real_pool_learns_the_process_of_its_allocation() -> None:
 async def test_without_pool_the_granting_pool_is_found_through_the_seam(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gpupool._pool
+    import gpupool._pool.pool
 
     pool = _RecordingPool()
     alloc = _allocation(0)
     monkeypatch.setattr(
-        gpupool._pool, "pool_of", lambda a: pool if a == alloc else None, raising=False
+        gpupool._pool.pool, "pool_of", lambda a: pool if a == alloc else None, raising=False
     )
     result = await run_process(["true"], allocation=alloc)
     assert pool.calls == [(alloc, result.pid)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpupool import PoolClosed, UnsatisfiableRequest
-from gpupool._retry import backoff_delay, check_retry_on, should_retry
+from gpupool._runner.retry import backoff_delay, check_retry_on, should_retry
 
 
 @pytest.mark.parametrize(

@@ -614,7 +614,7 @@ async def test_cancelling_map_cancels_the_tasks_it_started(pool: GPUResourcePool
 
 
 async def test_async_tasks_use_the_runners_executors_for_run_blocking() -> None:
-    from gpupool._executors import current_executors
+    from gpupool._runner.executors import current_executors
 
     seen = []
 

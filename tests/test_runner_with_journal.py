@@ -27,7 +27,7 @@ from gpupool import (
     ParallelRunner,
     TaskStatus,
 )
-from gpupool._journal import current_task
+from gpupool._journal.store import current_task
 
 ROOT = Path(__file__).resolve().parents[1]
 

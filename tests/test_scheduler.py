@@ -7,9 +7,9 @@ import re
 import pytest
 
 from gpupool import AllocationNotHeld, GPUProcess, PoolClosed, UnsatisfiableRequest
-from gpupool._policy import FifoPolicy
-from gpupool._request import make_request
-from gpupool._scheduler import Failure, Grant, Scheduler
+from gpupool._core.policy import FifoPolicy
+from gpupool._core.request import make_request
+from gpupool._core.scheduler import Failure, Grant, Scheduler
 
 from .strategies import MB, gpu, gpus
 

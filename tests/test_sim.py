@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 
 from gpupool import BackfillPolicy, FifoPolicy, UnsatisfiableRequest
-from gpupool._request import make_request
-from gpupool._scheduler import Scheduler
+from gpupool._core.request import make_request
+from gpupool._core.scheduler import Scheduler
 from gpupool.sim import GreedyPolicy, Job, SimResult, lower_bound, simulate
 
 from .strategies import MB, gpus

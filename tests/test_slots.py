@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from gpupool._slots import Slots
+from gpupool._runner.slots import Slots
 
 pytestmark = pytest.mark.anyio
 

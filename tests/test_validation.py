@@ -36,10 +36,10 @@ from gpupool import (
     run_blocking,
     run_process,
 )
-from gpupool._request import Request, make_request, shown
-from gpupool._scheduler import Failure, Grant, Outcome, Scheduler
-from gpupool._scoring import ScoredGPU
-from gpupool.cli import main as cli_main
+from gpupool._cli.main import main as cli_main
+from gpupool._core.request import Request, make_request, shown
+from gpupool._core.scheduler import Failure, Grant, Outcome, Scheduler
+from gpupool._core.scoring import ScoredGPU
 from gpupool.providers.fake import MAX_FAKE_GPUS
 
 from .strategies import gpu
@@ -223,7 +223,11 @@ class _NotAPolicy:
             "settle_timeout must be None or a number of seconds >= 0, got 1.000e+400",
         ),
         ({"policy": 42}, TypeError, "policy must be None or a scheduling policy"),
-        ({"policy": BackfillPolicy}, TypeError, "got <class 'gpupool._backfill.BackfillPolicy'>"),
+        (
+            {"policy": BackfillPolicy},
+            TypeError,
+            "got <class 'gpupool._core.backfill.BackfillPolicy'>",
+        ),
         ({"policy": _NotAPolicy()}, TypeError, "policy must be None or a scheduling policy"),
         ({"scorer": 42}, TypeError, "scorer must be a plain function of a GPU"),
     ],
@@ -719,7 +723,7 @@ async def test_a_bad_score_on_a_later_snapshot_keeps_the_last_good_one(
 def test_a_storm_with_a_nan_scorer_never_double_grants() -> None:
     """Regression: a scorer returning NaN broke the sorted idle list, and one GPU went to
     two exclusive holders (559-3,054 double grants per storm round), or bisect's answer
-    was past the end and ``del`` raised IndexError in _scheduler.py.
+    was past the end and ``del`` raised IndexError in the scheduler.
 
     Random grants (shared and exclusive, at once and through the queue), releases,
     cancels and snapshots with foreign memory, with a scorer that returns NaN for odd

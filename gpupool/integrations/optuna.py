@@ -33,7 +33,7 @@ import math
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, final
 
-from .._tasks import TaskResult
+from .._core.results import TaskResult
 
 if TYPE_CHECKING:
     import optuna

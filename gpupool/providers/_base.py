@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .._model import GPUStats
+from .._core.model import GPUStats
 
 __all__ = ["GPUProvider"]
 

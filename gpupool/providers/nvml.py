@@ -28,8 +28,8 @@ from typing import Any, NoReturn, TypeVar, final
 
 import attrs
 
-from .._errors import ProviderError
-from .._model import GPUProcess, GPUStats
+from .._core.errors import ProviderError
+from .._core.model import GPUProcess, GPUStats
 from ._visible import DeviceIdentity, VisibleDevicesError, parse_visible_devices, select_devices
 
 __all__ = ["NVMLProvider"]

@@ -1,0 +1,924 @@
+"""The scheduling core: a synchronous, I/O-free state machine.
+
+Everything that decides who gets which GPU lives here. The core never awaits,
+never reads a clock (time is an argument), never calls a provider and never
+starts a thread. Every input is a method call, and every call returns the
+decisions it produced: the waiters to wake with a grant (:class:`Grant`) or
+with an error (:class:`Failure`). The async pool around it only waits and
+wakes. This is what lets Hypothesis drive it through millions of steps and a
+simulator replay hours of GPU work in milliseconds (the shape follows h11's
+``_state.py``: a pure machine, with the I/O somewhere else).
+
+Invariants, each checked by the state-machine tests:
+
+* A GPU held exclusively has exactly one holder; a shared GPU's reservations
+  plus the memory used outside the pool never exceed its total at the moment
+  of a grant (foreign memory that grows *after* a grant cannot be undone).
+* Reserved memory counts as used from the grant on, before the job has
+  touched the GPU, so two jobs starting together cannot both see it free.
+* A call that raises changes nothing (an illegal release, a bad submit, a
+  scorer that fails: every score is computed, and checked to be a finite
+  number, before the call changes anything).
+* Nothing leaks: when every allocation is released, every GPU is free.
+* Which waiter goes next is the policy's business (:mod:`gpupool._core.policy`),
+  behind one small interface: the core only answers "would this fit now?" and
+  "grant it".
+
+A grant that races with its waiter's cancellation (the waiter was woken, but
+cancelled before it ran) is handed back with :meth:`Scheduler.cancel`, which
+releases it and re-grants to the next in line, as anyio's
+``CapacityLimiter`` does with ``_notify_next_waiter``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import NamedTuple, TypeAlias
+
+import attrs
+
+from .backfill import BackfillPolicy
+from .errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
+from .model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
+from .policy import SchedulingPolicy
+from .request import Request
+from .scoring import ScoredGPU, Scorer, checked_score, default_score
+
+__all__ = [
+    "Failure",
+    "Grant",
+    "Holding",
+    "Outcome",
+    "Scheduler",
+    "Submission",
+    "Waiter",
+]
+
+
+@attrs.define(eq=False)
+class Waiter:
+    """A queued request. ``ticket`` is unique within a scheduler and grows with arrival."""
+
+    ticket: int
+    request: Request
+    submitted_at: float
+
+
+@attrs.frozen
+class Grant:
+    """Wake waiter ``ticket``: it now holds ``allocation``."""
+
+    ticket: int
+    allocation: GPUAllocation
+
+
+@attrs.frozen
+class Failure:
+    """Wake waiter ``ticket`` with ``error``: it will never be granted.
+
+    ``error`` is a :class:`GPUPoolError` (``UnsatisfiableRequest``,
+    ``PoolClosed``), or the error of a scorer that failed on the GPUs the
+    waiter was about to be granted.
+    """
+
+    ticket: int
+    error: Exception
+
+
+Outcome: TypeAlias = Grant | Failure
+
+
+class Submission(NamedTuple):
+    """What :meth:`Scheduler.submit` decided for the submitted request itself.
+
+    ``allocation`` is set when it was granted at once, ``None`` when it waits.
+    ``outcomes`` are decisions for *other* waiters made in the same step.
+    ``error`` is set when the request itself failed in that step (the scorer
+    failed on the GPUs it was about to get): raise it once the outcomes are
+    delivered. (A named tuple rather than an attrs class: it is made on every
+    acquire.)
+    """
+
+    ticket: int
+    allocation: GPUAllocation | None
+    outcomes: list[Outcome]
+    error: Exception | None = None
+
+
+class _Numbers:
+    """What a scorer reads of a GPU (:class:`ScoredGPU`), for numbers not yet applied."""
+
+    __slots__ = ("index", "memory_free_mb", "memory_total_mb", "utilization_pct")
+
+    def __init__(
+        self, index: int, memory_total_mb: int, memory_free_mb: int, utilization_pct: float | None
+    ) -> None:
+        self.index = index
+        self.memory_total_mb = memory_total_mb
+        self.memory_free_mb = memory_free_mb
+        self.utilization_pct = utilization_pct
+
+
+@attrs.define(eq=False)
+class Holding:
+    """An allocation the pool has granted and not yet taken back."""
+
+    allocation: GPUAllocation
+    request: Request
+    #: The waiter's ticket; ``None`` for a grant made at once, which never waited.
+    ticket: int | None
+    granted_at: float
+    #: Processes registered as working for the allocation (memory attribution, settle).
+    pids: frozenset[int] = frozenset()
+
+
+@attrs.define(eq=False)
+class _Settle:
+    """A released GPU waiting for the released job's processes to leave it."""
+
+    pids: frozenset[int]
+    #: Only a snapshot started at or after this epoch can show them gone.
+    epoch: int
+    deadline: float
+
+
+@attrs.define(eq=False)
+class _GPU:
+    index: int
+    uuid: str
+    memory_total_mb: int
+    utilization_pct: float | None
+    reported_healthy: bool
+    health_detail: str | None
+    marked_unhealthy: bool = False
+    foreign_mb: int = 0
+    reserved_mb: int = 0
+    exclusive_holder: int | None = None
+    shared_holders: dict[int, int] = attrs.Factory(dict)
+    settle: _Settle | None = None
+    # Derived from the fields above by take(), which every change to them goes through
+    # (an exclusive grant excepted, see _grant): a grant reads them for each candidate
+    # GPU, so they are computed once per change.
+    free_mb: int = 0
+    rank_key: tuple[float, int] = (0.0, 0)
+    # What rank_key was computed from: a GPU released as it was granted scores the same.
+    rank_inputs: tuple[int, int, float | None] | None = None
+    #: The key under which this GPU stands in the scheduler's idle list, or None.
+    idle_key: tuple[float, int] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.reported_healthy and not self.marked_unhealthy
+
+    @property
+    def memory_free_mb(self) -> int:
+        return self.free_mb
+
+    def rank_with(
+        self, scorer: Scorer, foreign_mb: int, reserved_mb: int, utilization_pct: float | None
+    ) -> tuple[float, int]:
+        """The rank key this GPU would have with these numbers; changes nothing.
+
+        The first of the two steps of every change to a GPU's numbers: the
+        scorer runs (and its result is checked) here, so that a scorer that
+        fails makes the change fail before anything has changed.
+        """
+        if self.rank_inputs == (foreign_mb, reserved_mb, utilization_pct):
+            return self.rank_key  # released as it was granted, say: it scores the same
+        free = self.memory_total_mb - foreign_mb - reserved_mb
+        numbers: ScoredGPU = _Numbers(
+            self.index, self.memory_total_mb, free if free > 0 else 0, utilization_pct
+        )
+        return (-checked_score(scorer, numbers), self.index)
+
+    def take(
+        self,
+        foreign_mb: int,
+        reserved_mb: int,
+        utilization_pct: float | None,
+        rank_key: tuple[float, int],
+    ) -> None:
+        """The second step: set the numbers, with the key :meth:`rank_with` gave for them."""
+        self.foreign_mb = foreign_mb
+        self.reserved_mb = reserved_mb
+        self.utilization_pct = utilization_pct
+        free = self.memory_total_mb - foreign_mb - reserved_mb
+        self.free_mb = free if free > 0 else 0
+        self.rank_inputs = (foreign_mb, reserved_mb, utilization_pct)
+        self.rank_key = rank_key
+
+    def take_reserved(self, reserved_mb: int, rank_key: tuple[float, int]) -> None:
+        """:meth:`take` for a change of the reservation alone (a shared grant, a release)."""
+        self.reserved_mb = reserved_mb
+        free = self.memory_total_mb - self.foreign_mb - reserved_mb
+        self.free_mb = free if free > 0 else 0
+        if rank_key is not self.rank_key:  # else rank_with found the inputs unchanged
+            self.rank_inputs = (self.foreign_mb, reserved_mb, self.utilization_pct)
+            self.rank_key = rank_key
+
+    @property
+    def grantable(self) -> bool:
+        return self.healthy and self.settle is None
+
+    @property
+    def idle(self) -> bool:
+        return self.exclusive_holder is None and not self.shared_holders
+
+    def holder_ids(self) -> tuple[int, ...]:
+        if self.exclusive_holder is not None:
+            return (self.exclusive_holder,)
+        return tuple(self.shared_holders)
+
+
+class Scheduler:
+    """The pure state machine behind :class:`gpupool.GPUResourcePool`.
+
+    ``gpus`` is the provider's first snapshot; it fixes the set of GPUs the
+    pool manages. ``now`` arguments are seconds on any monotonic clock the
+    caller likes (the pool uses anyio's, tests use plain numbers).
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[GPUStats],
+        *,
+        max_parallel: int | None = None,
+        scorer: Scorer = default_score,
+        policy: SchedulingPolicy | None = None,
+        settle_timeout: float = 30.0,
+        pool_id: int = 0,
+    ) -> None:
+        indices = [g.index for g in gpus]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"GPU indices must be unique, got {indices}")
+        self._gpus: dict[int, _GPU] = {
+            g.index: _GPU(
+                index=g.index,
+                uuid=g.uuid,
+                memory_total_mb=g.memory_total_mb,
+                utilization_pct=g.utilization_pct,
+                reported_healthy=g.healthy,
+                health_detail=g.health_detail,
+                foreign_mb=g.memory_used_mb,
+            )
+            for g in sorted(gpus, key=lambda g: g.index)
+        }
+        self._max_parallel = max_parallel
+        self._scorer = scorer
+        for gpu in self._gpus.values():
+            numbers = (gpu.foreign_mb, gpu.reserved_mb, gpu.utilization_pct)
+            gpu.take(*numbers, gpu.rank_with(scorer, *numbers))
+        # Whether a request shape could ever be served; only health changes alter the answer.
+        self._impossible_cache: dict[tuple[int, int, frozenset[int] | None], str | None] = {}
+        self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
+        # hosts() answers, by (allowed_gpus, min_memory_mb); cleared when health or
+        # foreign memory may have changed.
+        self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
+        self._settle_timeout = settle_timeout
+        self._pool_id = pool_id
+        self._tickets = itertools.count(1)
+        self._allocation_ids = itertools.count(1)
+        self._waiters: dict[int, Waiter] = {}
+        # How many waiters wait at each priority, and how many GPUs are held whole:
+        # what submit needs to see, in O(1), that a newcomer changes nothing.
+        self._waiting_priorities: dict[int, int] = {}
+        self._held_whole = 0
+        self._holdings: dict[int, Holding] = {}
+        self._ticket_to_allocation: dict[int, int] = {}
+        # Rank keys of the GPUs with no holder that may be granted now, best first.
+        # Exclusive requests look only here and usually take the first entries, so a
+        # grant costs O(GPUs it takes), not O(all GPUs), even under heavy contention.
+        self._idle: list[tuple[float, int]] = []
+        for gpu in self._gpus.values():
+            self._refresh_idle(gpu)
+        self._settling: set[int] = set()  # indices of GPUs whose settle is not None
+        self._epoch = 0
+        self._grants_total = 0
+        self._closed = False
+        self._now = 0.0
+        self._outcomes: list[Outcome] = []
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self._gpus)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def holding(self) -> int:
+        return len(self._holdings)
+
+    @property
+    def max_parallel(self) -> int | None:
+        return self._max_parallel
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def epoch(self) -> int:
+        """Read this just before starting a snapshot and pass it to :meth:`update`."""
+        return self._epoch
+
+    @property
+    def wants_refresh(self) -> bool:
+        """True while fresh provider data could change a decision (waiters, settling GPUs)."""
+        return bool(self._waiters) or bool(self._settling)
+
+    def holds(self, allocation: GPUAllocation) -> bool:
+        holding = self._holdings.get(allocation.id)
+        return holding is not None and self._same(holding, allocation)
+
+    def _same(self, holding: Holding, allocation: GPUAllocation) -> bool:
+        # An equal copy counts too (one that went through pickling, say), but
+        # only from this pool: another pool's allocation may carry the same id.
+        return holding.allocation is allocation or (
+            allocation.pool_id == self._pool_id and holding.allocation == allocation
+        )
+
+    def holdings(self) -> Iterator[Holding]:
+        """The live allocations, oldest first (for policies that plan ahead)."""
+        return iter(self._holdings.values())
+
+    def waiters(self) -> Iterator[Waiter]:
+        """Queued waiters in the policy's order of service."""
+        return iter(self._policy)
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            gpus=tuple(
+                GPUStatistics(
+                    index=g.index,
+                    uuid=g.uuid,
+                    healthy=g.healthy,
+                    memory_total_mb=g.memory_total_mb,
+                    memory_reserved_mb=g.reserved_mb,
+                    memory_foreign_mb=g.foreign_mb,
+                    memory_free_mb=g.memory_free_mb,
+                    utilization_pct=g.utilization_pct,
+                    holders=g.holder_ids(),
+                    exclusive=g.exclusive_holder is not None,
+                    settling=g.settle is not None,
+                )
+                for g in self._gpus.values()
+            ),
+            holders=len(self._holdings),
+            waiters=len(self._waiters),
+            max_parallel=self._max_parallel,
+            grants_total=self._grants_total,
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def submit(self, request: Request, now: float, *, nowait: bool = False) -> Submission:
+        """Queue ``request`` and schedule.
+
+        Raises :class:`UnsatisfiableRequest` (and changes nothing) when no GPU
+        could ever satisfy it. With ``nowait``, a request that is not granted
+        at once is withdrawn again: it never jumps the queue.
+        """
+        allocation = self.grant_at_once(request, now)
+        ticket = next(self._tickets)
+        if allocation is not None:
+            return Submission(ticket, allocation, [])
+        waiter = Waiter(ticket, request, now)
+        futile = bool(self._waiters) and self._nothing_can_start(request.priority)
+        self._queue(waiter)
+        # When nobody could start, the policy has nothing to decide (see
+        # _nothing_can_start); the queue grows by one and that is all.
+        outcomes = [] if futile else self._schedule(now)
+        allocation = None
+        error = None
+        others: list[Outcome] = []
+        for outcome in outcomes:
+            if outcome.ticket != waiter.ticket:
+                others.append(outcome)
+            elif isinstance(outcome, Grant):
+                allocation = outcome.allocation
+            else:
+                error = outcome.error  # a scorer that failed on the GPUs it was to get
+        if allocation is None and error is None and nowait:
+            others.extend(self.cancel(waiter.ticket, now))
+        return Submission(waiter.ticket, allocation, others, error)
+
+    def grant_at_once(self, request: Request, now: float) -> GPUAllocation | None:
+        """Grant ``request`` now if nobody waits and it fits; else ``None``, changing nothing.
+
+        Nobody waits, so there is nobody to be fair to: this is the
+        uncontended path, which must stay cheap (no ticket, no queue). Raises
+        like :meth:`submit`, so a shell may try it first and submit only when
+        it returns ``None``.
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        reason = self._impossible(request)
+        if reason is not None:
+            raise UnsatisfiableRequest(reason)
+        if self._waiters or not self.can_grant_more():
+            return None
+        if (
+            self._idle
+            and request.required_gpus == 1
+            and request.exclusive
+            and request.allowed_gpus is None
+            and self._gpus[self._idle[0][1]].free_mb >= request.min_memory_mb
+        ):
+            # The commonest request: one whole GPU, any of them. The best idle GPU
+            # is the first of the idle list, which is what find_gpus would return.
+            chosen: tuple[int, ...] | None = (self._idle[0][1],)
+        else:
+            chosen = self.find_gpus(request)
+        if chosen is None:
+            return None
+        # The scorer may raise here, before anything has changed (see try_grant).
+        ranks = (
+            None if request.exclusive else self._ranks_with_reserved(chosen, request.min_memory_mb)
+        )
+        self._now = now
+        return self._grant(None, request, chosen, ranks)
+
+    def cancel(self, ticket: int, now: float) -> list[Outcome]:
+        """Withdraw waiter ``ticket`` (cancelled, timed out).
+
+        If a grant had already been made to it, that grant is taken back and
+        handed to the next in line. Unknown or finished tickets are ignored, so
+        a shell may call this on every interrupted wait without bookkeeping.
+        """
+        waiter = self._unqueue(ticket)
+        if waiter is not None:
+            self._policy.remove(waiter)
+            # Under FIFO the withdrawn waiter may have been the head that blocked others.
+            return self._schedule(now)
+        allocation_id = self._ticket_to_allocation.get(ticket)
+        if allocation_id is not None:
+            return self.release(self._holdings[allocation_id].allocation, now)
+        return []
+
+    def release(self, allocation: GPUAllocation, now: float) -> list[Outcome]:
+        """Take ``allocation`` back and hand its GPUs on."""
+        if not isinstance(allocation, GPUAllocation):
+            raise TypeError(f"release takes a GPUAllocation, got {allocation!r}")
+        holding = self._holdings.get(allocation.id)
+        if holding is None or not self._same(holding, allocation):
+            raise AllocationNotHeld(
+                f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
+                "by this pool: it was released already, or another pool granted it"
+            )
+        memory = allocation.memory_mb
+        # The score depends on memory alone: with none reserved, it stands. With some,
+        # the new scores are worked out (and checked) before anything changes.
+        ranks = self._ranks_with_reserved(allocation.gpu_indices, -memory) if memory else None
+        del self._holdings[allocation.id]
+        if holding.ticket is not None:
+            del self._ticket_to_allocation[holding.ticket]
+        self._epoch += 1
+        settle = None
+        if holding.pids and self._settle_timeout > 0:
+            settle = _Settle(holding.pids, self._epoch, now + self._settle_timeout)
+        for position, index in enumerate(allocation.gpu_indices):
+            gpu = self._gpus[index]
+            if allocation.exclusive:
+                gpu.exclusive_holder = None
+                self._held_whole -= 1
+            else:
+                del gpu.shared_holders[allocation.id]
+            if settle is not None:
+                gpu.settle = settle
+                self._settling.add(index)
+            if ranks is not None:
+                gpu.take_reserved(gpu.reserved_mb - memory, ranks[position])
+            self._refresh_idle(gpu)
+        return self._schedule(now)
+
+    def attach_process(self, allocation: GPUAllocation, pid: int) -> None:
+        """Record that process ``pid`` (and its session) works for ``allocation``."""
+        if not self.holds(allocation):
+            raise AllocationNotHeld(f"allocation {allocation.id} is not held by this pool")
+        holding = self._holdings[allocation.id]
+        holding.pids = holding.pids | {pid}
+
+    def update(
+        self,
+        snapshot: Sequence[GPUStats],
+        now: float,
+        *,
+        epoch: int | None = None,
+        sessions: Mapping[int, int] | None = None,
+    ) -> list[Outcome]:
+        """Take in a provider snapshot.
+
+        ``epoch`` is :attr:`epoch` as read just before the snapshot started
+        (``None``: the snapshot cannot end any settle). ``sessions`` maps a
+        listed process id to its session id, so that a job's children (which
+        share the session ``run_process`` started) are attributed to its
+        allocation. Memory that processes of the pool's allocations use is
+        covered by their reservations; everything else the provider reports
+        as used counts as foreign.
+        """
+        by_index = {s.index: s for s in snapshot}
+        sessions = sessions or {}
+        # Every GPU's new numbers and score first: a scorer that fails on them
+        # leaves the core as it was (the pool then keeps the last good snapshot).
+        reported: list[tuple[_GPU, GPUStats | None, int, tuple[float, int]]] = []
+        for gpu in self._gpus.values():
+            stats = by_index.get(gpu.index)
+            if stats is None:
+                reported.append((gpu, None, gpu.foreign_mb, gpu.rank_key))
+                continue
+            foreign = self._foreign_memory(gpu, stats, sessions)
+            rank = gpu.rank_with(self._scorer, foreign, gpu.reserved_mb, stats.utilization_pct)
+            reported.append((gpu, stats, foreign, rank))
+        self._hosts.clear()
+        lost_health = health_changed = False
+        for gpu, stats, foreign, rank in reported:
+            was_healthy = gpu.healthy
+            if stats is None:
+                gpu.reported_healthy = False
+                gpu.health_detail = "missing from the provider's snapshot"
+            else:
+                gpu.reported_healthy = stats.healthy
+                gpu.health_detail = stats.health_detail
+                gpu.take(foreign, gpu.reserved_mb, stats.utilization_pct, rank)
+                if gpu.settle is not None and _settled(gpu.settle, stats, epoch, sessions):
+                    gpu.settle = None
+            if gpu.settle is not None and now >= gpu.settle.deadline:
+                gpu.settle = None
+            if gpu.settle is None:
+                self._settling.discard(gpu.index)
+            lost_health |= was_healthy and not gpu.healthy
+            health_changed |= was_healthy != gpu.healthy
+            self._refresh_idle(gpu)
+        if health_changed:
+            self._impossible_cache.clear()
+        failures = self._fail_impossible() if lost_health else []
+        return failures + self._schedule(now)
+
+    def expire(self, now: float) -> list[Outcome]:
+        """End the settles whose ``settle_timeout`` has passed, without a snapshot.
+
+        :meth:`update` does this too; this is for when no snapshot arrives (a
+        failing or hung provider), so that the deadline still holds.
+        """
+        ended = [
+            gpu
+            for gpu in map(self._gpus.__getitem__, self._settling)
+            if gpu.settle is not None and now >= gpu.settle.deadline
+        ]
+        if not ended:
+            return []
+        for gpu in ended:
+            gpu.settle = None
+            self._settling.discard(gpu.index)
+            self._refresh_idle(gpu)
+        return self._schedule(now)
+
+    def mark_unhealthy(
+        self, index: int, now: float, detail: str = "marked unhealthy"
+    ) -> list[Outcome]:
+        """Stop granting GPU ``index`` (it stays unhealthy until :meth:`mark_healthy`)."""
+        gpu = self._gpu(index)
+        gpu.marked_unhealthy = True
+        gpu.health_detail = detail
+        self._impossible_cache.clear()
+        self._hosts.clear()
+        self._refresh_idle(gpu)
+        return self._fail_impossible() + self._schedule(now)
+
+    def mark_healthy(self, index: int, now: float) -> list[Outcome]:
+        """Undo :meth:`mark_unhealthy`; the provider's own report still applies."""
+        gpu = self._gpu(index)
+        gpu.marked_unhealthy = False
+        self._impossible_cache.clear()
+        self._hosts.clear()
+        self._refresh_idle(gpu)
+        return self._schedule(now)
+
+    def close(self) -> list[Outcome]:
+        """Refuse new requests and fail every waiter with :class:`PoolClosed`.
+
+        Holders keep their GPUs until they release them.
+        """
+        self._closed = True
+        failures: list[Outcome] = []
+        for waiter in list(self._policy):
+            failures.append(Failure(waiter.ticket, PoolClosed("the pool was closed while waiting")))
+            self._policy.remove(waiter)
+        self._waiters.clear()
+        self._waiting_priorities.clear()
+        return failures
+
+    # --------------------------------------------------- the policy's interface
+
+    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+        """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
+
+        GPUs in ``avoid`` are not considered (a policy keeping them for someone else).
+        """
+        memory = request.min_memory_mb
+        allowed = request.allowed_gpus
+        needed = request.required_gpus
+        gpus = self._gpus
+        if request.exclusive:
+            chosen: list[int] = []
+            for _, index in self._idle:  # best first
+                if (
+                    gpus[index].free_mb >= memory
+                    and (allowed is None or index in allowed)
+                    and index not in avoid
+                ):
+                    if needed == 1:
+                        return (index,)
+                    chosen.append(index)
+                    if len(chosen) == needed:
+                        return tuple(sorted(chosen))
+            return None
+        candidates = [
+            g
+            for g in gpus.values()
+            if g.grantable
+            and g.exclusive_holder is None
+            and g.free_mb >= memory
+            and (allowed is None or g.index in allowed)
+            and g.index not in avoid
+        ]
+        if len(candidates) < needed:
+            return None
+        if needed == 1:
+            return (min(candidates, key=_packed_first).index,)
+        candidates.sort(key=_packed_first)
+        return tuple(sorted(g.index for g in candidates[:needed]))
+
+    def hosts(self, request: Request) -> dict[int, int]:
+        """The GPUs that could host ``request`` once this pool's holders leave them.
+
+        Healthy GPUs (settling ones included) that ``request`` allows and
+        whose memory, less what processes outside the pool use, is enough;
+        each mapped to that memory (what the pool's holders share). For
+        policies that plan ahead; do not modify the answer.
+        """
+        key = (request.allowed_gpus, request.min_memory_mb)
+        found = self._hosts.get(key)
+        if found is None:
+            allowed, memory = key
+            found = self._hosts[key] = {
+                g.index: g.memory_total_mb - g.foreign_mb
+                for g in self._gpus.values()
+                if g.healthy
+                and (allowed is None or g.index in allowed)
+                and g.memory_total_mb - g.foreign_mb >= memory
+            }
+        return found
+
+    def can_grant_more(self) -> bool:
+        """False while ``max_parallel`` allocations are held."""
+        return self._max_parallel is None or len(self._holdings) < self._max_parallel
+
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
+        """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
+        if not self.can_grant_more():
+            return False
+        chosen = self.find_gpus(waiter.request, avoid)
+        if chosen is None:
+            return False
+        request = waiter.request
+        try:
+            # A GPU held whole is not ranked while held (it is rescored when
+            # released), so only a shared grant asks the scorer.
+            ranks = (
+                None
+                if request.exclusive
+                else self._ranks_with_reserved(chosen, request.min_memory_mb)
+            )
+        except Exception as error:
+            # The scorer failed on the GPUs this waiter was about to get. It is in the
+            # middle of a scheduling pass whose other decisions must still be delivered,
+            # so the error goes to this waiter (its acquire raises it), not up the stack.
+            self._unqueue(waiter.ticket)
+            self._outcomes.append(Failure(waiter.ticket, error))
+            return True
+        allocation = self._grant(waiter.ticket, request, chosen, ranks)
+        self._outcomes.append(Grant(waiter.ticket, allocation))
+        return True
+
+    # ------------------------------------------------------------------ internals
+
+    def _schedule(self, now: float) -> list[Outcome]:
+        self._now = now
+        if not self._waiters:
+            return []
+        self._outcomes = []
+        self._policy.schedule(self, now)
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def _ranks_with_reserved(
+        self, indices: tuple[int, ...], delta_mb: int
+    ) -> list[tuple[float, int]]:
+        """The rank keys GPUs ``indices`` would have with ``delta_mb`` more reserved on each.
+
+        Runs the scorer (which may raise) and changes nothing: the first step
+        of a shared grant or of a release that frees memory.
+        """
+        scorer, gpus = self._scorer, self._gpus
+        ranks = []
+        for index in indices:
+            gpu = gpus[index]
+            reserved = gpu.reserved_mb + delta_mb
+            ranks.append(gpu.rank_with(scorer, gpu.foreign_mb, reserved, gpu.utilization_pct))
+        return ranks
+
+    def _grant(
+        self,
+        ticket: int | None,
+        request: Request,
+        chosen: tuple[int, ...],
+        ranks: list[tuple[float, int]] | None,
+    ) -> GPUAllocation:
+        """Grant ``chosen`` to ``request``; ``ranks`` are what :meth:`_ranks_with_reserved`
+        gave for a shared grant, ``None`` for an exclusive one."""
+        gpus = self._gpus
+        memory = request.min_memory_mb
+        exclusive = request.exclusive
+        allocation = GPUAllocation(
+            next(self._allocation_ids),
+            chosen,
+            (gpus[chosen[0]].uuid,) if len(chosen) == 1 else tuple(gpus[i].uuid for i in chosen),
+            memory,
+            exclusive,
+            request.experiment_id,
+            self._pool_id,
+        )
+        for position, index in enumerate(chosen):
+            gpu = gpus[index]
+            if ranks is None:
+                # Held whole: its score matters again only once released (rescored then).
+                gpu.reserved_mb += memory
+                gpu.exclusive_holder = allocation.id
+                self._held_whole += 1
+                gpu.free_mb -= memory  # the grant checked that it fits
+            else:
+                gpu.shared_holders[allocation.id] = memory
+                gpu.take_reserved(gpu.reserved_mb + memory, ranks[position])
+            if gpu.idle_key is not None:
+                # It has a holder now, so it leaves the idle list (what
+                # _refresh_idle would decide, without asking).
+                del self._idle[bisect.bisect_left(self._idle, gpu.idle_key)]
+                gpu.idle_key = None
+        self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
+        if ticket is not None:
+            self._unqueue(ticket)
+            self._ticket_to_allocation[ticket] = allocation.id
+        self._grants_total += 1
+        return allocation
+
+    def _queue(self, waiter: Waiter) -> None:
+        self._waiters[waiter.ticket] = waiter
+        priority = waiter.request.priority
+        self._waiting_priorities[priority] = self._waiting_priorities.get(priority, 0) + 1
+        self._policy.push(waiter)
+
+    def _unqueue(self, ticket: int) -> Waiter | None:
+        """Drop ``ticket`` from the waiters (the caller updates the policy)."""
+        waiter = self._waiters.pop(ticket, None)
+        if waiter is not None:
+            priority = waiter.request.priority
+            left = self._waiting_priorities[priority] - 1
+            if left:
+                self._waiting_priorities[priority] = left
+            else:
+                del self._waiting_priorities[priority]
+        return waiter
+
+    def _nothing_can_start(self, priority: int) -> bool:
+        """True when a newcomer at ``priority`` joining a non-empty queue cannot
+        change anything the policy decides.
+
+        The policy ran to a fixed point after the last change to the GPUs or the
+        queue. A newcomer changes that only if it could start, or if it becomes
+        the head of the queue (which BackfillPolicy starts a patience clock
+        for). It cannot start while ``max_parallel`` allocations are held or
+        every GPU is held whole, and it does not become the head while someone
+        waits at its priority or above.
+        """
+        full = not self.can_grant_more() or (not self._idle and self._held_whole == len(self._gpus))
+        return full and max(self._waiting_priorities) >= priority
+
+    def _refresh_idle(self, gpu: _GPU) -> None:
+        """Put ``gpu`` in the idle list under its current key, or take it out."""
+        # gpu.idle and gpu.grantable, spelled out: five property calls on every
+        # grant and release were a measurable part of an uncontended acquire.
+        idle_and_grantable = (
+            gpu.exclusive_holder is None
+            and not gpu.shared_holders
+            and gpu.reported_healthy
+            and not gpu.marked_unhealthy
+            and gpu.settle is None
+        )
+        want = gpu.rank_key if idle_and_grantable else None
+        if want == gpu.idle_key:
+            return
+        if gpu.idle_key is not None:
+            del self._idle[bisect.bisect_left(self._idle, gpu.idle_key)]
+        if want is not None:
+            bisect.insort(self._idle, want)
+        gpu.idle_key = want
+
+    def _gpu(self, index: int) -> _GPU:
+        gpu = self._gpus.get(index)
+        if gpu is None:
+            raise ValueError(f"no GPU with index {index!r}; the pool has {sorted(self._gpus)}")
+        return gpu
+
+    def _impossible(self, request: Request) -> str | None:
+        """Why no state of the pool could ever grant ``request``, or ``None``."""
+        shape = (request.required_gpus, request.min_memory_mb, request.allowed_gpus)
+        try:
+            return self._impossible_cache[shape]
+        except KeyError:
+            reason = self._impossible_cache[shape] = self._why_impossible(request)
+            return reason
+
+    def _why_impossible(self, request: Request) -> str | None:
+        allowed = request.allowed_gpus
+        if allowed is not None:
+            unknown = sorted(allowed - self._gpus.keys())
+            if unknown:
+                return (
+                    f"allowed_gpus names GPU(s) {unknown} that this pool does not have "
+                    f"(it has {sorted(self._gpus)})"
+                )
+        pool = [g for g in self._gpus.values() if allowed is None or g.index in allowed]
+        healthy = [g for g in pool if g.healthy]
+        big_enough = [g for g in healthy if g.memory_total_mb >= request.min_memory_mb]
+        if len(big_enough) >= request.required_gpus:
+            return None
+        where = "" if allowed is None else f" among allowed_gpus {sorted(allowed)}"
+        if len(pool) < request.required_gpus:
+            return (
+                f"required_gpus={request.required_gpus} but the pool has {len(pool)} GPU(s){where}"
+            )
+        if len(healthy) < request.required_gpus:
+            return (
+                f"required_gpus={request.required_gpus} but only {len(healthy)} GPU(s){where} "
+                "are healthy"
+            )
+        largest = max((g.memory_total_mb for g in healthy), default=0)
+        return (
+            f"min_memory_mb={request.min_memory_mb} on {request.required_gpus} GPU(s), but only "
+            f"{len(big_enough)} healthy GPU(s){where} have that much memory in total "
+            f"(the largest has {largest} MB)"
+        )
+
+    def _fail_impossible(self) -> list[Outcome]:
+        failures: list[Outcome] = []
+        for waiter in list(self._policy):
+            reason = self._impossible(waiter.request)
+            if reason is not None:
+                self._policy.remove(waiter)
+                self._unqueue(waiter.ticket)
+                failures.append(Failure(waiter.ticket, UnsatisfiableRequest(reason)))
+        return failures
+
+    def _foreign_memory(self, gpu: _GPU, stats: GPUStats, sessions: Mapping[int, int]) -> int:
+        """Used memory that no allocation of this pool accounts for."""
+        if not stats.processes or gpu.idle:
+            return stats.memory_used_mb
+        holders = [self._holdings[a] for a in gpu.holder_ids()]
+        attributed = 0
+        overuse = 0
+        for holding in holders:
+            if not holding.pids:
+                continue
+            used = sum(
+                p.used_memory_mb or 0
+                for p in stats.processes
+                if p.pid in holding.pids or sessions.get(p.pid) in holding.pids
+            )
+            attributed += used
+            if not holding.allocation.exclusive:
+                overuse += max(0, used - holding.allocation.memory_mb)
+        return max(0, stats.memory_used_mb - attributed) + overuse
+
+
+def _packed_first(gpu: _GPU) -> tuple[bool, tuple[float, int]]:
+    """Shared requests pack onto GPUs that are shared already (best fit), keeping whole
+    GPUs free for exclusive requests; within that, the best score, then the index."""
+    return (gpu.idle, gpu.rank_key)
+
+
+def _settled(
+    settle: _Settle, stats: GPUStats, epoch: int | None, sessions: Mapping[int, int]
+) -> bool:
+    """True when a snapshot started after the release shows none of the job's processes."""
+    if epoch is None or epoch < settle.epoch:
+        return False
+    return not any(
+        p.pid in settle.pids or sessions.get(p.pid) in settle.pids for p in stats.processes
+    )

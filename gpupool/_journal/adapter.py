@@ -1,0 +1,144 @@
+"""The runner's side of a `Journal`: what ``ParallelRunner(journal=...)`` uses.
+
+The runner talks to journals through two awaitables (the ``TaskJournal``
+protocol of ``_events``): ``finished(key)`` before a task runs and
+``record(event, result)`` for every state change, awaited before the runner
+acts on it. `RunnerJournal` maps them onto `Journal`:
+
+* ``finished(key)`` claims the key: the recorded result of a finished task
+  (not run again), or None after committing QUEUED (run it);
+* ``record`` commits WAITING_FOR_GPU / RUNNING / RETRYING, and the final
+  result with its value as JSON;
+* on RUNNING it also binds the task to the current context (`current_task`),
+  so that ``run_process`` anywhere inside the task records its process group.
+  This works because the runner awaits ``record`` from the very task that then
+  calls the function, and anyio copies the context into worker threads.
+
+It owns the `Journal` when given a path (opened on `open`, closed on
+`close`), and borrows one that the caller opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Protocol, final
+
+from .._core.errors import JournalEncodingError
+from .._core.results import TaskResult, TaskStatus
+from .codec import check_key, function_name
+from .store import Journal, Synchronous, current_task
+
+__all__ = ["RunnerJournal", "open_journal"]
+
+
+class _Event(Protocol):
+    """What this module reads of the runner's ``TaskEvent``."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def status(self) -> TaskStatus: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def gpu_indices(self) -> tuple[int, ...]: ...
+
+
+@final
+class RunnerJournal:
+    """A journal as the runner sees it (see the module docstring)."""
+
+    def __init__(
+        self,
+        journal: str | os.PathLike[str] | Journal,
+        *,
+        retry_failed: bool | None = None,
+        synchronous: Synchronous = "normal",
+    ) -> None:
+        if not isinstance(journal, (str, os.PathLike, Journal)):
+            raise TypeError(f"journal must be a path or a Journal, got {journal!r}")
+        if retry_failed is not None and not isinstance(retry_failed, bool):
+            raise TypeError(f"retry_failed must be a bool or None, got {retry_failed!r}")
+        self._target = journal
+        self._owned = not isinstance(journal, Journal)
+        self._journal: Journal | None = journal if isinstance(journal, Journal) else None
+        self._synchronous: Synchronous = synchronous
+        self.retry_failed = retry_failed
+        self._described: dict[str, tuple[str, Any]] = {}
+        #: Process groups of a dead owner's jobs killed by `open`.
+        self.killed_leftovers: list[int] = []
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise RuntimeError("the runner's journal is not open (use `async with` on the runner)")
+        return self._journal
+
+    def open(self) -> None:
+        """Open (a path) and kill a dead owner's leftover process groups.
+
+        The runner calls this when it starts, before it grants any GPU.
+        """
+        opened = self._journal is None
+        if self._journal is None:
+            assert not isinstance(self._target, Journal)
+            self._journal = Journal(
+                self._target, synchronous=self._synchronous, retry_failed=bool(self.retry_failed)
+            )
+        try:
+            self.killed_leftovers = self._journal.kill_leftovers()
+        except BaseException:
+            if opened:  # a runner that failed to start gives up what it opened
+                self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the journal if this object opened it."""
+        if self._owned and self._journal is not None:
+            journal, self._journal = self._journal, None
+            journal.close()
+
+    def describe(self, key: str, fn: Callable[..., Any], item: object) -> None:
+        """Note the function and item of ``key``, stored with it when claimed
+        (``gpupool journal export`` shows them).
+
+        The runner calls this when the task is submitted, so a key the journal
+        cannot store is refused there, by ``submit``/``map``, and never fails
+        a running sweep.
+        """
+        check_key(key)
+        try:
+            name = function_name(fn)
+        except JournalEncodingError:
+            name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        self._described[key] = (name, item)
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Every key of the journal that starts with ``prefix`` (a study's trials,
+        for ``runner.optimize`` to resume)."""
+        return self.journal.keys(prefix)
+
+    async def finished(self, key: str) -> TaskResult | None:
+        fn, item = self._described.pop(key, ("", None))
+        return self.journal.claim(key, fn=fn, item=item, retry_failed=self.retry_failed)
+
+    async def record(self, event: _Event, result: TaskResult | None) -> None:
+        journal = self.journal
+        if not journal.in_flight(event.key):
+            # Cancelled before it was claimed: nothing of this run to record.
+            return
+        if event.status.is_final:
+            assert result is not None, "the runner passes the result with the final event"
+            journal.finish(result)
+        elif event.status is not TaskStatus.QUEUED:  # finished() committed QUEUED
+            journal.record(
+                event.key, event.status, attempt=event.attempt, gpu_indices=event.gpu_indices
+            )
+            if event.status is TaskStatus.RUNNING:
+                current_task.set((journal, event.key))
+
+
+def open_journal(journal: str | os.PathLike[str] | Journal) -> RunnerJournal:
+    """What ``ParallelRunner(journal=path_or_journal)`` uses."""
+    return RunnerJournal(journal)

@@ -1,0 +1,254 @@
+"""The journal's on-disk format: schema, pragmas, and reading records back.
+
+Kept apart from `Journal` (which writes and owns) so that read-only users,
+such as ``gpupool journal show``, share the exact same decoding without taking
+ownership of the file.
+
+Schema version 1:
+
+* ``gpupool_meta(name, value)``: ``created_at``, ``created_by`` (gpupool
+  version).
+* ``gpupool_owner``: at most one row, the live owner (pid, start time, boot
+  id, host); absent when the last owner closed cleanly.
+* ``tasks``: one row per task key with its latest state and, once final, its
+  result as JSON. ``starts`` counts how often the task entered RUNNING over
+  all runs, ``interrupted`` how often a crash was found to have cut it short.
+* ``events``: every state change, in commit order (an audit trail; also what
+  the crash test checks "finished exactly once" against).
+* ``process_groups``: process groups of running subprocess jobs.
+
+``PRAGMA application_id`` marks the file as a gpupool journal and
+``PRAGMA user_version`` holds the schema version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from .._core.errors import JournalError
+from .._core.results import TaskResult, TaskStatus
+from .codec import decode_json
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "TaskRecord",
+    "check_header",
+    "count_statuses",
+    "read_records",
+]
+
+#: "GPPJ" as a big-endian int: marks an SQLite file as a gpupool journal.
+APPLICATION_ID = 0x4750504A
+SCHEMA_VERSION = 1
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+_STATUSES = ", ".join(f"'{s.value}'" for s in TaskStatus)
+
+SCHEMA = f"""
+CREATE TABLE gpupool_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE gpupool_owner (
+    slot INTEGER PRIMARY KEY CHECK (slot = 1),
+    pid INTEGER NOT NULL,
+    start_time INTEGER,
+    boot_id TEXT,
+    hostname TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE TABLE tasks (
+    key TEXT PRIMARY KEY,
+    fn TEXT NOT NULL,
+    item TEXT,
+    status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    starts INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    gpu_indices TEXT NOT NULL DEFAULT '[]',
+    value TEXT,
+    error TEXT,
+    traceback TEXT,
+    duration_s REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    pid INTEGER NOT NULL,
+    note TEXT
+);
+CREATE INDEX events_by_key ON events (key, seq);
+CREATE TABLE process_groups (
+    key TEXT NOT NULL,
+    pgid INTEGER NOT NULL,
+    leader_start_time INTEGER,
+    boot_id TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (key, pgid)
+);
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+def check_header(path: str) -> None:
+    """Refuse a file that exists but is not an SQLite database, before SQLite
+    touches it (SQLite would create ``-wal``/``-shm`` files beside it first).
+    An empty file is fine: SQLite treats it as a new database."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise JournalError(f"journal path {path!r} is a directory, not a file") from None
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path!r}: {exc.strerror}") from None
+    if head and head != _SQLITE_HEADER:
+        raise JournalError(
+            f"{path!r} is not a gpupool journal (not an SQLite database); "
+            "pass a new file name or an existing journal"
+        )
+
+
+def check_schema(conn: sqlite3.Connection, path: str) -> bool:
+    """Check the file is a gpupool journal this version can read.
+
+    Returns False for a fresh, empty database (the caller creates the schema).
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0 and version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables == 0:
+            return False
+    if app_id != APPLICATION_ID:
+        raise JournalError(
+            f"{path!r} is an SQLite database but not a gpupool journal "
+            f"(application_id {app_id:#x}); pass a new file name or an existing journal"
+        )
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path!r} has schema version {version}, written by a newer gpupool; "
+            f"this version reads schema versions up to {SCHEMA_VERSION}: upgrade gpupool"
+        )
+    return True
+
+
+@attrs.frozen
+class TaskRecord:
+    """One task's row in a journal, decoded."""
+
+    key: str
+    fn: str
+    item: Any
+    status: TaskStatus
+    attempts: int
+    starts: int
+    interrupted: int
+    gpu_indices: tuple[int, ...]
+    value: Any
+    error: str | None
+    traceback: str | None
+    duration_s: float | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    def to_result(self) -> TaskResult:
+        """The `TaskResult` a resumed run returns for this task."""
+        return TaskResult(
+            key=self.key,
+            status=self.status,
+            value=self.value,
+            error=self.error,
+            traceback=self.traceback,
+            attempts=self.attempts,
+            gpu_indices=self.gpu_indices,
+            from_journal=True,
+            duration_s=self.duration_s,
+        )
+
+
+_COLUMNS = (
+    "key, fn, item, status, attempts, starts, interrupted, gpu_indices, value, error, "
+    "traceback, duration_s, created_at, updated_at, finished_at"
+)
+
+
+def _record(row: tuple[Any, ...]) -> TaskRecord:
+    """Decode one ``tasks`` row; a damaged one raises `JournalError` naming the task."""
+    try:
+        return _decode_row(row)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise JournalError(
+            f"the journal's row for task {row[0]!r} is damaged ({exc}); "
+            "restore the journal from a copy, or start a new one"
+        ) from None
+
+
+def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
+    (key, fn, item, status, attempts, starts, interrupted, gpus, value, error, tb) = row[:11]
+    gpu_indices = decode_json(_typed("gpu_indices", gpus, str))
+    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
+        raise ValueError(f"gpu_indices is {gpus!r}, not a JSON list of ints")
+    return TaskRecord(
+        key=_typed("key", key, str),
+        fn=_typed("fn", fn, str),
+        item=None if item is None else decode_json(_typed("item", item, str)),
+        status=TaskStatus(status),
+        attempts=_typed("attempts", attempts, int),
+        starts=_typed("starts", starts, int),
+        interrupted=_typed("interrupted", interrupted, int),
+        gpu_indices=tuple(gpu_indices),
+        value=None if value is None else decode_json(_typed("value", value, str)),
+        error=None if error is None else _typed("error", error, str),
+        traceback=None if tb is None else _typed("traceback", tb, str),
+        duration_s=None if row[11] is None else _typed("duration_s", row[11], (int, float)),
+        created_at=_typed("created_at", row[12], (int, float)),
+        updated_at=_typed("updated_at", row[13], (int, float)),
+        finished_at=None if row[14] is None else _typed("finished_at", row[14], (int, float)),
+    )
+
+
+def _typed(column: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """``value`` if SQLite gave it the column's type (a damaged page may not)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{column} is {value!r}")
+    return value
+
+
+def read_record(conn: sqlite3.Connection, key: str) -> TaskRecord | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE key = ?", (key,)).fetchone()
+    return None if row is None else _record(row)
+
+
+def read_records(conn: sqlite3.Connection) -> Iterator[TaskRecord]:
+    """Every task, in the order the tasks were first submitted."""
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY rowid"):
+        yield _record(row)
+
+
+def count_statuses(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
+    """How many tasks are in each state (every state present, zeros included)."""
+    counts = dict.fromkeys(TaskStatus, 0)
+    for status, n in conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"):
+        try:
+            counts[TaskStatus(status)] = n
+        except ValueError:
+            raise JournalError(
+                f"the journal is damaged: {n} task(s) have the unknown status {status!r}"
+            ) from None
+    return counts

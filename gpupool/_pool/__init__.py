@@ -1,0 +1,1 @@
+"""The async shell around the core: GPUResourcePool, its GPU monitor, backend primitives."""

@@ -1,0 +1,577 @@
+"""GPUResourcePool: the async shell around the scheduling core.
+
+The shell does three things and decides nothing: it turns calls into core
+inputs (with the current time), it parks each waiter on an event of
+its own until the core names it in a decision, and it reports every wait that
+ends early (cancelled, timed out) back to the core, which takes back a grant
+that raced in and hands it to the next waiter. There is no polling loop: a
+waiter costs nothing while nothing changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
+from .._core.model import GPUAllocation, GPUStats, PoolStatistics
+from .._core.policy import SchedulingPolicy
+from .._core.request import (
+    Request,
+    check_finite_seconds,
+    check_int,
+    check_seconds,
+    is_async_callable,
+    make_request,
+    shown,
+)
+from .._core.scheduler import Failure, Grant, Outcome, Scheduler
+from .._core.scoring import Scorer, default_score
+from ..providers import GPUProvider
+from ..providers.nvml import NVMLProvider
+from .monitor import GPUMonitor, snapshot_off_loop
+from .native import Event, Native
+
+__all__ = ["GPUResourcePool"]
+
+logger = logging.getLogger("gpupool")
+
+_pool_ids = itertools.count(1)
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.outcome: Outcome | None = None
+
+
+# Open pools by id, so that code holding only an allocation (run_process) can find the
+# pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
+_open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
+
+
+def _check_policy(policy: object) -> None:
+    """``None`` or an object with the :class:`SchedulingPolicy` methods (else ``TypeError``)."""
+    if policy is None:
+        return
+    missing = [
+        name
+        for name in ("push", "remove", "schedule", "__iter__", "__len__")
+        if not callable(getattr(policy, name, None))
+    ]
+    if missing or isinstance(policy, type):
+        raise TypeError(
+            "policy must be None or a scheduling policy (such as gpupool.BackfillPolicy() or "
+            f"gpupool.FifoPolicy(); see docs/scheduling.md), got {shown(policy)}"
+        )
+
+
+def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
+    """The open pool that granted ``allocation``, or ``None`` once it has closed."""
+    return _open_pools.get(allocation.pool_id)
+
+
+@final
+class GPUResourcePool:
+    """Shares a machine's GPUs between concurrent tasks, fairly and safely.
+
+    >>> async with GPUResourcePool(FakeGPUProvider(count=4)) as pool:  # doctest: +SKIP
+    ...     async with pool.allocation(required_gpus=2, min_memory_mb=8000) as alloc:
+    ...         print(alloc.env["CUDA_VISIBLE_DEVICES"])
+
+    ``provider=None`` means the machine's real GPUs through NVML; a machine
+    without NVML gets a :class:`ProviderError` that says what to install, or to
+    pass a :class:`FakeGPUProvider`. ``max_parallel`` caps how many
+    allocations are held at once (``None``: as many as the GPUs allow).
+    ``refresh_interval`` bounds how often the provider is asked;
+    ``settle_timeout`` bounds how long a GPU waits, after a release, for the
+    memory of the released job's processes to come back (see docs/devices.md).
+    ``policy`` orders the waiters (default: :class:`BackfillPolicy`, priority
+    then arrival with backfilling that starves nobody; see docs/scheduling.md);
+    ``scorer`` ranks the GPUs that fit (default: free memory and idleness): a
+    plain function that returns a finite number; a call for which it fails
+    raises its error and changes nothing (docs/errors.md, "Scorers").
+    ``open_timeout`` bounds the wait for the provider's first snapshot on
+    entry (``None``: no bound); a driver that does not answer in time is a
+    :class:`ProviderError`.
+    """
+
+    def __init__(
+        self,
+        provider: GPUProvider | None = None,
+        *,
+        max_parallel: int | None = None,
+        refresh_interval: float = 1.0,
+        settle_timeout: float = 30.0,
+        policy: SchedulingPolicy | None = None,
+        scorer: Scorer = default_score,
+        open_timeout: float | None = 60.0,
+    ) -> None:
+        if provider is not None and not callable(getattr(provider, "snapshot", None)):
+            raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
+        if max_parallel is not None:
+            check_int("max_parallel", max_parallel, minimum=1)
+        interval = check_finite_seconds("refresh_interval", refresh_interval, allow_zero=False)
+        settle = check_seconds("settle_timeout", settle_timeout)
+        self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
+        _check_policy(policy)
+        if not callable(scorer) or is_async_callable(scorer):
+            raise TypeError(
+                "scorer must be a plain function of a GPU returning a finite number, "
+                f"got {shown(scorer)}"
+            )
+        self._provider = provider
+        self._max_parallel = max_parallel
+        self._refresh_interval = interval
+        self._settle_timeout = float("inf") if settle is None else settle
+        self._policy = policy
+        self._scorer = scorer
+        self._id = next(_pool_ids)
+        self._core: Scheduler | None = None
+        self._monitor: GPUMonitor | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._monitor_scope: anyio.CancelScope | None = None
+        self._owned_provider: NVMLProvider | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        self._new_event: Callable[[], Event] = anyio.Event
+        self._waiters: dict[int, _Waiter] = {}
+        self._opened = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> GPUResourcePool:
+        if self._opened:
+            raise RuntimeError("a GPUResourcePool can be entered only once")
+        self._opened = True
+        provider = self._provider
+        if provider is None:
+            # Pool-owned: NVML is shut down again when the pool closes.
+            provider = self._owned_provider = NVMLProvider()
+        try:
+            snapshot = await self._first_snapshot(provider)
+        except BaseException as exc:
+            self._closed = True
+            # Cancelled: the snapshot's thread may still be stuck in the driver, holding
+            # the provider's lock, so the close must not wait for it on the loop.
+            self._close_owned_provider(in_background=not isinstance(exc, Exception))
+            raise
+        if snapshot is None:
+            self._closed = True
+            self._close_owned_provider(in_background=True)  # the thread is stuck, as above
+            raise ProviderError(
+                f"the GPU provider did not answer its first snapshot within open_timeout="
+                f"{self._open_timeout} s (a hung driver: does `nvidia-smi` answer?); pass "
+                "a larger open_timeout, or None, to wait longer"
+            )
+        try:
+            core = Scheduler(
+                snapshot,
+                max_parallel=self._max_parallel,
+                scorer=self._scorer,
+                policy=self._policy,
+                settle_timeout=self._settle_timeout,
+                pool_id=self._id,
+            )
+        except BaseException:
+            # A scorer that fails on the first snapshot: the pool never opens.
+            self._closed = True
+            self._close_owned_provider()
+            raise
+        monitor = GPUMonitor(
+            provider,
+            refresh_interval=self._refresh_interval,
+            handler=self._on_snapshot,
+            epoch=lambda: core.epoch,
+            wanted=lambda: core.wants_refresh,
+            tick=lambda now: self._dispatch(core.expire(now)),
+        )
+        # The monitor runs under a cancel scope of its own: cancelling the task group's
+        # scope would cancel the body of the user's `async with`, which that group wraps.
+        monitor_scope = anyio.CancelScope()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._run_monitor, monitor, monitor_scope)
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
+        monitor.mark_fresh(anyio.current_time())
+        native = Native.current()
+        self._clock, self._checkpoint, self._new_event = native
+        self._core, self._monitor, self._task_group = core, monitor, task_group
+        self._monitor_scope = monitor_scope
+        _open_pools[self._id] = self
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            await task_group.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """Close the pool: waiters get :class:`PoolClosed`, nothing more is granted.
+
+        Holders keep their GPUs until they release them (releasing after close
+        is allowed). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _open_pools.pop(self._id, None)
+        if self._core is not None:
+            self._dispatch(self._core.close())
+        if self._monitor_scope is not None:
+            self._monitor_scope.cancel()
+        # A snapshot in flight may be stuck in a sick driver; its abandoned thread
+        # holds the provider's lock until the driver answers.
+        self._close_owned_provider(
+            in_background=self._monitor is not None and self._monitor.refreshing
+        )
+        await anyio.lowlevel.checkpoint()
+
+    async def _first_snapshot(self, provider: GPUProvider) -> list[GPUStats] | None:
+        """The provider's first snapshot, or ``None`` if it took over ``open_timeout``.
+
+        Any failure of the provider is a :class:`ProviderError`.
+        """
+        with anyio.move_on_after(self._open_timeout):
+            try:
+                snapshot, _ = await snapshot_off_loop(provider)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(
+                    f"the GPU provider failed on its first snapshot: {exc!r}"
+                ) from exc
+            return snapshot
+        return None
+
+    def _close_owned_provider(self, *, in_background: bool = False) -> None:
+        """Shut down the NVML the pool opened itself.
+
+        ``in_background``: in a daemon thread, because a snapshot may still be
+        running in the driver, and the close waits for it to return.
+        """
+        provider, self._owned_provider = self._owned_provider, None
+        if provider is None:
+            return
+        if in_background:
+            threading.Thread(target=provider.close, name="gpupool-nvml-close", daemon=True).start()
+        else:
+            provider.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @staticmethod
+    async def _run_monitor(
+        monitor: GPUMonitor,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await monitor.run(task_status=task_status)
+
+    # ------------------------------------------------------------ acquiring
+
+    async def acquire(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        timeout: float | None = None,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> GPUAllocation:
+        """Wait for GPUs and return them as an allocation; release it with :meth:`release`.
+
+        ``required_gpus`` whole GPUs that no other allocation holds, each with
+        at least ``min_memory_mb`` free; with ``exclusive=False``, GPUs shared
+        with other shared allocations while their memory fits. Higher
+        ``priority`` is served first, equal priorities in arrival order; a
+        later request starts first only within the bounds docs/scheduling.md
+        gives. ``expected_duration`` (seconds) is a hint that lets shorter
+        requests use GPUs the queue's head is waiting for without delaying it.
+
+        The request is decided on the cached snapshot, never after waiting for
+        the provider (a stale one is refreshed in the background), so a hung
+        driver cannot hold it past its timeout; see docs/pool.md.
+
+        Raises :class:`PoolTimeout` after ``timeout`` seconds,
+        :class:`UnsatisfiableRequest` at once when no GPU could ever satisfy
+        the request, :class:`PoolClosed` when the pool closes, and
+        ``TypeError`` / ``ValueError`` for bad arguments (docs/errors.md).
+        Cancellation at any point leaves nothing held.
+        """
+        request = make_request(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            priority=priority,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        limit = None if timeout is None else check_seconds("timeout", timeout)
+        core, monitor = self._core, self._monitor
+        if core is None or monitor is None or self._closed:
+            core, monitor = self._require_open()  # raises PoolClosed
+        # Yield (and see any pending cancellation) *before* deciding, so that the
+        # decision and its return happen with no await between them: a grant is
+        # never made to a caller that cancellation then takes away.
+        await self._checkpoint()
+        now = self._clock()
+        if now >= monitor.stale_at:
+            # Decide on the data we have and refresh in the background: waiting for a
+            # sick driver here would hold the grant past its timeout (docs/pool.md).
+            monitor.refresh_soon()
+        allocation = core.grant_at_once(request, now)
+        if allocation is not None:
+            return allocation
+        submission = core.submit(request, now)
+        if submission.outcomes:
+            self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
+        if submission.allocation is not None:
+            return submission.allocation
+        return await self._wait(core, submission.ticket, request, limit)
+
+    def acquire_nowait(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> GPUAllocation:
+        """Like :meth:`acquire`, but raise :class:`WouldBlock` instead of waiting.
+
+        It never jumps the queue: while an earlier request that this one would
+        delay is waiting, it raises :class:`WouldBlock` even if GPUs are free.
+        It decides on the cached snapshot, however old (it cannot wait for a
+        new one), and starts a refresh in the background when that is stale.
+        """
+        request = make_request(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            exclusive=exclusive,
+            priority=priority,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        core, monitor = self._require_open()
+        now = self._clock()
+        if now >= monitor.stale_at:
+            monitor.refresh_soon()
+        submission = core.submit(request, now, nowait=True)
+        self._dispatch(submission.outcomes)
+        if submission.error is not None:
+            raise submission.error
+        if submission.allocation is None:
+            raise WouldBlock(
+                f"no GPUs free now for required_gpus={request.required_gpus}, "
+                f"min_memory_mb={request.min_memory_mb} without overtaking "
+                f"{core.waiting} waiting request(s)"
+            )
+        return submission.allocation
+
+    async def release(self, allocation: GPUAllocation) -> None:
+        """Give ``allocation``'s GPUs back; they go to the next waiters at once.
+
+        Raises :class:`AllocationNotHeld` if it was released already or came
+        from another pool. Never blocks, and completes even when the calling
+        task is being cancelled, so it is safe in ``finally`` blocks.
+        """
+        core = self._core
+        if core is None:
+            raise AllocationNotHeld(
+                f"allocation {allocation.id} is not held: the pool never opened"
+            )
+        outcomes = core.release(allocation, self._clock())
+        if outcomes:
+            self._dispatch(outcomes)
+        if self._monitor is not None and core.wants_refresh:
+            self._monitor.wake()
+
+    @asynccontextmanager
+    async def allocation(
+        self,
+        required_gpus: int = 1,
+        *,
+        min_memory_mb: float = 0,
+        timeout: float | None = None,
+        priority: int = 0,
+        exclusive: bool = True,
+        allowed_gpus: Iterable[int] | None = None,
+        experiment_id: str | None = None,
+        expected_duration: float | None = None,
+    ) -> AsyncIterator[GPUAllocation]:
+        """``acquire`` on entry and ``release`` on exit, also on error or cancellation."""
+        allocation = await self.acquire(
+            required_gpus,
+            min_memory_mb=min_memory_mb,
+            timeout=timeout,
+            priority=priority,
+            exclusive=exclusive,
+            allowed_gpus=allowed_gpus,
+            experiment_id=experiment_id,
+            expected_duration=expected_duration,
+        )
+        try:
+            yield allocation
+        finally:
+            core = self._core
+            if core is not None and core.holds(allocation):
+                with anyio.CancelScope(shield=True):
+                    await self.release(allocation)
+
+    # ------------------------------------------------------------ other calls
+
+    def statistics(self) -> PoolStatistics:
+        """GPUs, holders and waiters as the pool accounts for them right now."""
+        core = self._core
+        if core is None:
+            raise PoolClosed("the pool is not open: use `async with GPUResourcePool(...) as pool`")
+        return core.statistics()
+
+    def register_process(self, allocation: GPUAllocation, pid: int) -> None:
+        """Tell the pool that process ``pid`` (and its session) works for ``allocation``.
+
+        Its GPU memory is then covered by the allocation's reservation rather
+        than counted again as foreign, and after the release the GPU is not
+        granted again until the process has left it (or ``settle_timeout``).
+        :func:`gpupool.run_process` does this itself.
+        """
+        if not isinstance(allocation, GPUAllocation):
+            raise TypeError(
+                f"allocation must be a GPUAllocation of this pool, got {shown(allocation)}"
+            )
+        check_int("pid", pid, minimum=1)
+        core, _ = self._require_open()
+        core.attach_process(allocation, pid)
+
+    def mark_unhealthy(self, gpu_index: int, reason: str = "marked unhealthy by the user") -> None:
+        """Stop granting GPU ``gpu_index`` (for example after an Xid error in a job's log).
+
+        Waiters that could now never be served fail with :class:`UnsatisfiableRequest`.
+        """
+        check_int("gpu_index", gpu_index, minimum=0)
+        core, _ = self._require_open()
+        self._dispatch(core.mark_unhealthy(gpu_index, anyio.current_time(), reason))
+
+    def mark_healthy(self, gpu_index: int) -> None:
+        """Undo :meth:`mark_unhealthy` (the provider's own health report still applies)."""
+        check_int("gpu_index", gpu_index, minimum=0)
+        core, _ = self._require_open()
+        self._dispatch(core.mark_healthy(gpu_index, anyio.current_time()))
+
+    async def refresh(self) -> None:
+        """Ask the provider now (sharing a refresh already in flight) and reschedule.
+
+        Unlike ``acquire``, this waits for the driver; cancelling it (or a
+        timeout around it) stops the wait, not the snapshot.
+        """
+        _, monitor = self._require_open()
+        await monitor.refresh()
+
+    # ------------------------------------------------------------ internals
+
+    def _require_open(self) -> tuple[Scheduler, GPUMonitor]:
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        if self._core is None or self._monitor is None:
+            raise PoolClosed("the pool is not open: use `async with GPUResourcePool(...) as pool`")
+        return self._core, self._monitor
+
+    async def _wait(
+        self, core: Scheduler, ticket: int, request: Request, limit: float | None
+    ) -> GPUAllocation:
+        waiter = self._waiters[ticket] = _Waiter(self._new_event())
+        if self._monitor is not None:
+            self._monitor.wake()
+        try:
+            if limit is None:
+                await waiter.event.wait()
+            else:
+                with anyio.fail_after(limit):
+                    await waiter.event.wait()
+        except BaseException as exc:
+            del self._waiters[ticket]
+            # Withdraws the waiter, or hands back a grant that raced with the interruption.
+            self._dispatch(core.cancel(ticket, anyio.current_time()))
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"no GPUs within {limit} s for required_gpus={request.required_gpus}, "
+                    f"min_memory_mb={request.min_memory_mb}, exclusive={request.exclusive}"
+                ) from None
+            raise
+        del self._waiters[ticket]
+        outcome = waiter.outcome
+        if isinstance(outcome, Failure):
+            raise outcome.error
+        assert isinstance(outcome, Grant)
+        return outcome.allocation
+
+    def _dispatch(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            waiter = self._waiters.get(outcome.ticket)
+            if waiter is None:
+                # Every queued ticket has a waiter before the first checkpoint, so this
+                # is a bug; give a stray grant back rather than leak its GPUs.
+                logger.error("gpupool: decision for unknown ticket %s: %s", outcome.ticket, outcome)
+                if isinstance(outcome, Grant) and self._core is not None:
+                    self._dispatch(self._core.release(outcome.allocation, anyio.current_time()))
+                continue
+            waiter.outcome = outcome
+            waiter.event.set()
+
+    def _on_snapshot(
+        self, snapshot: Sequence[GPUStats], started: float, epoch: int, sessions: Mapping[int, int]
+    ) -> None:
+        if self._core is None:
+            return
+        try:
+            outcomes = self._core.update(snapshot, started, epoch=epoch, sessions=sessions)
+        except Exception as exc:
+            # The scorer failed on the new numbers (nothing else in update calls user
+            # code). The core changed nothing, so the pool goes on with the last good
+            # snapshot, as after a failed provider call; there is no caller to raise to.
+            logger.error(
+                "gpupool: a GPU snapshot was not taken in, keeping the last one: %s",
+                exc,
+                exc_info=True,
+            )
+            return
+        self._dispatch(outcomes)

@@ -1,0 +1,1 @@
+"""``run_process`` and the ``/proc`` scanning that ends every process a job started."""

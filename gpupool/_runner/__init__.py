@@ -1,0 +1,1 @@
+"""ParallelRunner and what it is made of: tasks, slots, executors, events, retry, tuning."""
