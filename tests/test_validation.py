@@ -37,7 +37,8 @@ from gpupool import (
     run_process,
 )
 from gpupool._cli.main import main as cli_main
-from gpupool._core.request import Request, make_request, shown
+from gpupool._core.checks import shown
+from gpupool._core.request import Request, make_request
 from gpupool._core.scheduler import Failure, Grant, Outcome, Scheduler
 from gpupool._core.scoring import ScoredGPU
 from gpupool.providers.fake import MAX_FAKE_GPUS

@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, TypeAlias, final
 
 import attrs
 
+from .checks import check_int, check_seconds
 from .policy import SchedulerView
-from .request import Request, check_int, check_seconds
+from .request import Request
 from .reservation import Plan
 
 if TYPE_CHECKING:

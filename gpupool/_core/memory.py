@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from .request import check_int, check_number, shown
+from .checks import check_int, check_number, shown
 
 __all__ = ["DTYPE_BYTES", "estimate_memory_mb"]
 

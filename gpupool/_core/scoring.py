@@ -17,7 +17,7 @@ import inspect
 import math
 from typing import Protocol
 
-from .request import shown
+from .checks import shown
 
 __all__ = [
     "MEMORY_WEIGHT",

@@ -23,18 +23,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._core.checks import check_finite_seconds, check_int, check_seconds, is_async_callable, shown
 from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from .._core.model import GPUAllocation, GPUStats, PoolStatistics
 from .._core.policy import SchedulingPolicy
-from .._core.request import (
-    Request,
-    check_finite_seconds,
-    check_int,
-    check_seconds,
-    is_async_callable,
-    make_request,
-    shown,
-)
+from .._core.request import Request, make_request
 from .._core.scheduler import Failure, Grant, Outcome, Scheduler
 from .._core.scoring import Scorer, default_score
 from ..providers import GPUProvider

@@ -46,9 +46,9 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
+from .._core.checks import check_finite_seconds, check_seconds
 from .._core.errors import GPUPoolError
 from .._core.model import GPUAllocation
-from .._core.request import check_finite_seconds, check_seconds
 from .._journal import store as _journal
 from .._pool import pool as _pool
 from .proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all

@@ -62,8 +62,8 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
+from .._core.checks import check_int, check_seconds, is_async_callable, shown
 from .._core.errors import GPUPoolError
-from .._core.request import check_int, check_seconds, is_async_callable, shown
 
 __all__ = [
     "DEFAULT_WORKERS",

@@ -11,7 +11,7 @@ from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
-from .._core.request import check_int
+from .._core.checks import check_int
 from .._core.results import TaskStatus
 from .events import TaskEvent
 from .runner import ParallelRunner

@@ -49,17 +49,17 @@ import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .._core.errors import PoolClosed
-from .._core.model import GPUAllocation
-from .._core.request import (
+from .._core.checks import (
     check_finite_seconds,
     check_int,
     check_number,
     check_seconds,
     is_async_callable,
-    make_request,
     shown,
 )
+from .._core.errors import PoolClosed
+from .._core.model import GPUAllocation
+from .._core.request import make_request
 from .._core.results import TaskResult, TaskStatus
 from .._pool.native import Native
 from .._pool.pool import GPUResourcePool

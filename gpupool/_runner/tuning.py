@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, fina
 import anyio
 import attrs
 
+from .._core.checks import check_int
 from .._core.errors import JournalEncodingError
-from .._core.request import check_int
 from .._core.results import TaskResult
 from .retry import RetryOn, backoff_delay, should_retry
 from .task import TaskHandle, _Spec, deliver_to

@@ -9,9 +9,9 @@ from typing import final
 
 import attrs
 
+from .._core.checks import check_finite_seconds, check_int, check_number, shown
 from .._core.errors import ProviderError
 from .._core.model import GPUProcess, GPUStats
-from .._core.request import check_finite_seconds, check_int, check_number, shown
 
 __all__ = ["MAX_FAKE_GPUS", "FakeGPUProvider"]
 
