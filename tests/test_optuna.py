@@ -78,7 +78,7 @@ async def test_a_real_study_finds_the_minimum_with_failures_and_prunings() -> No
             outcome = await runner.optimize(
                 strategy, objective, n_trials=40, required_gpus=1, retries=1, retry_backoff=0
             )
-        assert pool.statistics().holders == 0
+        assert pool.statistics().holder_count == 0
     states = [t.state for t in study.trials]
     # Every failed trial got its one retry, a new trial of the same x; pruned ones none.
     retries = [t for t in study.trials if "gpupool:retry_of" in t.system_attrs]

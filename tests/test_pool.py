@@ -34,10 +34,10 @@ async def pool() -> AsyncIterator[GPUResourcePool]:
 
 def assert_all_free(pool: GPUResourcePool) -> None:
     stats = pool.statistics()
-    assert stats.holders == 0
+    assert stats.holder_count == 0
     assert stats.waiters == 0
     for g in stats.gpus:
-        assert g.holders == ()
+        assert g.holder_ids == ()
         assert g.memory_reserved_mb == 0
 
 
@@ -170,7 +170,7 @@ async def test_provider_failures_keep_the_last_good_snapshot(
             tg.start_soon(pool.acquire, 1)
             await anyio.sleep(0.1)  # refreshes fail meanwhile
             await pool.release(holder)
-        assert pool.statistics().holders == 1
+        assert pool.statistics().holder_count == 1
     assert "GPU snapshot failed" in caplog.text
 
 
@@ -265,7 +265,7 @@ async def test_a_grant_racing_a_native_cancel_goes_to_the_next_waiter(
         await first
     with anyio.fail_after(5):
         second_alloc = await second
-    assert pool.statistics().holders == 1
+    assert pool.statistics().holder_count == 1
     await pool.release(second_alloc)
     assert_all_free(pool)
 

@@ -73,7 +73,7 @@ def test_a_release_at_the_deadline_either_grants_or_times_out_cleanly() -> None:
                 else:
                     outcome = "granted"
                     await pool.release(alloc)
-            return outcome, pool.statistics().holders
+            return outcome, pool.statistics().holder_count
 
     outcome, holders = run_virtual(scenario)
     assert outcome in {"granted", "timed out"}

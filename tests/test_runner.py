@@ -42,7 +42,7 @@ async def pool() -> AsyncIterator[GPUResourcePool]:
 
 def assert_all_gpus_free(pool: GPUResourcePool) -> None:
     stats = pool.statistics()
-    assert (stats.holders, stats.waiters) == (0, 0)
+    assert (stats.holder_count, stats.waiters) == (0, 0)
     assert stats.free_gpus == (0, 1, 2, 3)
 
 

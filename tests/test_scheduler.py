@@ -39,7 +39,7 @@ def test_exclusive_request_gets_distinct_whole_gpus() -> None:
     assert set(a.gpu_indices).isdisjoint(b.gpu_indices)
     assert s.submit(req(1), 0).allocation is None
     stats = s.statistics()
-    assert all(g.exclusive and len(g.holders) == 1 for g in stats.gpus)
+    assert all(g.exclusive and len(g.holder_ids) == 1 for g in stats.gpus)
 
 
 def test_best_scored_gpu_wins_and_ties_break_by_lowest_index() -> None:
@@ -238,7 +238,7 @@ def test_holder_of_a_gpu_that_turns_unhealthy_can_still_release() -> None:
     assert alloc is not None
     s.update([gpu(0, healthy=False)], 1)
     s.release(alloc, 2)
-    assert s.statistics().gpus[0].holders == ()
+    assert s.statistics().gpus[0].holder_ids == ()
     assert s.statistics().free_gpus == ()  # free, but unhealthy: not offered
 
 
@@ -312,7 +312,7 @@ def test_close_fails_waiters_and_refuses_new_requests() -> None:
     with pytest.raises(PoolClosed):
         s.submit(req(1), 1)
     assert s.release(holder, 1) == []
-    assert s.statistics().holders == 0
+    assert s.statistics().holder_count == 0
 
 
 # ---------------------------------------------------------------- processes and settle

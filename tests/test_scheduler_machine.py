@@ -145,8 +145,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def model_agrees_with_core(self) -> None:
         stats = self.core.statistics()
         assert stats.waiters == len(self.waiting)
-        assert stats.holders == len(self.held)
-        assert stats.holders <= 3  # max_parallel
+        assert stats.holder_count == len(self.held)
+        assert stats.holder_count <= 3  # max_parallel
 
     @invariant()
     def the_cores_shortcut_counts_are_exact(self) -> None:
@@ -166,7 +166,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 holders_of[index].append(alloc)
         for g in self.core.statistics().gpus:
             allocs = holders_of[g.index]
-            assert sorted(g.holders) == sorted(a.id for a in allocs)
+            assert sorted(g.holder_ids) == sorted(a.id for a in allocs)
             if any(a.exclusive for a in allocs):
                 assert len(allocs) == 1
                 assert g.exclusive
@@ -187,10 +187,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert not self.waiting, f"waiters left unserved: {sorted(self.waiting)}"
         assert not self.held
         stats = self.core.statistics()
-        assert stats.holders == 0
+        assert stats.holder_count == 0
         assert stats.waiters == 0
         for g in stats.gpus:
-            assert g.holders == ()
+            assert g.holder_ids == ()
             assert g.memory_reserved_mb == 0
             assert not g.exclusive
 

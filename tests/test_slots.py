@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import anyio
+import attrs
 import pytest
 
-from gpupool._runner.slots import Slots
+from gpupool._runner.slots import Slots, SlotsStatistics
 
 pytestmark = pytest.mark.anyio
 
@@ -84,3 +85,66 @@ async def test_cancelled_waiters_are_skipped() -> None:
             slots.release()
     assert winners == [99]
     assert (slots.in_use, slots.waiting) == (1, 0)
+
+
+async def test_acquire_yields_to_the_scheduler_even_when_a_slot_is_free() -> None:
+    """Like trio's CapacityLimiter.acquire, every acquire is a checkpoint."""
+    slots = Slots(2)
+    order: list[str] = []
+
+    async def other() -> None:
+        order.append("other task")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        # trio may run either task first after one yield; after two, the
+        # other task has had its turn (and without a checkpoint, never).
+        await slots.acquire()
+        await slots.acquire()
+        order.append("acquired twice")
+    assert order == ["other task", "acquired twice"]
+    assert slots.in_use == 2
+
+
+async def test_a_caller_cancelled_before_it_acquires_gets_no_slot() -> None:
+    slots = Slots(1)
+    reached = False
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await slots.acquire()
+        reached = True
+    assert not reached
+    assert scope.cancelled_caught
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+async def test_release_without_an_acquire_raises_and_changes_nothing() -> None:
+    slots = Slots(2)
+    with pytest.raises(RuntimeError, match=r"release\(\) without a matching acquire"):
+        slots.release()
+    assert slots.in_use == 0
+    await slots.acquire()
+    slots.release()
+    with pytest.raises(RuntimeError, match="no slot is held"):
+        slots.release()
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+async def test_statistics_are_a_frozen_snapshot_and_repr_shows_them() -> None:
+    slots = Slots(2)
+    await slots.acquire()
+    await slots.acquire()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(slots.acquire)
+        await anyio.wait_all_tasks_blocked()
+        stats = slots.statistics()
+        assert stats == SlotsStatistics(in_use=2, total=2, waiting=3)
+        assert repr(slots) == "<Slots 2/2 with 3 waiting>"
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            stats.in_use = 0  # type: ignore[misc]
+        for _ in range(3):
+            slots.release()
+            await anyio.wait_all_tasks_blocked()
+    assert stats.waiting == 3  # a snapshot: later changes do not reach it
+    assert slots.statistics() == SlotsStatistics(in_use=2, total=2, waiting=0)

@@ -704,7 +704,7 @@ async def test_a_waiter_gets_the_scorers_error_from_acquire(pool: GPUResourcePoo
         assert len(errors) == 1
         assert "scorer _nan_once_shared returned nan for GPU 1" in str(errors[0])
         stats = bad.statistics()
-        assert (stats.holders, stats.waiters) == (0, 0)
+        assert (stats.holder_count, stats.waiters) == (0, 0)
 
 
 async def test_a_bad_score_on_a_later_snapshot_keeps_the_last_good_one(
@@ -781,7 +781,7 @@ class _Storm:
         except Exception as exc:  # a corrupted core: IndexError, AllocationNotHeld, ...
             self.crashes.append(type(exc).__name__)
         if self.core._idle != sorted(self.core._idle) or {i for _, i in self.core._idle} != {
-            g.index for g in self.core.statistics().gpus if not g.holders and g.healthy
+            g.index for g in self.core.statistics().gpus if not g.holder_ids and g.healthy
         }:
             self.idle_list_wrong += 1
 

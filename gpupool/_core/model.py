@@ -8,7 +8,7 @@ between threads, and free of any behaviour that does I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
 from typing import final
 
 import attrs
@@ -108,12 +108,6 @@ class GPUAllocation:
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpu_uuids),
         }
 
-    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``base`` (for example ``os.environ``) with :attr:`env` laid over it."""
-        merged = dict(base or {})
-        merged.update(self.env)
-        return merged
-
 
 @final
 @attrs.frozen
@@ -131,11 +125,17 @@ class GPUStatistics:
     memory_free_mb: int
     utilization_pct: float | None
     #: Ids of the allocations that hold this GPU.
-    holders: tuple[int, ...]
+    holder_ids: tuple[int, ...]
     #: True while an exclusive allocation holds the GPU whole.
     exclusive: bool
     #: True while the GPU waits for a released job's memory to come back.
     settling: bool
+
+    @property
+    def holders(self) -> tuple[int, ...]:
+        """Deprecated: :attr:`holder_ids` (``PoolStatistics.holders`` was a count)."""
+        _renamed("GPUStatistics.holders", "GPUStatistics.holder_ids")
+        return self.holder_ids
 
 
 @final
@@ -145,7 +145,7 @@ class PoolStatistics:
 
     gpus: tuple[GPUStatistics, ...]
     #: Allocations held now.
-    holders: int
+    holder_count: int
     #: Requests queued now.
     waiters: int
     max_parallel: int | None
@@ -155,4 +155,20 @@ class PoolStatistics:
     @property
     def free_gpus(self) -> tuple[int, ...]:
         """Indices of the healthy GPUs that no allocation holds."""
-        return tuple(g.index for g in self.gpus if g.healthy and not g.holders)
+        return tuple(g.index for g in self.gpus if g.healthy and not g.holder_ids)
+
+    @property
+    def holders(self) -> int:
+        """Deprecated: :attr:`holder_count` (``GPUStatistics.holders`` was a tuple of ids)."""
+        _renamed("PoolStatistics.holders", "PoolStatistics.holder_count")
+        return self.holder_count
+
+
+def _renamed(old: str, new: str) -> None:
+    # stacklevel 3: the user's line that read the old name, not the property.
+    warnings.warn(
+        f"{old} is deprecated, use {new}: the two statistics classes gave one name "
+        "to a count and to a tuple of ids",
+        DeprecationWarning,
+        stacklevel=3,
+    )

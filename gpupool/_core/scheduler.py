@@ -363,13 +363,13 @@ class Scheduler:
                     memory_foreign_mb=g.foreign_mb,
                     memory_free_mb=g.memory_free_mb,
                     utilization_pct=g.utilization_pct,
-                    holders=g.holder_ids(),
+                    holder_ids=g.holder_ids(),
                     exclusive=g.exclusive_holder is not None,
                     settling=g.settle is not None,
                 )
                 for g in self._gpus.values()
             ),
-            holders=len(self._holdings),
+            holder_count=len(self._holdings),
             waiters=len(self._waiters),
             max_parallel=self._max_parallel,
             grants_total=self._grants_total,

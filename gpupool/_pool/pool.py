@@ -279,6 +279,17 @@ class GPUResourcePool:
     def closed(self) -> bool:
         return self._closed
 
+    def __repr__(self) -> str:
+        # One line from statistics(), like trio's <CapacityLimiter 2/8 with 3 waiting>.
+        if self._core is None:
+            return "<GPUResourcePool closed>" if self._closed else "<GPUResourcePool not open>"
+        stats = self._core.statistics()
+        held = sum(1 for gpu in stats.gpus if gpu.holder_ids)
+        closed = "closed, " if self._closed else ""  # holders may outlive the close
+        return (
+            f"<GPUResourcePool {closed}{held}/{len(stats.gpus)} GPUs held, {stats.waiters} waiting>"
+        )
+
     @staticmethod
     async def _run_monitor(
         monitor: GPUMonitor,

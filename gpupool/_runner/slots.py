@@ -7,16 +7,39 @@ released slot is handed straight to the next waiter; a waiter cancelled after
 its grant raced in passes the slot on (anyio #947 was exactly such a lost
 token). Cancelled waiters are dropped lazily, so cancelling ten thousand of
 them costs linear time, not quadratic.
+
+Like trio's ``acquire``, :meth:`Slots.acquire` is always a checkpoint: it
+yields to the scheduler even when a slot is free (so a loop of acquires cannot
+starve other tasks), and a caller whose scope is already cancelled raises
+there and holds nothing. A :meth:`Slots.release` without a matching acquire
+is a bug in the caller and raises ``RuntimeError``, as trio's does for a
+release by a non-holder; ``in_use`` never goes below zero.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import attrs
 
 from .._pool.native import Event, Native
 
-__all__ = ["Slots"]
+__all__ = ["Slots", "SlotsStatistics"]
+
+
+@final
+@attrs.frozen
+class SlotsStatistics:
+    """The slots at one moment, named like trio's ``CapacityLimiterStatistics``."""
+
+    #: Slots held now.
+    in_use: int
+    #: Slots in all.
+    total: int
+    #: Acquires queued now (cancelled ones not counted).
+    waiting: int
 
 
 class _Waiter:
@@ -35,19 +58,32 @@ class Slots:
         self._front: deque[_Waiter] = deque()
         self._back: deque[_Waiter] = deque()
         self._queued = 0
-        # The backend's own event class, looked up at the first wait (as the pool does).
+        # The backend's own checkpoint and event class, looked up at the first
+        # acquire (as the pool does): anyio's would find the backend each call.
+        self._checkpoint: Callable[[], Awaitable[None]] | None = None
         self._new_event: Callable[[], Event] | None = None
 
     @property
     def waiting(self) -> int:
         return self._queued
 
+    def statistics(self) -> SlotsStatistics:
+        return SlotsStatistics(in_use=self.in_use, total=self.total, waiting=self._queued)
+
+    def __repr__(self) -> str:
+        return f"<Slots {self.in_use}/{self.total} with {self._queued} waiting>"
+
     async def acquire(self, *, front: bool = False) -> None:
+        if self._checkpoint is None:
+            native = Native.current()
+            self._checkpoint, self._new_event = native.checkpoint, native.event
+        # Yield first, take after: a cancelled caller raises here holding
+        # nothing, and no yield comes between the take and the return.
+        await self._checkpoint()
         if self.in_use < self.total and not self._queued:
             self.in_use += 1
             return
-        if self._new_event is None:
-            self._new_event = Native.current().event
+        assert self._new_event is not None
         waiter = _Waiter(self._new_event())
         (self._front if front else self._back).append(waiter)
         self._queued += 1
@@ -62,6 +98,10 @@ class Slots:
             raise
 
     def release(self) -> None:
+        if self.in_use <= 0:
+            raise RuntimeError(
+                f"Slots.release() without a matching acquire(): no slot is held ({self!r})"
+            )
         for lane in (self._front, self._back):
             while lane:
                 waiter = lane.popleft()
