@@ -1,4 +1,4 @@
-"""The pool's statistics and its repr: distinct names for a count and for ids."""
+"""The pool's statistics, its repr, and one name for each thing they report."""
 
 from __future__ import annotations
 
@@ -52,3 +52,15 @@ async def test_the_old_holders_names_still_work_and_warn() -> None:
         with pytest.deprecated_call(match=r"GPUStatistics\.holder_ids"):
             assert stats.gpus[0].holders == (alloc.id,)
         await pool.release(alloc)
+
+
+async def test_mark_unhealthy_takes_a_detail_like_the_providers_reports() -> None:
+    """One name for why a GPU is unhealthy: ``detail`` (``GPUStats.health_detail``,
+    ``FakeGPUProvider.set_healthy``); ``reason=`` was the pool's own spelling."""
+    async with GPUResourcePool(FakeGPUProvider(count=2)) as pool:
+        pool.mark_unhealthy(0, detail="Xid 79 in the job's log")
+        with pytest.deprecated_call(match=r"mark_unhealthy\(reason=\) is deprecated, use detail="):
+            pool.mark_unhealthy(1, reason="Xid 48")
+        assert [gpu.healthy for gpu in pool.statistics().gpus] == [False, False]
+        with pytest.raises(TypeError, match="detail must be a str saying why, got 79"):
+            pool.mark_unhealthy(0, detail=79)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ __all__ = [
 MAX_KEY_LENGTH = 512
 
 
-def _plain(value: object, where: str) -> Any:
+def _as_json_types(value: object, where: str) -> Any:
     """Return ``value`` as plain JSON types, or raise naming where it went wrong."""
     # bool before int: bool is an int subclass but JSON keeps them apart.
     if value is None or isinstance(value, (bool, str)):
@@ -54,7 +54,7 @@ def _plain(value: object, where: str) -> Any:
             )
         return float(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_as_json_types(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
@@ -63,7 +63,7 @@ def _plain(value: object, where: str) -> Any:
                     f"{where} has a dict key {k!r} of type {type(k).__name__}; "
                     "only str dict keys can be stored as JSON"
                 )
-            out[str(k)] = _plain(v, f"{where}[{k!r}]")
+            out[str(k)] = _as_json_types(v, f"{where}[{k!r}]")
         return out
     raise JournalEncodingError(
         f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which has no "
@@ -80,8 +80,8 @@ def canonical_json(value: object, *, what: str = "value") -> str:
     ``value`` that is not one of the allowed types; ``what`` names the whole
     value in that message ("item", "result of task 'k'").
     """
-    plain = _plain(value, what)
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    as_json = _as_json_types(value, what)
+    return json.dumps(as_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_json(text: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -486,14 +487,32 @@ class GPUResourcePool:
         core, _ = self._require_open()
         core.attach_process(allocation, pid)
 
-    def mark_unhealthy(self, gpu_index: int, reason: str = "marked unhealthy by the user") -> None:
+    def mark_unhealthy(
+        self,
+        gpu_index: int,
+        detail: str = "marked unhealthy by the user",
+        *,
+        reason: str | None = None,
+    ) -> None:
         """Stop granting GPU ``gpu_index`` (for example after an Xid error in a job's log).
 
-        Waiters that could now never be served fail with :class:`UnsatisfiableRequest`.
+        ``detail`` says why, as ``GPUStats.health_detail`` does for a provider's
+        report (``reason=`` is its old spelling, deprecated). Waiters that could
+        now never be served fail with :class:`UnsatisfiableRequest`.
         """
+        if reason is not None:
+            warnings.warn(
+                "mark_unhealthy(reason=) is deprecated, use detail= (the name "
+                "GPUStats.health_detail and FakeGPUProvider.set_healthy use)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            detail = reason
         check_int("gpu_index", gpu_index, minimum=0)
+        if not isinstance(detail, str):
+            raise TypeError(f"detail must be a str saying why, got {shown(detail)}")
         core, _ = self._require_open()
-        self._dispatch(core.mark_unhealthy(gpu_index, anyio.current_time(), reason))
+        self._dispatch(core.mark_unhealthy(gpu_index, anyio.current_time(), detail))
 
     def mark_healthy(self, gpu_index: int) -> None:
         """Undo :meth:`mark_unhealthy` (the provider's own health report still applies)."""
