@@ -105,7 +105,6 @@ class GPUMonitor:
         self._inflight: anyio.Event | None = None
         self._wake: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self.failures = 0
 
     def mark_fresh(self, started: float) -> None:
         """Count a snapshot taken elsewhere (the pool's first) as a refresh started at ``started``."""
@@ -164,7 +163,6 @@ class GPUMonitor:
             try:
                 snapshot, sessions = await snapshot_off_loop(self._provider)
             except Exception as exc:
-                self.failures += 1
                 logger.warning("GPU snapshot failed; keeping the last good one: %s", exc)
             else:
                 self._handler(snapshot, started, epoch, sessions)

@@ -72,10 +72,6 @@ class DeviceIdentity:
     #: UUID of the physical GPU, for a MIG instance; ``None`` for a whole GPU.
     parent_uuid: str | None = None
 
-    @property
-    def is_mig(self) -> bool:
-        return self.parent_uuid is not None
-
 
 def parse_visible_devices(value: str | None) -> tuple[int | str, ...] | None:
     """The entries of a ``CUDA_VISIBLE_DEVICES`` value, ``None`` when unset.
