@@ -1,18 +1,22 @@
-"""One rule for journal failures, whichever state change failed (issue 11 item 5).
+"""When the journal cannot do its part: one rule for every failure to commit.
 
 Before issue 10 the rule depended on the change: a failing ``record()`` at
 RUNNING became the task's own error (and ``retry_on=Exception`` retried it),
 while one at RETRYING or at the final state crashed the runner. Now every
 change follows docs/journal.md, "When the journal fails": the change is not
 acted on, the run stops, nothing more is written, and ``async with`` raises
-that one error. Each test here fails one change and checks all of that.
+that one error. The first tests fail each change in turn and check all of
+that; the others cover a claim that fails, a file that is not a journal, and a
+result the journal cannot store (that fails its task alone, not the run).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from gpupool import (
@@ -138,3 +142,97 @@ async def test_the_sqlite_journal_follows_the_same_rule(tmp_path: Path, status: 
         assert record.status is not status
         assert not record.status.is_final  # unfinished: the next run runs it again
     assert calls.attempts == {TaskStatus.RUNNING: 0, TaskStatus.RETRYING: 1}.get(status, 2)
+
+
+async def test_a_journal_that_fails_to_claim_stops_the_run() -> None:
+    """The one rule for journal failures (issue 10 item 7): a journal that
+    cannot commit stops the run with that one error; it used to fail that
+    task alone, and the sweep went on with a journal that could not write."""
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.recorded: list[tuple[str, TaskStatus]] = []
+
+        async def finished(self, key: str) -> TaskResult | None:
+            if key == "bad":
+                raise OSError("disk full")
+            return None
+
+        async def record(self, event: TaskEvent, result: TaskResult | None) -> None:
+            self.recorded.append((event.key, event.status))
+
+    ran: list[str] = []
+
+    async def task(item: str, allocation: GPUAllocation | None) -> str:
+        ran.append(item)
+        await anyio.sleep(1)
+        return item
+
+    journal = Flaky()
+    handles = []
+
+    async def run() -> None:
+        async with ParallelRunner(max_parallel=3, journal=journal) as runner:
+            handles.extend(runner.submit(task, item, key=item) for item in ("ok", "bad", "later"))
+            async for _ in runner.as_completed(handles):  # the failure stops this body too
+                pass
+
+    with pytest.raises(OSError, match="disk full") as info:
+        await run()
+    assert type(info.value) is OSError
+    assert "bad" not in ran
+    results = [h.result for h in handles]
+    assert [r.status for r in results if r] == [TaskStatus.CANCELLED] * 3
+    assert all("journal failed (disk full)" in str(r.error) for r in results if r)
+    # Nothing more was written once the journal failed, and "bad" never was.
+    assert all(key != "bad" for key, _ in journal.recorded)
+    assert not any(status is TaskStatus.CANCELLED for _, status in journal.recorded)
+
+
+async def square(item: int, allocation: GPUAllocation | None) -> int:
+    """A named task function, so that default keys can be derived from it."""
+    await anyio.lowlevel.checkpoint()
+    return item * item
+
+
+async def test_a_journal_that_cannot_write_stops_the_runner(tmp_path: Path) -> None:
+    """A result that cannot be committed must not be handed out as if it were."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal._conn is not None
+        journal._conn.execute(
+            "CREATE TRIGGER fail BEFORE UPDATE ON tasks WHEN NEW.status = 'succeeded' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(JournalError, match="disk full") as info:
+            async with ParallelRunner(max_parallel=2, journal=journal) as runner:
+                await runner.map(square, [1, 2, 3])
+        assert type(info.value) is JournalError  # one error, not a group of them
+        assert all(r.status is not TaskStatus.SUCCEEDED for r in journal.records())
+        assert not journal.closed  # borrowed: left open for its owner
+
+
+async def test_runner_on_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    runner = ParallelRunner(journal=notes)
+    with pytest.raises(JournalError, match="is not a gpupool journal"):
+        async with runner:
+            pass  # pragma: no cover
+    assert notes.read_text() == "my notes\n"
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+async def tuple_of_object(item: int, allocation: GPUAllocation | None) -> object:
+    return {"ok": 1} if item else {"model": object()}
+
+
+async def test_unencodable_result_fails_that_task_only(tmp_path: Path) -> None:
+    async with ParallelRunner(max_parallel=2, journal=tmp_path / "j.sqlite") as runner:
+        bad, good = await runner.map(tuple_of_object, [0, 1])
+    assert good.ok
+    assert good.value == {"ok": 1}
+    assert bad.status is TaskStatus.FAILED
+    assert bad.error is not None
+    assert bad.error.startswith("JournalEncodingError: result of task")
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.get(bad.key).status is TaskStatus.FAILED  # type: ignore[union-attr]

@@ -1,4 +1,8 @@
-"""ParallelRunner(journal=...): resume, dedup and failures through the real runner."""
+"""ParallelRunner over the real SQLite journal: resume, dedup, keys, ownership.
+
+What happens when the journal fails is in test_runner_journal_failures.py;
+RunnerJournal alone in test_journal_adapter.py, the store in test_journal_store.py.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ from gpupool import (
     GPUResourcePool,
     Journal,
     JournalEncodingError,
-    JournalError,
     JournalInUse,
     ParallelRunner,
     TaskStatus,
@@ -106,23 +109,6 @@ async def test_same_key_across_restarts_runs_once(tmp_path: Path) -> None:
         assert (result.key, result.value) == ("nine", 81)
     assert calls == [9]
     assert [s for k, s in _events(path)] == ["queued", "running", "succeeded"]
-
-
-async def tuple_of_object(item: int, allocation: GPUAllocation | None) -> object:
-    return {"ok": 1} if item else {"model": object()}
-
-
-@pytest.mark.anyio
-async def test_unencodable_result_fails_that_task_only(tmp_path: Path) -> None:
-    async with ParallelRunner(max_parallel=2, journal=tmp_path / "j.sqlite") as runner:
-        bad, good = await runner.map(tuple_of_object, [0, 1])
-    assert good.ok
-    assert good.value == {"ok": 1}
-    assert bad.status is TaskStatus.FAILED
-    assert bad.error is not None
-    assert bad.error.startswith("JournalEncodingError: result of task")
-    with Journal(tmp_path / "j.sqlite") as journal:
-        assert journal.get(bad.key).status is TaskStatus.FAILED  # type: ignore[union-attr]
 
 
 @pytest.mark.anyio
@@ -265,35 +251,6 @@ async def test_restarted_runner_kills_a_crashed_runs_jobs_first(tmp_path: Path) 
 
 
 @pytest.mark.anyio
-async def test_a_journal_that_cannot_write_stops_the_runner(tmp_path: Path) -> None:
-    """A result that cannot be committed must not be handed out as if it were."""
-    with Journal(tmp_path / "j.sqlite") as journal:
-        assert journal._conn is not None
-        journal._conn.execute(
-            "CREATE TRIGGER fail BEFORE UPDATE ON tasks WHEN NEW.status = 'succeeded' "
-            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
-        with pytest.raises(JournalError, match="disk full") as info:
-            async with ParallelRunner(max_parallel=2, journal=journal) as runner:
-                await runner.map(square, [1, 2, 3])
-        assert type(info.value) is JournalError  # one error, not a group of them
-        assert all(r.status is not TaskStatus.SUCCEEDED for r in journal.records())
-        assert not journal.closed  # borrowed: left open for its owner
-
-
-@pytest.mark.anyio
-async def test_runner_on_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
-    notes = tmp_path / "notes.txt"
-    notes.write_text("my notes\n")
-    runner = ParallelRunner(journal=notes)
-    with pytest.raises(JournalError, match="is not a gpupool journal"):
-        async with runner:
-            pass  # pragma: no cover
-    assert notes.read_text() == "my notes\n"
-    assert os.listdir(tmp_path) == ["notes.txt"]
-
-
-@pytest.mark.anyio
 async def test_opening_the_journal_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """Issue 10 item 4: ``__aenter__`` opened the journal on the event loop,
     where waiting for SQLite's lock (up to 5 s) stopped every other task."""
@@ -316,3 +273,110 @@ async def test_opening_the_journal_does_not_block_the_event_loop(tmp_path: Path)
                 assert ticks == 5  # the heartbeat ticked while the open waited
                 results = await runner.map(square, [3], key=str)
     assert results[0].value == 9
+
+
+@pytest.mark.anyio
+async def test_a_sweep_resumes_from_its_journal(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite"
+    calls: list[int] = []
+    release = anyio.Event()
+
+    async def trial(item: int, allocation: GPUAllocation | None) -> int:
+        calls.append(item)
+        if item == 3:
+            raise ValueError("diverged")
+        if item >= 4:
+            await release.wait()  # still running when the first run is cancelled
+        return item * 10
+
+    with anyio.move_on_after(5):  # only reached if the cancel below did not happen
+        async with ParallelRunner(max_parallel=8, journal=path) as runner:
+            handles = [runner.submit(trial, i, key=f"t{i}") for i in range(6)]
+            for handle in handles[:4]:
+                await handle.wait()
+            await anyio.wait_all_tasks_blocked()
+            runner.cancel()  # the process "dies" with t4 and t5 running
+    assert [h.result.status for h in handles if h.result] == [
+        TaskStatus.SUCCEEDED,
+        TaskStatus.SUCCEEDED,
+        TaskStatus.SUCCEEDED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.CANCELLED,
+    ]
+    assert sorted(calls) == [0, 1, 2, 3, 4, 5]
+
+    calls.clear()
+    release.set()
+    async with ParallelRunner(max_parallel=8, journal=path) as runner:
+        results = await runner.map(trial, range(6), key=lambda i: f"t{i}")
+    assert sorted(calls) == [4, 5]  # only what had not finished runs again
+    assert [r.from_journal for r in results] == [True] * 4 + [False] * 2
+    assert [r.value for r in results] == [0, 10, 20, None, 40, 50]
+    assert results[3].status is TaskStatus.FAILED
+    assert results[3].error == "ValueError: diverged"
+
+    with Journal(path) as journal:
+        stored = {record.key: record for record in journal.records()}
+    assert stored["t5"].status is TaskStatus.SUCCEEDED
+    assert stored["t5"].item == 5
+    assert stored["t5"].fn.endswith("trial")
+
+
+@pytest.mark.anyio
+async def test_a_borrowed_journal_stays_open(tmp_path: Path) -> None:
+    async def task(item: int, allocation: GPUAllocation | None) -> int:
+        return item
+
+    with Journal(tmp_path / "j.sqlite") as journal:
+        async with ParallelRunner(journal=journal) as runner:
+            await runner.map(task, [1, 2], key=str)
+        assert not journal.closed
+        assert {r.key for r in journal.records()} == {"1", "2"}
+
+
+def score(item: dict[str, float], allocation: GPUAllocation | None) -> object:
+    """A named task function, so that default keys can be derived from it."""
+    if item["lr"] < 0:
+        return object()  # no JSON form
+    return item["lr"] * 2
+
+
+@pytest.mark.anyio
+async def test_default_keys_are_stable_so_a_rerun_finds_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite"
+    items = [{"lr": 0.1}, {"lr": 0.2}, {"lr": -1.0}]
+    async with ParallelRunner(max_parallel=2, journal=path) as runner:
+        first = await runner.map(score, items)
+    assert all(r.key.startswith("score:") for r in first)
+    assert len({r.key for r in first}) == 3
+    assert [r.status for r in first] == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED]
+    assert str(first[2].error).startswith("JournalEncodingError: result of task")
+
+    async with ParallelRunner(max_parallel=2, journal=path) as runner:
+        again = await runner.map(score, list(reversed(items)))
+    assert [r.key for r in again] == [r.key for r in reversed(first)]
+    assert all(r.from_journal for r in again)
+    assert [r.value for r in again] == [None, 0.4, 0.2]
+
+
+@pytest.mark.anyio
+async def test_items_without_a_json_form_need_an_explicit_key(tmp_path: Path) -> None:
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(TypeError, match="pass key="):
+            runner.submit(score, {"lr": {1, 2}})
+
+
+@pytest.mark.anyio
+async def test_a_key_the_journal_cannot_store_is_refused_at_submit(tmp_path: Path) -> None:
+    """Not later, as a journal failure that would stop the whole run."""
+
+    async def task(item: int, allocation: GPUAllocation | None) -> int:
+        return item
+
+    async with ParallelRunner(journal=tmp_path / "j.sqlite") as runner:
+        with pytest.raises(ValueError, match="at most 512 characters"):
+            runner.submit(task, 1, key="k" * 513)
+        assert runner.statistics().submitted == 0  # nothing was registered
+        results = await runner.map(task, [1], key=lambda item: "k" * 512)
+    assert results[0].value == 1

@@ -1,4 +1,5 @@
-"""The pure scheduling core, driven synchronously: tables of cases, then a state machine."""
+"""The pure scheduling core, driven synchronously: tables of cases (the Hypothesis state
+machine over it is test_scheduler_machine.py)."""
 
 from __future__ import annotations
 
