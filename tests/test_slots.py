@@ -148,3 +148,23 @@ async def test_statistics_are_a_frozen_snapshot_and_repr_shows_them() -> None:
             await anyio.wait_all_tasks_blocked()
     assert stats.waiting == 3  # a snapshot: later changes do not reach it
     assert slots.statistics() == SlotsStatistics(in_use=2, total=2, waiting=0)
+
+
+async def test_checkpoint_false_takes_a_free_slot_without_a_yield_but_still_waits() -> None:
+    """The runner's spelling around pool.acquire, which checkpoints itself."""
+    slots = Slots(1)
+    order: list[str] = []
+
+    async def other() -> None:
+        order.append("other task")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await slots.acquire(checkpoint=False)
+        order.append("acquired")  # no yield came first: the other task has not run
+        tg.start_soon(slots.acquire)
+        await anyio.wait_all_tasks_blocked()
+        assert slots.waiting == 1  # a full Slots still makes the caller wait
+        slots.release()
+    assert order == ["acquired", "other task"]
+    assert (slots.in_use, slots.waiting) == (1, 0)

@@ -722,7 +722,8 @@ class ParallelRunner:
                 else:
                     await self._record(task, TaskStatus.WAITING_FOR_GPU, attempt)
                 assert self._pool is not None
-                await self._gpu_gate.acquire()
+                # pool.acquire checkpoints next: a yield here too costs, with no gain.
+                await self._gpu_gate.acquire(checkpoint=False)
                 try:
                     allocation = await self._pool.acquire(
                         spec.required_gpus,
@@ -734,7 +735,9 @@ class ParallelRunner:
                 finally:
                     self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices
-            await self._slots.acquire(front=allocation is not None)
+            # A GPU task has just passed pool.acquire's checkpoint, and every task
+            # passes checkpoint_if_cancelled next; only a CPU-only task yields here.
+            await self._slots.acquire(front=allocation is not None, checkpoint=allocation is None)
             try:
                 # A task cancelled before it started never starts.
                 await anyio.lowlevel.checkpoint_if_cancelled()
