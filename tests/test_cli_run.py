@@ -25,7 +25,7 @@ from rich.console import Console
 from gpupool._cli.jobs_file import parse_jobs
 from gpupool._cli.progress import JobsProgress
 from gpupool._core.results import TaskResult, TaskStatus
-from gpupool._process.proctree import read_stat
+from gpupool._system.procfs import read_stat
 from gpupool.providers.fake import fake_uuid
 
 REPO = Path(__file__).resolve().parents[1]

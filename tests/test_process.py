@@ -24,7 +24,8 @@ from gpupool import (
     TaskStatus,
     run_process,
 )
-from gpupool._process.proctree import JobTracker, ProcInfo, read_stat
+from gpupool._process.proctree import JobTracker
+from gpupool._system.procfs import ProcInfo, read_stat
 from gpupool.providers.fake import fake_uuid
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +71,7 @@ def _group_members(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             info = read_stat(int(name))
-            if info is not None and info.alive and info.pgrp == pgid:
+            if info is not None and info.alive and info.pgid == pgid:
                 found.append(info.pid)
     return found
 

@@ -28,6 +28,7 @@ from gpupool import (
     TaskStatus,
 )
 from gpupool._journal.store import current_task
+from gpupool._system import procfs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,16 +210,8 @@ async def test_runner_borrows_an_open_journal(tmp_path: Path) -> None:
 
 def _live_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that have not exited (zombies count as exited)."""
-    members = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            stat = stat_file.read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[2] == str(pgid) and fields[0] not in "ZX":
-            members.append(int(stat_file.parent.name))
-    return members
+    found = (procfs.read_stat(pid) for pid in procfs.list_pids())
+    return [info.pid for info in found if info is not None and info.pgid == pgid and info.alive]
 
 
 def _crashed_run_leaving_a_job(path: Path) -> int:

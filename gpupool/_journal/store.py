@@ -51,6 +51,7 @@ import attrs
 
 from .._core.errors import JournalEncodingError, JournalError, JournalInUse
 from .._core.results import TaskResult, TaskStatus
+from .._system import procfs
 from .codec import canonical_json, check_key
 from .owner import (
     LeftoverProcessGroup,
@@ -58,7 +59,6 @@ from .owner import (
     current_identity,
     is_alive,
     kill_process_groups,
-    process_start_time,
 )
 from .schema import (
     SCHEMA,
@@ -514,7 +514,7 @@ class Journal:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO process_groups VALUES (?, ?, ?, ?, ?)",
-                (key, pgid, process_start_time(pgid), self._identity.boot_id, time.time()),
+                (key, pgid, procfs.start_time(pgid), self._identity.boot_id, time.time()),
             )
 
     def forget_process_group(self, key: str, pgid: int) -> None:

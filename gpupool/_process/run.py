@@ -51,7 +51,8 @@ from .._core.errors import GPUPoolError
 from .._core.model import GPUAllocation
 from .._journal import store as _journal
 from .._pool import pool as _pool
-from .proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all
+from .._system.procfs import ProcInfo
+from .proctree import TOKEN_VARIABLE, JobTracker, killpg_quietly, signal_all
 
 __all__ = [
     "CUDA_OOM_PATTERN",
@@ -397,7 +398,7 @@ async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float
     def group_exists(members: list[ProcInfo]) -> bool:
         # While the leader is unreaped, or any member is still in its group,
         # the group id cannot have been recycled: killpg is safe.
-        return process.returncode is None or any(p.pgrp == leader for p in members)
+        return process.returncode is None or any(p.pgid == leader for p in members)
 
     def send(members: list[ProcInfo], signum: int, *, only_new: bool) -> None:
         if group_exists(members):
