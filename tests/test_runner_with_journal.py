@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sqlite3
@@ -26,8 +27,10 @@ from gpupool import (
     JournalInUse,
     ParallelRunner,
     TaskStatus,
+    run_process,
 )
-from gpupool._journal.store import current_task
+from gpupool._core.model import StartedProcess
+from gpupool._process.started import announce_start
 from gpupool._system import procfs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +57,18 @@ async def square(item: int, allocation: GPUAllocation | None) -> int:
     return item * item
 
 
-def plain_key_of_current_task(item: int, allocation: GPUAllocation | None) -> str:
-    """Runs in a worker thread: the journal binding must have followed it there."""
-    task = current_task.get()
-    assert task is not None
-    return task[1]
+def plain_key_of_current_task(path: Path, item: int, allocation: GPUAllocation | None) -> str:
+    """Runs in a worker thread: the runner's process hook must have followed it there.
+
+    Announces a pretend job the way run_process does and reads back, from the
+    journal's file, the key its process group was recorded under.
+    """
+    pgid = 2**22 + item  # above PID_MAX_LIMIT: no process of the machine
+    announce_end = announce_start(StartedProcess(pgid, allocation))
+    with _sql(path) as conn:
+        (key,) = conn.execute("SELECT key FROM process_groups WHERE pgid = ?", (pgid,)).fetchone()
+    announce_end()
+    return str(key)
 
 
 def _events(path: Path) -> list[tuple[str, str]]:
@@ -174,7 +184,10 @@ async def test_gpu_tasks_record_their_gpus_and_bind_the_task(tmp_path: Path) -> 
         ParallelRunner(pool, max_parallel=2, journal=path) as runner,
     ):
         results = await runner.map(
-            plain_key_of_current_task, [1, 2], required_gpus=1, key=lambda i: f"gpu-{i}"
+            functools.partial(plain_key_of_current_task, path),
+            [1, 2],
+            required_gpus=1,
+            key=lambda i: f"gpu-{i}",
         )
     assert [r.value for r in results] == ["gpu-1", "gpu-2"]
     with Journal(path) as journal:
@@ -309,3 +322,45 @@ async def test_opening_the_journal_does_not_block_the_event_loop(tmp_path: Path)
                 assert ticks == 5  # the heartbeat ticked while the open waited
                 results = await runner.map(square, [3], key=str)
     assert results[0].value == 9
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("gpus", [0, 1])
+async def test_a_tasks_job_is_in_the_journal_while_it_runs_and_gone_after(
+    tmp_path: Path, gpus: int
+) -> None:
+    """The runner sets the journal's on_process_started hook around each task
+    (CPU-only ones too): a takeover after a crash finds the running job's group."""
+    path = tmp_path / "j.sqlite"
+
+    def groups() -> list[tuple[str, int]]:
+        with _sql(path) as conn:
+            return conn.execute("SELECT key, pgid FROM process_groups").fetchall()
+
+    async def job(item: int, allocation: GPUAllocation | None) -> tuple[object, ...]:
+        during: list[list[tuple[str, int]]] = []
+        pids: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while not groups():  # noqa: ASYNC110 -- the journal is a file, not an event
+                    await anyio.sleep(0.01)
+                during.append(groups())
+
+            tg.start_soon(watch)
+            result = await run_process(
+                ["sleep", "0.3"], allocation=allocation, on_start=pids.append
+            )
+            tg.cancel_scope.cancel()  # a job the journal never saw fails below, not hangs
+        return (during, pids, result.pid, groups())
+
+    async with (
+        GPUResourcePool(FakeGPUProvider(count=1)) as pool,
+        ParallelRunner(pool, journal=path) as runner,
+    ):
+        (outcome,) = await runner.map(job, [1], required_gpus=gpus, key=lambda i: "task")
+    during, pids, pid, after_the_job = outcome.value
+    assert pids == [pid]
+    assert during == [[("task", pid)]]
+    assert after_the_job == []  # forgotten once the job was over, before the task ended
+    assert groups() == []

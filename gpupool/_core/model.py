@@ -8,7 +8,7 @@ between threads, and free of any behaviour that does I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import final
 
 import attrs
@@ -18,7 +18,9 @@ __all__ = [
     "GPUProcess",
     "GPUStatistics",
     "GPUStats",
+    "OnProcessStarted",
     "PoolStatistics",
+    "StartedProcess",
 ]
 
 
@@ -94,6 +96,11 @@ class GPUAllocation:
     experiment_id: str | None = None
     #: Identifies the pool that granted it; a release in another pool is refused.
     pool_id: int = attrs.field(default=0, repr=False)
+    #: The granting pool's hook, so that ``run_process(cmd, allocation=alloc)``
+    #: tells that pool which processes work for the allocation without being
+    #: handed the pool (see ``gpupool._process.started``). Not part of the value:
+    #: ignored by ``==`` and ``hash``, and dropped by pickling.
+    on_process_started: OnProcessStarted | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -113,6 +120,33 @@ class GPUAllocation:
         merged = dict(base or {})
         merged.update(self.env)
         return merged
+
+
+@final
+@attrs.frozen
+class StartedProcess:
+    """A process that ``run_process`` started: what its ``on_process_started`` hooks learn.
+
+    It lives in the core, below the pool, the journal and ``_process`` (which
+    may not import each other), so that each of them can name it.
+    """
+
+    #: Also the process group and session id: the job has a session of its own.
+    pid: int
+    #: The allocation the process works for; ``None`` for a CPU-only job.
+    allocation: GPUAllocation | None = None
+
+    @property
+    def pgid(self) -> int:
+        """The job's process group id (equal to :attr:`pid`)."""
+        return self.pid
+
+
+#: A hook told of every process ``run_process`` starts, once the process
+#: exists. It may return a function to call once the process has ended and been
+#: reaped (the journal forgets the process group then), or ``None``. See
+#: ``gpupool._process.started`` for who sets hooks and in which order they run.
+OnProcessStarted = Callable[[StartedProcess], "Callable[[], object] | None"]
 
 
 @final

@@ -38,7 +38,6 @@ Design notes (the invariants the rest of gpupool relies on):
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import sqlite3
 import threading
@@ -73,9 +72,6 @@ from .schema import (
 __all__ = [
     "Journal",
     "Takeover",
-    "current_task",
-    "forget_process_group",
-    "record_process_group",
     "storable",
 ]
 
@@ -676,28 +672,3 @@ def _remove_new_file(path: str) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(OSError):
             os.remove(path + suffix)
-
-
-# -- the task a piece of code runs for ----------------------------------------
-
-#: (journal, key) of the task the current context runs, set by the runner, so
-#: that ``run_process`` deep inside a task can record its process group.
-current_task: contextvars.ContextVar[tuple[Journal, str] | None] = contextvars.ContextVar(
-    "gpupool_current_task", default=None
-)
-
-
-def record_process_group(pgid: int) -> None:
-    """Record ``pgid`` for the journaled task running in this context, if any."""
-    task = current_task.get()
-    if task is not None:
-        journal, key = task
-        journal.record_process_group(key, pgid)
-
-
-def forget_process_group(pgid: int) -> None:
-    """Forget ``pgid`` for the journaled task running in this context, if any."""
-    task = current_task.get()
-    if task is not None:
-        journal, key = task
-        journal.forget_process_group(key, pgid)
