@@ -7,11 +7,12 @@ between threads, and free of any behaviour that does I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import final
 
 import attrs
+
+from .checks import int_validator, number_validator
 
 __all__ = [
     "GPUAllocation",
@@ -34,20 +35,8 @@ class GPUProcess:
     used_memory_mb: int | None = None
 
 
-def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
-
-
-def _optional_percent(
-    instance: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{attribute.name} must be a number in [0, 100] or None, got {value!r}")
-    if math.isnan(value) or not 0 <= value <= 100:
-        raise ValueError(f"{attribute.name} must be in [0, 100] or None, got {value!r}")
+_non_negative_int = int_validator(minimum=0)
+_optional_percent = number_validator(minimum=0, maximum=100, optional=True)
 
 
 @final

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol, final
 
+from .._core.checks import check_bool
 from .._core.errors import JournalEncodingError
 from .._core.model import OnProcessStarted, StartedProcess
 from .._core.results import TaskResult, TaskStatus
@@ -60,8 +61,8 @@ class RunnerJournal:
     ) -> None:
         if not isinstance(journal, (str, os.PathLike, Journal)):
             raise TypeError(f"journal must be a path or a Journal, got {journal!r}")
-        if retry_failed is not None and not isinstance(retry_failed, bool):
-            raise TypeError(f"retry_failed must be a bool or None, got {retry_failed!r}")
+        if retry_failed is not None:
+            check_bool("retry_failed", retry_failed, allowed="a bool or None")
         self._target = journal
         self._owned = not isinstance(journal, Journal)
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None

@@ -48,6 +48,7 @@ from typing import Literal, final
 
 import attrs
 
+from .._core.checks import check_bool, check_choice, check_int
 from .._core.errors import JournalEncodingError, JournalError, JournalInUse
 from .._core.results import TaskResult, TaskStatus
 from .._system import procfs
@@ -136,10 +137,8 @@ class Journal:
             raise ValueError(
                 f"journal path must name a file (non-empty, no NUL byte), got {path!r}"
             )
-        if synchronous not in _SYNCHRONOUS_LEVEL:
-            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
-        if not isinstance(retry_failed, bool):
-            raise TypeError(f"retry_failed must be a bool, got {retry_failed!r}")
+        check_choice("synchronous", synchronous, _SYNCHRONOUS_LEVEL)
+        check_bool("retry_failed", retry_failed, allowed="a bool")
         self.path = os.fspath(path)
         self.synchronous: Synchronous = synchronous
         #: Whether `claim` runs failed and timed-out tasks again by default.
@@ -505,8 +504,7 @@ class Journal:
         Call it as soon as the group exists; a runner that takes over after a
         crash kills the recorded groups before granting GPUs again.
         """
-        if isinstance(pgid, bool) or not isinstance(pgid, int) or pgid <= 0:
-            raise ValueError(f"pgid must be an int >= 1, got {pgid!r}")
+        check_int("pgid", pgid, 1)
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO process_groups VALUES (?, ?, ?, ?, ?)",

@@ -51,7 +51,13 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from .._core.checks import check_finite_seconds, check_seconds
+from .._core.checks import (
+    check_bool,
+    check_callable,
+    check_finite_seconds,
+    check_instance,
+    check_seconds,
+)
 from .._core.errors import GPUPoolError
 from .._core.model import GPUAllocation, StartedProcess
 from .._system.procfs import ProcInfo
@@ -192,8 +198,7 @@ class ProcessFailed(GPUPoolError, subprocess.CalledProcessError):
     """
 
     def __init__(self, result: ProcessResult, *, with_tail: bool = True) -> None:
-        if not isinstance(result, ProcessResult):
-            raise TypeError(f"result must be a ProcessResult, got {result!r}")
+        check_instance("result", result, ProcessResult, "a ProcessResult")
         message = _failure_message(result, with_tail=with_tail)
         GPUPoolError.__init__(self, message)
         self.result = result
@@ -276,8 +281,8 @@ async def run_process(
     these raises, the job is ended and the error propagates.
     """
     args = _check_command(cmd)
-    if allocation is not None and not isinstance(allocation, GPUAllocation):
-        raise TypeError(f"allocation must be a GPUAllocation or None, got {allocation!r}")
+    if allocation is not None:
+        check_instance("allocation", allocation, GPUAllocation, "a GPUAllocation or None")
     timeout = check_seconds("timeout", timeout)
     grace = check_finite_seconds("grace_period", grace_period)
     extra_env = _check_env(env)
@@ -287,10 +292,9 @@ async def run_process(
         raise TypeError(f"pool must have a register_process method, got {pool!r}")
     if pool is not None and allocation is None:
         raise ValueError("pool is only used with an allocation; pass allocation= too")
-    if on_start is not None and not callable(on_start):
-        raise TypeError(f"on_start must be callable or None, got {on_start!r}")
-    if not isinstance(check, bool):
-        raise TypeError(f"check must be a bool, got {check!r}")
+    if on_start is not None:
+        check_callable("on_start", on_start, allowed="callable or None")
+    check_bool("check", check, allowed="a bool")
 
     token = uuid.uuid4().hex
     child_env = {**os.environ, **extra_env}
