@@ -29,6 +29,7 @@ from typing import final
 import attrs
 
 from ._core.backfill import BackfillPolicy, FrontInfo, GreedyPolicy
+from ._core.checks import check_instance, int_validator, is_int, number_validator, shown
 from ._core.model import GPUAllocation, GPUStats
 from ._core.policy import FifoPolicy, SchedulingPolicy
 from ._core.request import make_request
@@ -49,16 +50,9 @@ __all__ = [
 ]
 
 
-def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
-    if not 0 <= value < math.inf:
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+# A time of the trace (seconds from its start) and a job's GPU count.
+_seconds = number_validator(minimum=0)
+_count = int_validator(minimum=1)
 
 
 @attrs.frozen
@@ -282,17 +276,19 @@ def simulate(
     the pool's default, :class:`BackfillPolicy`. Raises
     :class:`gpupool.UnsatisfiableRequest` if a job could never run on these GPUs.
     """
-    if isinstance(gpus, int) and not isinstance(gpus, bool):
+    allowed = "an int >= 1 or a non-empty list of GPUStats"
+    if is_int(gpus):
         if gpus < 1:
-            raise ValueError(f"gpus must be an int >= 1 or a list of GPUStats, got {gpus!r}")
+            raise ValueError(f"gpus must be {allowed}, got {shown(gpus)}")
         snapshot = _default_gpus(gpus, memory_mb)
-    elif isinstance(gpus, Sequence) and gpus and all(isinstance(g, GPUStats) for g in gpus):
+    elif isinstance(gpus, Sequence) and all(isinstance(g, GPUStats) for g in gpus):
+        if not gpus:
+            raise ValueError(f"gpus must be {allowed}, got {shown(gpus)}")
         snapshot = list(gpus)
     else:
-        raise ValueError(f"gpus must be an int >= 1 or a list of GPUStats, got {gpus!r}")
+        raise TypeError(f"gpus must be {allowed}, got {shown(gpus)}")
     for job in jobs:
-        if not isinstance(job, Job):
-            raise TypeError(f"jobs must be gpupool.sim.Job objects, got {job!r}")
+        check_instance("jobs", job, Job, "gpupool.sim.Job objects")
     chosen = policy if policy is not None else BackfillPolicy()
     if len(chosen):
         raise ValueError("policy must be a fresh policy object with an empty queue")

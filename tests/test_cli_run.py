@@ -24,8 +24,10 @@ from rich.console import Console
 
 from gpupool._cli.jobs_file import parse_jobs
 from gpupool._cli.progress import JobsProgress
+from gpupool._cli.run import RunOptions, run_jobs
 from gpupool._core.results import TaskResult, TaskStatus
-from gpupool._process.proctree import read_stat
+from gpupool._journal.store import Journal
+from gpupool._system.procfs import read_stat
 from gpupool.providers.fake import fake_uuid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -706,3 +708,35 @@ def test_gpupool_run_still_reports_a_failed_job_in_one_line(tmp_path: Path) -> N
     assert export.returncode == 0, export.stderr
     [row] = [json.loads(line) for line in export.stdout.splitlines()]
     assert row["error"] == f"ProcessFailed: command {command!r} failed: exit code 3"
+
+
+def test_a_gpupool_run_job_records_its_process_group_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: every job's group was written, and deleted, twice (by
+    `gpupool run`'s own start hook and by run_process inside the runner task)."""
+    writes: list[tuple[str, str, int]] = []
+    record, forget = Journal.record_process_group, Journal.forget_process_group
+
+    def counted_record(journal: Journal, key: str, pgid: int) -> None:
+        writes.append(("record", key, pgid))
+        record(journal, key, pgid)
+
+    def counted_forget(journal: Journal, key: str, pgid: int) -> None:
+        writes.append(("forget", key, pgid))
+        forget(journal, key, pgid)
+
+    monkeypatch.setattr(Journal, "record_process_group", counted_record)
+    monkeypatch.setattr(Journal, "forget_process_group", counted_forget)
+    jobs = _jobs_file(tmp_path, "[gpus=0] true\n[gpus=1] true\n")
+    quiet = Console(file=io.StringIO())
+    code = run_jobs(RunOptions(jobs_file=jobs, fake_gpus=2, job_cwd=tmp_path), out=quiet, err=quiet)
+    assert code == 0
+    keys = {key for _, key, _ in writes}
+    assert len(keys) == 2
+    for key in keys:
+        (pgid,) = {pgid for _, k, pgid in writes if k == key}
+        assert [(what, pgid) for what, k, _ in writes if k == key] == [
+            ("record", pgid),
+            ("forget", pgid),
+        ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -9,8 +11,8 @@ import attrs
 import pytest
 
 from gpupool import Journal, JournalInUse, TaskResult, TaskStatus
+from gpupool._core.model import StartedProcess
 from gpupool._journal.adapter import RunnerJournal, open_journal
-from gpupool._journal.store import current_task, record_process_group
 
 
 @attrs.frozen
@@ -19,6 +21,11 @@ class Event:
     status: TaskStatus
     attempt: int = 1
     gpu_indices: tuple[int, ...] = ()
+
+
+def _groups(path: Path) -> list[tuple[str, int]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT key, pgid FROM process_groups").fetchall()
 
 
 def train(item: object, allocation: object) -> None:
@@ -35,11 +42,14 @@ async def test_lifecycle_is_committed_and_resumed(tmp_path: Path) -> None:
     await rj.record(Event("k", TaskStatus.QUEUED, 0), None)
     await rj.record(Event("k", TaskStatus.WAITING_FOR_GPU), None)
     await rj.record(Event("k", TaskStatus.RUNNING, gpu_indices=(1,)), None)
-    assert current_task.get() == (rj.journal, "k")
-    record_process_group(4242)  # what run_process does inside the task
+    # What run_process does inside the task, through the hook the runner sets.
+    rj.on_process_started("k")(StartedProcess(4242))
+    assert rj.journal.leftover_process_groups == ()  # ours, not a dead owner's
+    assert _groups(path) == [("k", 4242)]
     assert rj.journal.get("k").status is TaskStatus.RUNNING  # type: ignore[union-attr]
     result = TaskResult("k", TaskStatus.SUCCEEDED, value=3, attempts=1, gpu_indices=(1,))
     await rj.record(Event("k", TaskStatus.SUCCEEDED), result)
+    assert _groups(path) == []  # the final state forgets what the task left
     record = rj.journal.get("k")
     assert record is not None
     assert (record.fn, record.item, record.value, record.gpu_indices) == (

@@ -8,9 +8,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 import gpupool
@@ -24,7 +26,10 @@ from gpupool import (
     TaskStatus,
     run_process,
 )
-from gpupool._process.proctree import JobTracker, ProcInfo, read_stat
+from gpupool._core.model import StartedProcess
+from gpupool._process.proctree import JobTracker
+from gpupool._process.started import observing
+from gpupool._system.procfs import ProcInfo, read_stat
 from gpupool.providers.fake import fake_uuid
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +75,7 @@ def _group_members(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             info = read_stat(int(name))
-            if info is not None and info.alive and info.pgrp == pgid:
+            if info is not None and info.alive and info.pgid == pgid:
                 found.append(info.pid)
     return found
 
@@ -521,7 +526,8 @@ def test_exported() -> None:
 
 
 async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path: Path) -> None:
-    from gpupool._journal.store import Journal, current_task
+    from gpupool._journal.adapter import RunnerJournal
+    from gpupool._journal.store import Journal
 
     path = tmp_path / "journal.sqlite"
     seen_during_run: list[list[tuple[str, int]]] = []
@@ -532,8 +538,8 @@ async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path
 
     with Journal(path) as journal:
         assert journal.claim("trial-1") is None
-        token = current_task.set((journal, "trial-1"))
-        try:
+        # What the runner sets around the function of task "trial-1".
+        with observing(RunnerJournal(journal).on_process_started("trial-1")):
             async with anyio.create_task_group() as tg:
                 started: list[int] = []
 
@@ -544,8 +550,6 @@ async def test_the_journaled_task_records_and_forgets_the_process_group(tmp_path
                 while not rows():  # noqa: ASYNC110 -- the journal is a file, not an event
                     await anyio.sleep(0.01)
                 seen_during_run.append(rows())
-        finally:
-            current_task.reset(token)
         assert seen_during_run == [[("trial-1", started[0])]]
         assert rows() == []
 
@@ -560,17 +564,83 @@ async def test_a_real_pool_learns_the_process_of_its_allocation() -> None:
         assert pool.statistics().free_gpus == (0, 1)
 
 
-async def test_without_pool_the_granting_pool_is_found_through_the_seam(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import gpupool._pool.pool
-
+async def test_without_pool_the_allocation_tells_the_pool_that_granted_it() -> None:
     pool = _RecordingPool()
-    alloc = _allocation(0)
-    monkeypatch.setattr(
-        gpupool._pool.pool, "pool_of", lambda a: pool if a == alloc else None, raising=False
+    alloc = attrs.evolve(
+        _allocation(0),
+        on_process_started=lambda started: pool.calls.append((started.allocation, started.pid)),
     )
     result = await run_process(["true"], allocation=alloc)
     assert pool.calls == [(alloc, result.pid)]
     await run_process(["true"], allocation=_allocation(1))  # another pool's: not registered
     assert len(pool.calls) == 1
+
+
+async def test_an_allocation_alone_lets_its_pool_attribute_the_job() -> None:
+    """Without ``pool=``, the pool learns the job through the hook its allocation
+    carries (this replaced a module-global map of open pools): the released GPU
+    then settles until the provider no longer lists the job."""
+    provider = FakeGPUProvider(count=2)
+    async with GPUResourcePool(provider, settle_timeout=60) as pool:
+        async with pool.allocation(required_gpus=1, allowed_gpus={0}) as alloc:
+            await run_process(
+                ["true"], allocation=alloc, on_start=lambda pid: provider.add_process(0, pid, 500)
+            )
+        async with pool.allocation(required_gpus=1, allowed_gpus={1}) as other:
+            # A process the pool was not told of: its GPU is free at once.
+            provider.add_process(1, os.getpid(), 500)
+            assert other.gpu_indices == (1,)
+        settling = [gpu.settling for gpu in pool.statistics().gpus]
+    assert settling == [True, False]
+
+
+async def test_a_closed_pools_allocation_starts_its_job_without_telling_it() -> None:
+    async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+        alloc = await pool.acquire(1)
+    result = await run_process(["true"], allocation=alloc)  # the pool has closed: nothing to tell
+    assert result.ok
+
+
+def test_an_allocation_pickles_without_its_pools_hook() -> None:
+    async def grant() -> GPUAllocation:
+        async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+            return await pool.acquire(1)
+
+    alloc = anyio.run(grant)
+    assert alloc.on_process_started is not None
+    copy = pickle.loads(pickle.dumps(alloc))
+    assert copy == alloc
+    assert hash(copy) == hash(alloc)
+    assert copy.on_process_started is None
+
+
+async def test_run_process_needs_no_pool_and_no_journal() -> None:
+    assert (await run_process(["true"])).ok
+    assert (await run_process(["true"], allocation=_allocation(0))).ok
+
+
+async def test_context_observers_are_told_first_and_their_end_calls_come_in_reverse() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def hook(name: str) -> Callable[[StartedProcess], Callable[[], None]]:
+        def started(process: StartedProcess) -> Callable[[], None]:
+            calls.append((f"{name} started", process.pgid))
+            return lambda: calls.append((f"{name} ended", process.pgid))
+
+        return started
+
+    alloc = attrs.evolve(_allocation(0), on_process_started=hook("pool"))
+    with observing(hook("outer")), observing(hook("inner")):
+        result = await run_process(["true"], allocation=alloc)
+    pid = result.pid
+    assert calls == [
+        ("outer started", pid),
+        ("inner started", pid),
+        ("pool started", pid),
+        ("pool ended", pid),
+        ("inner ended", pid),
+        ("outer ended", pid),
+    ]
+    calls.clear()
+    await run_process(["true"], allocation=alloc)  # outside the observers: the pool only
+    assert [name for name, _ in calls] == ["pool started", "pool ended"]

@@ -7,6 +7,7 @@ RunnerJournal alone in test_journal_adapter.py, the store in test_journal_store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sqlite3
@@ -29,8 +30,11 @@ from gpupool import (
     JournalInUse,
     ParallelRunner,
     TaskStatus,
+    run_process,
 )
-from gpupool._journal.store import current_task
+from gpupool._core.model import StartedProcess
+from gpupool._process.started import announce_start
+from gpupool._system import procfs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,11 +60,18 @@ async def square(item: int, allocation: GPUAllocation | None) -> int:
     return item * item
 
 
-def plain_key_of_current_task(item: int, allocation: GPUAllocation | None) -> str:
-    """Runs in a worker thread: the journal binding must have followed it there."""
-    task = current_task.get()
-    assert task is not None
-    return task[1]
+def plain_key_of_current_task(path: Path, item: int, allocation: GPUAllocation | None) -> str:
+    """Runs in a worker thread: the runner's process hook must have followed it there.
+
+    Announces a pretend job the way run_process does and reads back, from the
+    journal's file, the key its process group was recorded under.
+    """
+    pgid = 2**22 + item  # above PID_MAX_LIMIT: no process of the machine
+    announce_end = announce_start(StartedProcess(pgid, allocation))
+    with _sql(path) as conn:
+        (key,) = conn.execute("SELECT key FROM process_groups WHERE pgid = ?", (pgid,)).fetchone()
+    announce_end()
+    return str(key)
 
 
 def _events(path: Path) -> list[tuple[str, str]]:
@@ -159,7 +170,10 @@ async def test_gpu_tasks_record_their_gpus_and_bind_the_task(tmp_path: Path) -> 
         ParallelRunner(pool, max_parallel=2, journal=path) as runner,
     ):
         results = await runner.map(
-            plain_key_of_current_task, [1, 2], required_gpus=1, key=lambda i: f"gpu-{i}"
+            functools.partial(plain_key_of_current_task, path),
+            [1, 2],
+            required_gpus=1,
+            key=lambda i: f"gpu-{i}",
         )
     assert [r.value for r in results] == ["gpu-1", "gpu-2"]
     with Journal(path) as journal:
@@ -195,16 +209,8 @@ async def test_runner_borrows_an_open_journal(tmp_path: Path) -> None:
 
 def _live_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that have not exited (zombies count as exited)."""
-    members = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            stat = stat_file.read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[2] == str(pgid) and fields[0] not in "ZX":
-            members.append(int(stat_file.parent.name))
-    return members
+    found = (procfs.read_stat(pid) for pid in procfs.list_pids())
+    return [info.pid for info in found if info is not None and info.pgid == pgid and info.alive]
 
 
 def _crashed_run_leaving_a_job(path: Path) -> int:
@@ -380,3 +386,45 @@ async def test_a_key_the_journal_cannot_store_is_refused_at_submit(tmp_path: Pat
         assert runner.statistics().submitted == 0  # nothing was registered
         results = await runner.map(task, [1], key=lambda item: "k" * 512)
     assert results[0].value == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("gpus", [0, 1])
+async def test_a_tasks_job_is_in_the_journal_while_it_runs_and_gone_after(
+    tmp_path: Path, gpus: int
+) -> None:
+    """The runner sets the journal's on_process_started hook around each task
+    (CPU-only ones too): a takeover after a crash finds the running job's group."""
+    path = tmp_path / "j.sqlite"
+
+    def groups() -> list[tuple[str, int]]:
+        with _sql(path) as conn:
+            return conn.execute("SELECT key, pgid FROM process_groups").fetchall()
+
+    async def job(item: int, allocation: GPUAllocation | None) -> tuple[object, ...]:
+        during: list[list[tuple[str, int]]] = []
+        pids: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while not groups():  # noqa: ASYNC110 -- the journal is a file, not an event
+                    await anyio.sleep(0.01)
+                during.append(groups())
+
+            tg.start_soon(watch)
+            result = await run_process(
+                ["sleep", "0.3"], allocation=allocation, on_start=pids.append
+            )
+            tg.cancel_scope.cancel()  # a job the journal never saw fails below, not hangs
+        return (during, pids, result.pid, groups())
+
+    async with (
+        GPUResourcePool(FakeGPUProvider(count=1)) as pool,
+        ParallelRunner(pool, journal=path) as runner,
+    ):
+        (outcome,) = await runner.map(job, [1], required_gpus=gpus, key=lambda i: "task")
+    during, pids, pid, after_the_job = outcome.value
+    assert pids == [pid]
+    assert during == [[("task", pid)]]
+    assert after_the_job == []  # forgotten once the job was over, before the task ended
+    assert groups() == []

@@ -68,7 +68,7 @@ def test_default_policy_is_backfill_and_gpu_snapshots_are_accepted() -> None:
     ("call", "error", "message"),
     [
         (lambda: simulate([], gpus=0), ValueError, "gpus must be an int >= 1"),
-        (lambda: simulate([], gpus=True), ValueError, "gpus must be an int >= 1"),  # type: ignore[arg-type]
+        (lambda: simulate([], gpus=True), TypeError, "gpus must be an int >= 1"),  # type: ignore[arg-type]
         (lambda: simulate([(0, 1)]), TypeError, "must be gpupool.sim.Job"),  # type: ignore[list-item]
         (lambda: Job(arrival=-1, duration=1), ValueError, "arrival must be a finite number >= 0"),
         (lambda: Job(arrival=0, duration=math.nan), ValueError, "duration must be a finite"),

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .._core.checks import check_int
 from .args import fake_gpus_arg
 from .run import EXIT_USAGE, RunOptions, run_jobs
 
@@ -62,8 +63,10 @@ def command(args: argparse.Namespace) -> int:
 def run_demo(*, fake_gpus: int = 4, directory: Path | None = None) -> int:
     """Run the demo; the exit code of the ``gpupool run`` inside it."""
     err = Console(stderr=True, highlight=False)
-    if isinstance(fake_gpus, bool) or not isinstance(fake_gpus, int) or fake_gpus < 2:
-        err.print(f"gpupool demo: error: --fake-gpus must be an int >= 2, got {fake_gpus!r}")
+    try:
+        check_int("--fake-gpus", fake_gpus, 2)
+    except (TypeError, ValueError) as error:
+        err.print(f"gpupool demo: error: {error}", markup=False)
         return EXIT_USAGE
     try:
         if directory is None:

@@ -42,6 +42,7 @@ from typing import Any, final
 
 import attrs
 
+from .._core.checks import check_instance, check_int, check_str
 from .._core.errors import GPUPoolError
 
 __all__ = [
@@ -258,13 +259,10 @@ def parse_jobs(
     ``source`` names the file in messages; ``first_line`` is the number of the
     first line of ``text``.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {text!r}")
-    if isinstance(first_line, bool) or not isinstance(first_line, int) or first_line < 1:
-        raise ValueError(f"first_line must be an int >= 1, got {first_line!r}")
+    check_str("text", text)
+    check_int("first_line", first_line, 1)
     defaults = JobDefaults() if defaults is None else defaults
-    if not isinstance(defaults, JobDefaults):
-        raise TypeError(f"defaults must be a JobDefaults, got {defaults!r}")
+    check_instance("defaults", defaults, JobDefaults, "a JobDefaults or None")
     lines = _parse_text(text, defaults, first_line)
     problems = [
         str(LineProblem(source, line.number, line.problem)) for line in lines if line.problem

@@ -487,17 +487,16 @@ class _Session:
     async def _run_job(
         self, item: dict[str, Any], allocation: GPUAllocation | None
     ) -> dict[str, Any]:
-        assert self.journal is not None
         assert self.progress is not None
-        journal = self.journal
         job = self.progress.jobs[item["key"]]
         log = self._log_file(job)
         started: list[int] = []
 
         def on_start(pid: int) -> None:
+            # For a second Ctrl-C. The journal records the group itself: run_process
+            # tells it, as it tells the pool (gpupool._process.started).
             started.append(pid)
             self.groups.add(pid)
-            journal.record_process_group(job.key, pid)
 
         env = {**self.options.job_env, "GPUPOOL_JOB_KEY": job.key}
         if allocation is None:
@@ -510,14 +509,12 @@ class _Session:
                 env=env,
                 grace_period=self.options.grace_period,
                 cwd=self.options.job_cwd,
-                pool=self.pool if allocation is not None else None,
                 on_start=on_start,
-                check=False,  # the process group is forgotten first, then checked below
+                check=False,  # checked below, without the output's tail
             )
         finally:
             for pid in started:
                 self.groups.discard(pid)
-        journal.forget_process_group(job.key, result.pid)
         result.check(with_tail=False)  # the summary names the log; outcomes stay one line
         return {
             "returncode": result.returncode,

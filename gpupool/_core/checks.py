@@ -12,15 +12,30 @@ import decimal
 import inspect
 import math
 import sys
+from collections.abc import Callable, Collection
+from typing import Any, TypeGuard, TypeVar
+
+import attrs
 
 __all__ = [
+    "check_bool",
+    "check_callable",
+    "check_choice",
     "check_finite_seconds",
+    "check_instance",
     "check_int",
     "check_number",
     "check_seconds",
+    "check_str",
+    "int_validator",
     "is_async_callable",
+    "is_int",
+    "is_number",
+    "number_validator",
     "shown",
 ]
+
+T = TypeVar("T")
 
 
 #: An error message shows at most this much of a value's repr.
@@ -52,6 +67,16 @@ def _bounds(minimum: float | None, maximum: float | None) -> str:
     return ""
 
 
+def is_int(value: object) -> TypeGuard[int]:
+    """An int and not a bool: ``True`` is an int to Python, never a count to gpupool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """An int or a float and not a bool (finite or not: see :func:`check_number`)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_int(
     name: str, value: object, minimum: int | None = None, maximum: int | None = None
 ) -> int:
@@ -60,7 +85,7 @@ def check_int(
     ``TypeError`` for anything but an int, ``ValueError`` for an int out of
     bounds; either message names the argument, the value and what is allowed.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int):  # is_int, inlined: hot
         raise TypeError(f"{name} must be an int{_bounds(minimum, maximum)}, got {shown(value)}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an int{_bounds(minimum, maximum)}, got {shown(value)}")
@@ -75,7 +100,7 @@ def _as_float(name: str, value: object, allowed: str) -> float:
     """
     if type(value) is float:
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # is_number, inlined
         raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
     try:
         return float(value)
@@ -91,7 +116,12 @@ def check_number(
     ``TypeError`` for a non-number (bools included), ``ValueError`` for NaN,
     an infinity, an int too large for a float, or a value out of bounds.
     """
-    allowed = f"a finite number{_bounds(minimum, maximum)}"
+    return _number(name, value, minimum, maximum, f"a finite number{_bounds(minimum, maximum)}")
+
+
+def _number(
+    name: str, value: object, minimum: float | None, maximum: float | None, allowed: str
+) -> float:
     number = _as_float(name, value, allowed)
     if (
         not math.isfinite(number)
@@ -136,6 +166,80 @@ def check_finite_seconds(name: str, value: object, *, allow_zero: bool = True) -
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
     return seconds
+
+
+def check_bool(name: str, value: object, *, allowed: str = "True or False") -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 1, not "yes"); else ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
+    return value
+
+
+def check_str(name: str, value: object, *, allowed: str = "a str") -> str:
+    """``value`` if it is a str; else ``TypeError`` saying it must be ``allowed``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
+    return value
+
+
+def check_instance(
+    name: str, value: object, kind: type[T] | tuple[type[T], ...], allowed: str
+) -> T:
+    """``value`` if it is an instance of ``kind``; else ``TypeError`` saying it must be
+    ``allowed`` (say "... or None" and check ``None`` first where it is welcome)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """``value`` if it is one of the strings ``choices``: ``TypeError`` for a
+    non-str, ``ValueError`` for another str; the message lists the choices."""
+    quoted = [repr(choice) for choice in choices]
+    allowed = " or ".join(quoted) if len(quoted) <= 2 else f"one of {', '.join(quoted)}"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be {allowed}, got {shown(value)}")
+    return value
+
+
+def check_callable(name: str, value: object, *, allowed: str = "callable") -> Callable[..., Any]:
+    """``value`` if it can be called; else ``TypeError`` saying it must be ``allowed``."""
+    if not callable(value):
+        raise TypeError(f"{name} must be {allowed}, got {shown(value)}")
+    return value
+
+
+# -- the same checks as attrs validators --------------------------------------------------
+# For fields of attrs classes: the field's name is the argument's name in the message.
+
+
+def int_validator(
+    minimum: int | None = None, maximum: int | None = None
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator that applies :func:`check_int` to the field."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check_int(attribute.name, value, minimum, maximum)
+
+    return validate
+
+
+def number_validator(
+    *, minimum: float | None = None, maximum: float | None = None, optional: bool = False
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator that applies :func:`check_number` to the field (``None`` is
+    welcome too with ``optional``)."""
+
+    allowed = f"{'None or ' if optional else ''}a finite number{_bounds(minimum, maximum)}"
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        _number(attribute.name, value, minimum, maximum, allowed)
+
+    return validate
 
 
 def is_async_callable(fn: object) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from .checks import check_int, check_number, shown
+from .checks import check_bool, check_int, check_number, check_str
 
 __all__ = ["DTYPE_BYTES", "estimate_memory_mb"]
 
@@ -74,14 +74,12 @@ def estimate_memory_mb(
     """
     count = check_number("parameters", parameters, minimum=0)
     known = ", ".join(sorted(DTYPE_BYTES))
-    if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be a str, one of {known}, got {shown(dtype)}")
+    check_str("dtype", dtype, allowed=f"a str, one of {known}")
     name = _ALIASES.get(dtype, dtype)
     if name not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {known} (or an alias like 'bf16'), got {dtype!r}")
     shards = check_int("gpus", gpus, 1)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {shown(training)}")
+    check_bool("training", training)
     extra = check_number("overhead", overhead, minimum=0)
     context = check_int("context_mb", context_mb, 0)
     width = DTYPE_BYTES[name]

@@ -7,18 +7,22 @@ between threads, and free of any behaviour that does I/O.
 
 from __future__ import annotations
 
-import math
 import warnings
+from collections.abc import Callable
 from typing import final
 
 import attrs
+
+from .checks import int_validator, number_validator
 
 __all__ = [
     "GPUAllocation",
     "GPUProcess",
     "GPUStatistics",
     "GPUStats",
+    "OnProcessStarted",
     "PoolStatistics",
+    "StartedProcess",
 ]
 
 
@@ -32,20 +36,8 @@ class GPUProcess:
     used_memory_mb: int | None = None
 
 
-def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
-
-
-def _optional_percent(
-    instance: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{attribute.name} must be a number in [0, 100] or None, got {value!r}")
-    if math.isnan(value) or not 0 <= value <= 100:
-        raise ValueError(f"{attribute.name} must be in [0, 100] or None, got {value!r}")
+_non_negative_int = int_validator(minimum=0)
+_optional_percent = number_validator(minimum=0, maximum=100, optional=True)
 
 
 @final
@@ -94,6 +86,11 @@ class GPUAllocation:
     experiment_id: str | None = None
     #: Identifies the pool that granted it; a release in another pool is refused.
     pool_id: int = attrs.field(default=0, repr=False)
+    #: The granting pool's hook, so that ``run_process(cmd, allocation=alloc)``
+    #: tells that pool which processes work for the allocation without being
+    #: handed the pool (see ``gpupool._process.started``). Not part of the value:
+    #: ignored by ``==`` and ``hash``, and dropped by pickling.
+    on_process_started: OnProcessStarted | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -107,6 +104,33 @@ class GPUAllocation:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpu_uuids),
         }
+
+
+@final
+@attrs.frozen
+class StartedProcess:
+    """A process that ``run_process`` started: what its ``on_process_started`` hooks learn.
+
+    It lives in the core, below the pool, the journal and ``_process`` (which
+    may not import each other), so that each of them can name it.
+    """
+
+    #: Also the process group and session id: the job has a session of its own.
+    pid: int
+    #: The allocation the process works for; ``None`` for a CPU-only job.
+    allocation: GPUAllocation | None = None
+
+    @property
+    def pgid(self) -> int:
+        """The job's process group id (equal to :attr:`pid`)."""
+        return self.pid
+
+
+#: A hook told of every process ``run_process`` starts, once the process
+#: exists. It may return a function to call once the process has ended and been
+#: reaped (the journal forgets the process group then), or ``None``. See
+#: ``gpupool._process.started`` for who sets hooks and in which order they run.
+OnProcessStarted = Callable[[StartedProcess], "Callable[[], object] | None"]
 
 
 @final

@@ -41,7 +41,13 @@ import attrs
 
 from .backfill import BackfillPolicy
 from .errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
-from .model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
+from .model import (
+    GPUAllocation,
+    GPUStatistics,
+    GPUStats,
+    OnProcessStarted,
+    PoolStatistics,
+)
 from .policy import SchedulingPolicy
 from .request import Request
 from .scoring import ScoredGPU, Scorer, checked_score, default_score
@@ -249,6 +255,7 @@ class Scheduler:
         policy: SchedulingPolicy | None = None,
         settle_timeout: float = 30.0,
         pool_id: int = 0,
+        on_process_started: OnProcessStarted | None = None,
     ) -> None:
         indices = [g.index for g in gpus]
         if len(set(indices)) != len(indices):
@@ -278,6 +285,8 @@ class Scheduler:
         self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
         self._settle_timeout = settle_timeout
         self._pool_id = pool_id
+        # Carried by every allocation granted (GPUAllocation.on_process_started).
+        self._on_process_started = on_process_started
         self._tickets = itertools.count(1)
         self._allocation_ids = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
@@ -754,6 +763,7 @@ class Scheduler:
             exclusive,
             request.experiment_id,
             self._pool_id,
+            self._on_process_started,
         )
         for position, index in enumerate(chosen):
             gpu = gpus[index]

@@ -17,7 +17,7 @@ import inspect
 import math
 from typing import Protocol
 
-from .checks import shown
+from .checks import is_number, shown
 
 __all__ = [
     "MEMORY_WEIGHT",
@@ -90,7 +90,7 @@ def checked_score(scorer: Scorer, gpu: ScoredGPU) -> float:
             f"scorer {scorer_name(scorer)} returned a coroutine for GPU {gpu.index}: "
             "a scorer must be a plain function returning a finite number"
         )
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
+    if not is_number(score):
         raise TypeError(
             f"scorer {scorer_name(scorer)} must return a finite number for GPU {gpu.index}, "
             f"got {shown(score)}"

@@ -9,10 +9,10 @@ acts on it. `RunnerJournal` maps them onto `Journal`:
   (not run again), or None after committing QUEUED (run it);
 * ``record`` commits WAITING_FOR_GPU / RUNNING / RETRYING, and the final
   result with its value as JSON;
-* on RUNNING it also binds the task to the current context (`current_task`),
-  so that ``run_process`` anywhere inside the task records its process group.
-  This works because the runner awaits ``record`` from the very task that then
-  calls the function, and anyio copies the context into worker threads.
+* ``on_process_started(key)`` is the hook that the runner sets around task
+  ``key``'s function (``gpupool._process.started``): every job the task starts
+  with ``run_process`` has its process group recorded, and forgotten once the
+  job is over, so that a takeover after a crash can end it.
 
 It owns the `Journal` when given a path (opened on `open`, closed on
 `close`), and borrows one that the caller opened.
@@ -20,14 +20,17 @@ It owns the `Journal` when given a path (opened on `open`, closed on
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, Protocol, final
 
+from .._core.checks import check_bool
 from .._core.errors import JournalEncodingError
+from .._core.model import OnProcessStarted, StartedProcess
 from .._core.results import TaskResult, TaskStatus
 from .codec import check_key, function_name
-from .store import Journal, Synchronous, current_task
+from .store import Journal, Synchronous
 
 __all__ = ["RunnerJournal", "open_journal"]
 
@@ -58,8 +61,8 @@ class RunnerJournal:
     ) -> None:
         if not isinstance(journal, (str, os.PathLike, Journal)):
             raise TypeError(f"journal must be a path or a Journal, got {journal!r}")
-        if retry_failed is not None and not isinstance(retry_failed, bool):
-            raise TypeError(f"retry_failed must be a bool or None, got {retry_failed!r}")
+        if retry_failed is not None:
+            check_bool("retry_failed", retry_failed, allowed="a bool or None")
         self._target = journal
         self._owned = not isinstance(journal, Journal)
         self._journal: Journal | None = journal if isinstance(journal, Journal) else None
@@ -135,8 +138,18 @@ class RunnerJournal:
             journal.record(
                 event.key, event.status, attempt=event.attempt, gpu_indices=event.gpu_indices
             )
-            if event.status is TaskStatus.RUNNING:
-                current_task.set((journal, event.key))
+
+    def on_process_started(self, key: str) -> OnProcessStarted:
+        """The hook for the jobs of task ``key``: record each job's process group
+        as it starts, forget it once the job is over (and the final state of the
+        task forgets whatever is left)."""
+        journal = self.journal
+
+        def record_group(process: StartedProcess) -> Callable[[], None]:
+            journal.record_process_group(key, process.pgid)
+            return functools.partial(journal.forget_process_group, key, process.pgid)
+
+        return record_group
 
 
 def open_journal(journal: str | os.PathLike[str] | Journal) -> RunnerJournal:

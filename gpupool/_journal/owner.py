@@ -4,8 +4,8 @@ A pid alone does not identify a process for long: after the owner dies the
 kernel hands its pid to someone else, and a journal that trusted the pid
 would stay locked forever (or, worse, be taken from a live owner). So an
 owner is recorded as (pid, start time, boot id): the start time is field 22
-of ``/proc/<pid>/stat`` (clock ticks since boot) and the boot id tells two
-boots apart. Where ``/proc`` does not exist (macOS) only the pid is checked,
+of ``/proc/<pid>/stat`` (clock ticks since boot, read by
+``gpupool._system.procfs``) and the boot id tells two boots apart. Where ``/proc`` does not exist (macOS) only the pid is checked,
 which errs on the side of "still alive".
 
 Process groups of subprocess jobs are recorded the same way, so a restarted
@@ -20,9 +20,10 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import attrs
+
+from .._system import procfs
 
 __all__ = [
     "LeftoverProcessGroup",
@@ -30,33 +31,7 @@ __all__ = [
     "current_identity",
     "is_alive",
     "kill_process_groups",
-    "process_start_time",
 ]
-
-_PROC = Path("/proc")
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if unknown/gone."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces or
-    # parentheses itself, so split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    # fields[0] is field 3 (state); starttime is field 22.
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _boot_id() -> str | None:
-    try:
-        return (_PROC / "sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
 
 
 @attrs.frozen
@@ -74,7 +49,7 @@ class ProcessIdentity:
 
 def current_identity() -> ProcessIdentity:
     pid = os.getpid()
-    return ProcessIdentity(pid, process_start_time(pid), _boot_id(), socket.gethostname())
+    return ProcessIdentity(pid, procfs.start_time(pid), procfs.boot_id(), socket.gethostname())
 
 
 def _pid_exists(pid: int) -> bool:
@@ -99,7 +74,7 @@ def is_alive(owner: ProcessIdentity) -> bool | None:
     if owner.boot_id is not None and me.boot_id is not None and owner.boot_id != me.boot_id:
         return False  # recorded before the last reboot
     if owner.start_time is not None and me.start_time is not None:
-        return process_start_time(owner.pid) == owner.start_time
+        return procfs.start_time(owner.pid) == owner.start_time
     return _pid_exists(owner.pid)
 
 
@@ -117,16 +92,10 @@ class LeftoverProcessGroup:
 def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes in process group ``pgid``."""
     members = []
-    for entry in _PROC.iterdir() if _PROC.is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
+    for pid in procfs.list_pids():
+        info = procfs.read_stat(pid)
+        if info is not None and info.pgid == pgid and info.alive:
+            members.append(pid)
     return members
 
 
@@ -138,9 +107,9 @@ def _still_ours(group: LeftoverProcessGroup) -> bool:
     belong to the recorded group unless the whole group died and the number
     was reused since, which needs a full wrap of the pid space: accepted.
     """
-    if group.boot_id is not None and group.boot_id != _boot_id():
+    if group.boot_id is not None and group.boot_id != procfs.boot_id():
         return False
-    leader_start = process_start_time(group.pgid)
+    leader_start = procfs.start_time(group.pgid)
     if leader_start is not None and group.leader_start_time is not None:
         return leader_start == group.leader_start_time
     return True
@@ -158,7 +127,7 @@ def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float =
     for group in groups:
         if not _still_ours(group):
             continue
-        if _PROC.is_dir() and not _group_members(group.pgid):
+        if procfs.has_proc() and not _group_members(group.pgid):
             continue
         try:
             os.killpg(group.pgid, signal.SIGKILL)
@@ -166,7 +135,7 @@ def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float =
             continue
         killed.append(group.pgid)
     deadline = time.monotonic() + wait
-    pending = [pgid for pgid in killed if _PROC.is_dir()]
+    pending = killed if procfs.has_proc() else []
     while pending and time.monotonic() < deadline:
         time.sleep(0.005)
         pending = [pgid for pgid in pending if _group_members(pgid)]

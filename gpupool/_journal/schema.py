@@ -225,7 +225,7 @@ def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
 
 def _typed(column: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     """``value`` if SQLite gave it the column's type (a damaged page may not)."""
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if not isinstance(value, kind):  # SQLite gives int, float, str, bytes or None: never bool
         raise TypeError(f"{column} is {value!r}")
     return value
 

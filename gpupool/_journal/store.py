@@ -38,7 +38,6 @@ Design notes (the invariants the rest of gpupool relies on):
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import sqlite3
 import threading
@@ -49,8 +48,10 @@ from typing import Literal, final
 
 import attrs
 
+from .._core.checks import check_bool, check_choice, check_int
 from .._core.errors import JournalEncodingError, JournalError, JournalInUse
 from .._core.results import TaskResult, TaskStatus
+from .._system import procfs
 from .codec import canonical_json, check_key
 from .owner import (
     LeftoverProcessGroup,
@@ -58,7 +59,6 @@ from .owner import (
     current_identity,
     is_alive,
     kill_process_groups,
-    process_start_time,
 )
 from .schema import (
     SCHEMA,
@@ -73,9 +73,6 @@ from .schema import (
 __all__ = [
     "Journal",
     "Takeover",
-    "current_task",
-    "forget_process_group",
-    "record_process_group",
     "storable",
 ]
 
@@ -140,10 +137,8 @@ class Journal:
             raise ValueError(
                 f"journal path must name a file (non-empty, no NUL byte), got {path!r}"
             )
-        if synchronous not in _SYNCHRONOUS_LEVEL:
-            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
-        if not isinstance(retry_failed, bool):
-            raise TypeError(f"retry_failed must be a bool, got {retry_failed!r}")
+        check_choice("synchronous", synchronous, _SYNCHRONOUS_LEVEL)
+        check_bool("retry_failed", retry_failed, allowed="a bool")
         self.path = os.fspath(path)
         self.synchronous: Synchronous = synchronous
         #: Whether `claim` runs failed and timed-out tasks again by default.
@@ -509,12 +504,11 @@ class Journal:
         Call it as soon as the group exists; a runner that takes over after a
         crash kills the recorded groups before granting GPUs again.
         """
-        if isinstance(pgid, bool) or not isinstance(pgid, int) or pgid <= 0:
-            raise ValueError(f"pgid must be an int >= 1, got {pgid!r}")
+        check_int("pgid", pgid, 1)
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO process_groups VALUES (?, ?, ?, ?, ?)",
-                (key, pgid, process_start_time(pgid), self._identity.boot_id, time.time()),
+                (key, pgid, procfs.start_time(pgid), self._identity.boot_id, time.time()),
             )
 
     def forget_process_group(self, key: str, pgid: int) -> None:
@@ -676,28 +670,3 @@ def _remove_new_file(path: str) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(OSError):
             os.remove(path + suffix)
-
-
-# -- the task a piece of code runs for ----------------------------------------
-
-#: (journal, key) of the task the current context runs, set by the runner, so
-#: that ``run_process`` deep inside a task can record its process group.
-current_task: contextvars.ContextVar[tuple[Journal, str] | None] = contextvars.ContextVar(
-    "gpupool_current_task", default=None
-)
-
-
-def record_process_group(pgid: int) -> None:
-    """Record ``pgid`` for the journaled task running in this context, if any."""
-    task = current_task.get()
-    if task is not None:
-        journal, key = task
-        journal.record_process_group(key, pgid)
-
-
-def forget_process_group(pgid: int) -> None:
-    """Forget ``pgid`` for the journaled task running in this context, if any."""
-    task = current_task.get()
-    if task is not None:
-        journal, key = task
-        journal.forget_process_group(key, pgid)

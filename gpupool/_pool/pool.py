@@ -26,7 +26,7 @@ import anyio.lowlevel
 
 from .._core.checks import check_finite_seconds, check_int, check_seconds, is_async_callable, shown
 from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
-from .._core.model import GPUAllocation, GPUStats, PoolStatistics
+from .._core.model import GPUAllocation, GPUStats, PoolStatistics, StartedProcess
 from .._core.policy import SchedulingPolicy
 from .._core.request import Request, make_request
 from .._core.scheduler import Failure, Grant, Outcome, Scheduler
@@ -51,11 +51,6 @@ class _Waiter:
         self.outcome: Outcome | None = None
 
 
-# Open pools by id, so that code holding only an allocation (run_process) can find the
-# pool that granted it. Weak: a pool that is dropped unclosed does not linger here.
-_open_pools: weakref.WeakValueDictionary[int, GPUResourcePool] = weakref.WeakValueDictionary()
-
-
 def _check_policy(policy: object) -> None:
     """``None`` or an object with the :class:`SchedulingPolicy` methods (else ``TypeError``)."""
     if policy is None:
@@ -72,9 +67,32 @@ def _check_policy(policy: object) -> None:
         )
 
 
-def pool_of(allocation: GPUAllocation) -> GPUResourcePool | None:
-    """The open pool that granted ``allocation``, or ``None`` once it has closed."""
-    return _open_pools.get(allocation.pool_id)
+@final
+class _ProcessAttribution:
+    """The pool's ``on_process_started`` hook, carried by every allocation it grants.
+
+    ``run_process(cmd, allocation=alloc)`` calls it (``gpupool._process.started``),
+    so the job's processes are attributed to ``alloc`` without the pool being
+    passed along. Weak, so an allocation kept after its pool is gone does not keep
+    the pool alive; a no-op once the pool has closed; pickled as no hook at all.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: GPUResourcePool) -> None:
+        self._pool = weakref.ref(pool)
+
+    def __call__(self, process: StartedProcess) -> None:
+        pool = self._pool()
+        if pool is not None and not pool._closed and process.allocation is not None:
+            pool.register_process(process.allocation, process.pid)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_no_hook, ())
+
+
+def _no_hook() -> None:
+    """What a pickled :class:`_ProcessAttribution` becomes: the copy's pool is not here."""
 
 
 @final
@@ -179,6 +197,7 @@ class GPUResourcePool:
                 policy=self._policy,
                 settle_timeout=self._settle_timeout,
                 pool_id=self._id,
+                on_process_started=_ProcessAttribution(self),
             )
         except BaseException:
             # A scorer that fails on the first snapshot: the pool never opens.
@@ -210,7 +229,6 @@ class GPUResourcePool:
         self._clock, self._checkpoint, self._new_event = native
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
-        _open_pools[self._id] = self
         return self
 
     async def __aexit__(
@@ -233,7 +251,6 @@ class GPUResourcePool:
         if self._closed:
             return
         self._closed = True
-        _open_pools.pop(self._id, None)
         if self._core is not None:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
@@ -477,7 +494,8 @@ class GPUResourcePool:
         Its GPU memory is then covered by the allocation's reservation rather
         than counted again as foreign, and after the release the GPU is not
         granted again until the process has left it (or ``settle_timeout``).
-        :func:`gpupool.run_process` does this itself.
+        :func:`gpupool.run_process` does this itself (the allocation carries the
+        pool's hook).
         """
         if not isinstance(allocation, GPUAllocation):
             raise TypeError(

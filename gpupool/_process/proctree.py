@@ -19,8 +19,9 @@ only after its start time was re-read and still matches. The leader itself
 is the caller's child, which ``run_process`` signals through its process
 object and reaps; this module never reaps anything.
 
-Linux only: where ``/proc`` is missing, scans find nothing and only the
-process group is signalled.
+``/proc`` is read by ``gpupool._system.procfs`` (the one parser). Linux
+only: where ``/proc`` is missing, scans find nothing and only the process
+group is signalled.
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import attrs
+
+from .._system.procfs import ProcInfo, list_pids, read_environ, read_stat
 
 __all__ = [
     "TOKEN_VARIABLE",
     "JobTracker",
-    "ProcInfo",
     "killpg_quietly",
-    "read_stat",
     "scan_job",
     "signal_all",
 ]
@@ -45,64 +45,12 @@ __all__ = [
 #: The environment variable that carries a job's token to all its descendants.
 TOKEN_VARIABLE = "GPUPOOL_JOB_TOKEN"
 
-_PROC = Path("/proc")
-
-
-@attrs.frozen
-class ProcInfo:
-    """One process as ``/proc/PID/stat`` showed it."""
-
-    pid: int
-    ppid: int
-    pgrp: int
-    session: int
-    state: str
-    #: Clock ticks since boot when the process started: with ``pid``, its identity.
-    start_time: int
-
-    @property
-    def identity(self) -> tuple[int, int]:
-        return (self.pid, self.start_time)
-
-    @property
-    def alive(self) -> bool:
-        """False for a zombie (dead, waiting to be reaped) or a dead task."""
-        return self.state not in ("Z", "X", "x")
-
-
-def read_stat(pid: int) -> ProcInfo | None:
-    """The process ``pid`` as ``/proc`` shows it now, or ``None`` if it is gone."""
-    try:
-        raw = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself hold spaces or ')'.
-    _, _, rest = raw.rpartition(b")")
-    fields = rest.split()
-    try:
-        return ProcInfo(
-            pid=pid,
-            ppid=int(fields[1]),
-            pgrp=int(fields[2]),
-            session=int(fields[3]),
-            state=fields[0].decode("ascii", "replace"),
-            start_time=int(fields[19]),
-        )
-    except (IndexError, ValueError):
-        return None
-
 
 def _all_processes() -> list[ProcInfo]:
-    try:
-        names = os.listdir(_PROC)
-    except OSError:
-        return []
+    """Every process but init and this one."""
     me = os.getpid()
     found = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in list_pids():
         if pid in (1, me):
             continue
         info = read_stat(pid)
@@ -112,11 +60,8 @@ def _all_processes() -> list[ProcInfo]:
 
 
 def _has_token(pid: int, token: bytes) -> bool:
-    try:
-        environ = (_PROC / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-    return token in environ.split(b"\0")
+    environ = read_environ(pid)
+    return environ is not None and token in environ
 
 
 def scan_job(
@@ -138,7 +83,7 @@ def scan_job(
     for info in processes:
         if (
             info.pid == leader
-            or info.pgrp == leader
+            or info.pgid == leader
             or info.session == leader
             or info.identity in known_ids
         ):

@@ -21,6 +21,11 @@ the cancellation waits for it), and also after a leader that exited on its
 own left processes behind: a data loader that outlives its trainer would
 hold GPU memory that the pool is about to grant to the next job.
 
+Who learns that a job started (the pool that granted its allocation, the
+journal of the runner task it runs for) is decided in ``started``: hooks
+carried by the allocation and set by the runner, never an import of the pool
+or the journal.
+
 The leader is always reaped before ``run_process`` returns or raises.
 Orphaned grandchildren are reaped by init (PID 1), as usual on Linux; a
 container without a reaping init (``docker run`` without ``--init``) keeps
@@ -46,12 +51,18 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from .._core.checks import check_finite_seconds, check_seconds
+from .._core.checks import (
+    check_bool,
+    check_callable,
+    check_finite_seconds,
+    check_instance,
+    check_seconds,
+)
 from .._core.errors import GPUPoolError
-from .._core.model import GPUAllocation
-from .._journal import store as _journal
-from .._pool import pool as _pool
-from .proctree import TOKEN_VARIABLE, JobTracker, ProcInfo, killpg_quietly, signal_all
+from .._core.model import GPUAllocation, StartedProcess
+from .._system.procfs import ProcInfo
+from .proctree import TOKEN_VARIABLE, JobTracker, killpg_quietly, signal_all
+from .started import announce_start
 
 __all__ = [
     "CUDA_OOM_PATTERN",
@@ -187,8 +198,7 @@ class ProcessFailed(GPUPoolError, subprocess.CalledProcessError):
     """
 
     def __init__(self, result: ProcessResult, *, with_tail: bool = True) -> None:
-        if not isinstance(result, ProcessResult):
-            raise TypeError(f"result must be a ProcessResult, got {result!r}")
+        check_instance("result", result, ProcessResult, "a ProcessResult")
         message = _failure_message(result, with_tail=with_tail)
         GPUPoolError.__init__(self, message)
         self.result = result
@@ -259,17 +269,20 @@ async def run_process(
     outcome (``returncode``, ``timed_out``), for callers that judge it
     themselves. Either way the job is over and reaped first.
 
-    ``on_start(pid)`` and ``pool.register_process(allocation, pid)`` (``pool``
-    defaults to the pool that granted ``allocation``, where it can be found) are
-    called once the process exists (awaited if they return an awaitable). Inside
-    a task of a :class:`ParallelRunner` with a journal, the process group is
-    also recorded in the journal, so that a restarted run kills a crashed
-    run's leftovers before it grants their GPUs again. If one of these raises,
-    the job is ended and the error propagates.
+    Once the process exists, ``on_start(pid)`` is called, then the
+    ``on_process_started`` hooks (``gpupool._process.started``): inside a task
+    of a :class:`ParallelRunner` with a journal, the journal records the
+    process group, so that a restarted run kills a crashed run's leftovers
+    before it grants their GPUs again (and forgets it once the job is over);
+    then the pool that granted ``allocation`` learns the process (its hook
+    travels with the allocation), or, if ``pool`` is given, that pool's
+    ``pool.register_process(allocation, pid)``. ``on_start`` and
+    ``register_process`` may return an awaitable, which is awaited. If any of
+    these raises, the job is ended and the error propagates.
     """
     args = _check_command(cmd)
-    if allocation is not None and not isinstance(allocation, GPUAllocation):
-        raise TypeError(f"allocation must be a GPUAllocation or None, got {allocation!r}")
+    if allocation is not None:
+        check_instance("allocation", allocation, GPUAllocation, "a GPUAllocation or None")
     timeout = check_seconds("timeout", timeout)
     grace = check_finite_seconds("grace_period", grace_period)
     extra_env = _check_env(env)
@@ -279,12 +292,9 @@ async def run_process(
         raise TypeError(f"pool must have a register_process method, got {pool!r}")
     if pool is not None and allocation is None:
         raise ValueError("pool is only used with an allocation; pass allocation= too")
-    if pool is None and allocation is not None:
-        pool = _pool_of(allocation)
-    if on_start is not None and not callable(on_start):
-        raise TypeError(f"on_start must be callable or None, got {on_start!r}")
-    if not isinstance(check, bool):
-        raise TypeError(f"check must be a bool, got {check!r}")
+    if on_start is not None:
+        check_callable("on_start", on_start, allowed="callable or None")
+    check_bool("check", check, allowed="a bool")
 
     token = uuid.uuid4().hex
     child_env = {**os.environ, **extra_env}
@@ -318,9 +328,9 @@ async def run_process(
     try:
         try:
             await _call_hook(on_start, process.pid)
-            # The journaled task this code runs for (set by the runner), if any:
-            # a restarted run kills the group if this process dies first.
-            _journal.record_process_group(process.pid)
+            announce_end = announce_start(
+                StartedProcess(process.pid, allocation), allocation_hook=pool is None
+            )
             if pool is not None:
                 assert allocation is not None
                 await _call_hook(pool.register_process, allocation, process.pid)
@@ -346,7 +356,7 @@ async def run_process(
         with anyio.CancelScope(shield=True):
             await process.aclose()
     duration = anyio.current_time() - started
-    _journal.forget_process_group(process.pid)
+    announce_end()
 
     returncode = process.returncode
     assert returncode is not None
@@ -372,19 +382,6 @@ async def run_process(
     return result.check() if check else result
 
 
-def _pool_of(allocation: GPUAllocation) -> SupportsRegisterProcess | None:
-    """The open pool that granted ``allocation``, where the pool module can tell.
-
-    A seam: ``gpupool._pool.pool.pool_of(allocation)``, if the pool module has it,
-    maps an allocation to its pool (by ``allocation.pool_id``), so that
-    ``run_process(cmd, allocation=alloc)`` registers with the pool without
-    being handed it.
-    """
-    lookup: Callable[[GPUAllocation], object] | None = getattr(_pool, "pool_of", None)
-    found = None if lookup is None else lookup(allocation)
-    return found if isinstance(found, SupportsRegisterProcess) else None
-
-
 async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float) -> int:
     """Make every process of the job exit; reap the leader. Returns the leftovers count."""
     leader = process.pid
@@ -397,7 +394,7 @@ async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float
     def group_exists(members: list[ProcInfo]) -> bool:
         # While the leader is unreaped, or any member is still in its group,
         # the group id cannot have been recycled: killpg is safe.
-        return process.returncode is None or any(p.pgrp == leader for p in members)
+        return process.returncode is None or any(p.pgid == leader for p in members)
 
     def send(members: list[ProcInfo], signum: int, *, only_new: bool) -> None:
         if group_exists(members):

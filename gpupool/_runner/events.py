@@ -18,6 +18,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._core.checks import check_callable
 from .._core.results import TaskResult, TaskStatus
 
 __all__ = ["EventHub", "TaskEvent", "TaskJournal"]
@@ -61,8 +62,7 @@ class EventHub:
         self.active = bool(self._callbacks or self._streams)
 
     def add_callback(self, callback: Callable[[TaskEvent], object]) -> Callable[[], None]:
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
+        check_callable("callback", callback)
         self._callbacks.append(callback)
         self._refresh()
 

@@ -62,7 +62,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
-from .._core.checks import check_int, check_seconds, is_async_callable, shown
+from .._core.checks import check_callable, check_int, check_seconds, is_async_callable
 from .._core.errors import GPUPoolError
 
 __all__ = [
@@ -395,8 +395,7 @@ def run_blocking(fn: Callable[..., T], *args: Any, timeout: float | None = None)
     The return type is ``Any`` because one name serves both worlds: an
     awaitable from async code, the value itself from a thread.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {shown(fn)}")
+    check_callable("fn", fn)
     if is_async_callable(fn):
         raise TypeError(
             f"fn must be a plain (blocking) function, got the async function {_describe(fn)}: "

@@ -11,7 +11,7 @@ from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
-from .._core.checks import check_int
+from .._core.checks import check_instance, check_int, check_str
 from .._core.results import TaskStatus
 from .events import TaskEvent
 from .runner import ParallelRunner
@@ -46,12 +46,10 @@ class ProgressDisplay:
         console: Console | None = None,
         description: str = "tasks",
     ) -> None:
-        if not isinstance(runner, ParallelRunner):
-            raise TypeError(f"runner must be a gpupool.ParallelRunner, got {runner!r}")
+        check_instance("runner", runner, ParallelRunner, "a gpupool.ParallelRunner")
         if total is not None:
             check_int("total", total, 0)
-        if not isinstance(description, str):
-            raise TypeError(f"description must be a str, got {description!r}")
+        check_str("description", description)
         self._runner = runner
         self._fixed_total = total
         self._latest: dict[str, TaskStatus] = {}
@@ -109,8 +107,8 @@ def _make_progress(console: Console | None) -> Progress:
         TimeElapsedColumn,
     )
 
-    if console is not None and not isinstance(console, Console):
-        raise TypeError(f"console must be a rich.console.Console or None, got {console!r}")
+    if console is not None:
+        check_instance("console", console, Console, "a rich.console.Console or None")
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

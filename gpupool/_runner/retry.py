@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from typing import TypeAlias
 
+from .._core.checks import check_int
 from .._core.errors import PoolClosed, UnsatisfiableRequest
 
 __all__ = ["RetryOn", "backoff_delay", "check_retry_on", "should_retry"]
@@ -67,8 +68,7 @@ def backoff_delay(
     >>> backoff_delay(3, initial=1.0, jitter=1.0)
     2.0
     """
-    if retry < 1:
-        raise ValueError(f"retry must be an int >= 1, got {retry!r}")
+    check_int("retry", retry, 1)
     if not 0.0 <= jitter <= 1.0:
         raise ValueError(f"jitter must be in [0, 1], got {jitter!r}")
     exponent = min(retry - 1, 64)  # 2**64 * anything positive is past any cap

@@ -40,8 +40,9 @@ import os
 import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -58,11 +59,13 @@ from .._core.checks import (
     shown,
 )
 from .._core.errors import PoolClosed
-from .._core.model import GPUAllocation
+from .._core.model import GPUAllocation, OnProcessStarted
 from .._core.request import make_request
 from .._core.results import TaskResult, TaskStatus
 from .._pool.native import Native
 from .._pool.pool import GPUResourcePool
+from .._process.started import observe as observe_processes
+from .._process.started import stop_observing
 from .events import EventHub, TaskEvent, TaskJournal
 from .executors import _EXECUTORS, Executors, ExecutorStatistics
 from .retry import RetryOn, backoff_delay, check_retry_on, should_retry
@@ -165,6 +168,8 @@ class ParallelRunner:
             self._own_journal if self._own_journal is not None else _check_journal(journal)
         )
         self._sqlite_journal = _is_sqlite_journal(self._journal)
+        # What run_process calls for task `key`'s jobs (gpupool._process.started).
+        self._process_groups = _process_groups_of(self._journal)
         self._hub = EventHub()
         # By key: every unfinished task, and the finished ones whose key was
         # given (by the user or the journal), so that a key runs once.
@@ -738,6 +743,7 @@ class ParallelRunner:
             # A GPU task has just passed pool.acquire's checkpoint, and every task
             # passes checkpoint_if_cancelled next; only a CPU-only task yields here.
             await self._slots.acquire(front=allocation is not None, checkpoint=allocation is None)
+            observing: Token[tuple[OnProcessStarted, ...]] | None = None
             try:
                 # A task cancelled before it started never starts.
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -745,6 +751,9 @@ class ParallelRunner:
                     task.status = TaskStatus.RUNNING
                 else:
                     await self._record(task, TaskStatus.RUNNING, attempt, outcome.gpu_indices)
+                if self._process_groups is not None:
+                    # The journal records the process group of every job the task starts.
+                    observing = observe_processes(self._process_groups(task.key))
                 outcome.started = self._clock()
                 if spec.is_async and spec.timeout is None:
                     outcome.value = await spec.fn(task.item, allocation)
@@ -752,6 +761,8 @@ class ParallelRunner:
                     outcome.value = await self._call(spec, task.item, allocation)
                 outcome.ended = self._clock()
             finally:
+                if observing is not None:
+                    stop_observing(observing)
                 self._slots.release()
         except self._cancelled_class:
             raise
@@ -931,6 +942,13 @@ def _is_sqlite_journal(journal: object) -> bool:
     from .._journal.adapter import RunnerJournal
 
     return isinstance(journal, RunnerJournal)
+
+
+def _process_groups_of(journal: TaskJournal | None) -> Callable[[str], OnProcessStarted] | None:
+    """The SQLite journal's hook for a task's jobs, by key; ``None`` for any other journal."""
+    if not _is_sqlite_journal(journal):
+        return None
+    return cast("RunnerJournal", journal).on_process_started
 
 
 def _check_journal(journal: object) -> TaskJournal | None:

@@ -33,6 +33,7 @@ import math
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, final
 
+from .._core.checks import is_number
 from .._core.results import TaskResult
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ class OptunaStrategy:
     def tell(self, trial: optuna.trial.BaseTrial, result: TaskResult) -> None:
         state = self._optuna.trial.TrialState
         value = result.value
-        number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if result.ok and number and math.isfinite(value):
+        if result.ok and is_number(value) and math.isfinite(value):
             self.study.tell(trial.number, float(value))
             return
         if self._pruned(result):

@@ -9,7 +9,15 @@ from typing import final
 
 import attrs
 
-from .._core.checks import check_finite_seconds, check_int, check_number, shown
+from .._core.checks import (
+    check_bool,
+    check_finite_seconds,
+    check_int,
+    check_number,
+    check_str,
+    is_int,
+    shown,
+)
 from .._core.errors import ProviderError
 from .._core.model import GPUProcess, GPUStats
 
@@ -88,7 +96,7 @@ class FakeGPUProvider:
         utilization_pct: float = 0.0,
     ) -> None:
         check_int("count", count, 0, MAX_FAKE_GPUS)
-        if isinstance(memory_mb, int) and not isinstance(memory_mb, bool):
+        if is_int(memory_mb):
             totals = [memory_mb] * count
         elif isinstance(memory_mb, Sequence) and not isinstance(memory_mb, (str, bytes)):
             totals = list(memory_mb)
@@ -103,8 +111,7 @@ class FakeGPUProvider:
             )
         for total in totals:
             check_int("memory_mb (for every GPU)", total, 1)
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {shown(name)}")
+        check_str("name", name)
         utilization = _check_utilization(utilization_pct)
         self._lock = threading.Lock()
         self._gpus = [
@@ -179,10 +186,9 @@ class FakeGPUProvider:
 
     def set_healthy(self, index: int, healthy: bool, detail: str | None = None) -> None:
         """Mark GPU ``index`` lost (``False``) or recovered (``True``)."""
-        if not isinstance(healthy, bool):
-            raise TypeError(f"healthy must be True or False, got {shown(healthy)}")
-        if detail is not None and not isinstance(detail, str):
-            raise TypeError(f"detail must be a str or None, got {shown(detail)}")
+        check_bool("healthy", healthy)
+        if detail is not None:
+            check_str("detail", detail, allowed="a str or None")
         with self._lock:
             gpu = self._gpu(index)
             gpu.healthy = healthy

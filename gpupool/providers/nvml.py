@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar, final
 
 import attrs
 
+from .._core.checks import check_instance
 from .._core.errors import ProviderError
 from .._core.model import GPUProcess, GPUStats
 from ._visible import DeviceIdentity, VisibleDevicesError, parse_visible_devices, select_devices
@@ -128,8 +129,8 @@ class NVMLProvider:
     """
 
     def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
-        if environ is not None and not isinstance(environ, Mapping):
-            raise TypeError(f"environ must be a mapping of str to str, got {environ!r}")
+        if environ is not None:
+            check_instance("environ", environ, Mapping, "a mapping of str to str or None")
         source = os.environ if environ is None else environ
         self._visible = source.get("CUDA_VISIBLE_DEVICES")
         self._device_order = source.get("CUDA_DEVICE_ORDER")
