@@ -29,10 +29,11 @@ from typing import final
 import attrs
 
 from ._core.backfill import BackfillPolicy, FrontInfo, GreedyPolicy
+from ._core.decisions import Failure, Grant, Outcome
 from ._core.model import GPUAllocation, GPUStats
 from ._core.policy import FifoPolicy, SchedulingPolicy
 from ._core.request import make_request
-from ._core.scheduler import Failure, Grant, Outcome, Scheduler
+from ._core.scheduler import Scheduler
 from .providers.fake import DEFAULT_MEMORY_MB, fake_uuid
 
 __all__ = [

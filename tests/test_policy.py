@@ -20,8 +20,9 @@ from gpupool import (
     UnsatisfiableRequest,
     WouldBlock,
 )
+from gpupool._core.decisions import Grant
 from gpupool._core.request import Request, make_request
-from gpupool._core.scheduler import Grant, Scheduler
+from gpupool._core.scheduler import Scheduler
 from gpupool.sim import GreedyPolicy, Job, simulate
 from gpupool.testing import request_kwargs
 
@@ -300,12 +301,19 @@ def test_bad_knobs_are_refused(
         BackfillPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_policy_of_the_core_and_repr() -> None:
-    s = Scheduler(gpus(1))
-    assert "BackfillPolicy" in repr(s._policy)
+@pytest.mark.anyio
+async def test_the_pool_picks_the_default_policy_and_repr() -> None:
+    """The core takes the policy it is given (it has no default and does not import
+    BackfillPolicy); the pool picks BackfillPolicy when the user does not."""
+    async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+        assert pool._core is not None
+        assert "BackfillPolicy" in repr(pool._core._policy)
+    with pytest.raises(TypeError, match="policy"):
+        Scheduler(gpus(1))  # type: ignore[call-arg]
     assert repr(BackfillPolicy(patience=None, batch_window=None, depth=None)) == (
         "BackfillPolicy(patience=None, batch_window=None, depth=None)"
     )
+    assert repr(FifoPolicy()) == "FifoPolicy()"
 
 
 # ------------------------------------------------------------ the async pool

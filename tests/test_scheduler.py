@@ -7,9 +7,10 @@ import re
 import pytest
 
 from gpupool import AllocationNotHeld, GPUProcess, PoolClosed, UnsatisfiableRequest
+from gpupool._core.decisions import Failure, Grant
 from gpupool._core.policy import FifoPolicy
 from gpupool._core.request import make_request
-from gpupool._core.scheduler import Failure, Grant, Scheduler
+from gpupool._core.scheduler import Scheduler
 
 from .strategies import MB, gpu, gpus
 

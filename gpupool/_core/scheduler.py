@@ -35,76 +35,20 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import NamedTuple, TypeAlias
+from typing import final
 
 import attrs
 
-from .backfill import BackfillPolicy
+from .decisions import Failure, Grant, Outcome, Submission
 from .errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
+from .holdings import Holding
 from .model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
 from .policy import SchedulingPolicy
 from .request import Request
 from .scoring import ScoredGPU, Scorer, checked_score, default_score
+from .waiters import Waiter
 
-__all__ = [
-    "Failure",
-    "Grant",
-    "Holding",
-    "Outcome",
-    "Scheduler",
-    "Submission",
-    "Waiter",
-]
-
-
-@attrs.define(eq=False)
-class Waiter:
-    """A queued request. ``ticket`` is unique within a scheduler and grows with arrival."""
-
-    ticket: int
-    request: Request
-    submitted_at: float
-
-
-@attrs.frozen
-class Grant:
-    """Wake waiter ``ticket``: it now holds ``allocation``."""
-
-    ticket: int
-    allocation: GPUAllocation
-
-
-@attrs.frozen
-class Failure:
-    """Wake waiter ``ticket`` with ``error``: it will never be granted.
-
-    ``error`` is a :class:`GPUPoolError` (``UnsatisfiableRequest``,
-    ``PoolClosed``), or the error of a scorer that failed on the GPUs the
-    waiter was about to be granted.
-    """
-
-    ticket: int
-    error: Exception
-
-
-Outcome: TypeAlias = Grant | Failure
-
-
-class Submission(NamedTuple):
-    """What :meth:`Scheduler.submit` decided for the submitted request itself.
-
-    ``allocation`` is set when it was granted at once, ``None`` when it waits.
-    ``outcomes`` are decisions for *other* waiters made in the same step.
-    ``error`` is set when the request itself failed in that step (the scorer
-    failed on the GPUs it was about to get): raise it once the outcomes are
-    delivered. (A named tuple rather than an attrs class: it is made on every
-    acquire.)
-    """
-
-    ticket: int
-    allocation: GPUAllocation | None
-    outcomes: list[Outcome]
-    error: Exception | None = None
+__all__ = ["Scheduler"]
 
 
 class _Numbers:
@@ -119,19 +63,6 @@ class _Numbers:
         self.memory_total_mb = memory_total_mb
         self.memory_free_mb = memory_free_mb
         self.utilization_pct = utilization_pct
-
-
-@attrs.define(eq=False)
-class Holding:
-    """An allocation the pool has granted and not yet taken back."""
-
-    allocation: GPUAllocation
-    request: Request
-    #: The waiter's ticket; ``None`` for a grant made at once, which never waited.
-    ticket: int | None
-    granted_at: float
-    #: Processes registered as working for the allocation (memory attribution, settle).
-    pids: frozenset[int] = frozenset()
 
 
 @attrs.define(eq=False)
@@ -246,7 +177,7 @@ class Scheduler:
         *,
         max_parallel: int | None = None,
         scorer: Scorer = default_score,
-        policy: SchedulingPolicy | None = None,
+        policy: SchedulingPolicy,
         settle_timeout: float = 30.0,
         pool_id: int = 0,
     ) -> None:
@@ -272,7 +203,7 @@ class Scheduler:
             gpu.take(*numbers, gpu.rank_with(scorer, *numbers))
         # Whether a request shape could ever be served; only health changes alter the answer.
         self._impossible_cache: dict[tuple[int, int, frozenset[int] | None], str | None] = {}
-        self._policy: SchedulingPolicy = policy if policy is not None else BackfillPolicy()
+        self._policy = policy
         # hosts() answers, by (allowed_gpus, min_memory_mb); cleared when health or
         # foreign memory may have changed.
         self._hosts: dict[tuple[frozenset[int] | None, int], dict[int, int]] = {}
@@ -297,30 +228,16 @@ class Scheduler:
         self._epoch = 0
         self._grants_total = 0
         self._closed = False
-        self._now = 0.0
-        self._outcomes: list[Outcome] = []
 
     # ------------------------------------------------------------------ queries
-
-    @property
-    def gpu_count(self) -> int:
-        return len(self._gpus)
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     @property
-    def holding(self) -> int:
-        return len(self._holdings)
-
-    @property
     def max_parallel(self) -> int | None:
         return self._max_parallel
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def epoch(self) -> int:
@@ -441,8 +358,7 @@ class Scheduler:
         ranks = (
             None if request.exclusive else self._ranks_with_reserved(chosen, request.min_memory_mb)
         )
-        self._now = now
-        return self._grant(None, request, chosen, ranks)
+        return self._grant(None, request, chosen, ranks, now)
 
     def cancel(self, ticket: int, now: float) -> list[Outcome]:
         """Withdraw waiter ``ticket`` (cancelled, timed out).
@@ -614,7 +530,7 @@ class Scheduler:
         self._waiting_priorities.clear()
         return failures
 
-    # --------------------------------------------------- the policy's interface
+    # -------------------------------------- queries a policy makes (see _Pass)
 
     def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
         """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
@@ -680,14 +596,24 @@ class Scheduler:
         """False while ``max_parallel`` allocations are held."""
         return self._max_parallel is None or len(self._holdings) < self._max_parallel
 
-    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
-        """Grant ``waiter`` now if its request fits; the policy then drops it from its queue."""
+    # ------------------------------------------------------------------ internals
+
+    def _schedule(self, now: float) -> list[Outcome]:
+        """One scheduling pass: the policy's decisions, as the view recorded them."""
+        if not self._waiters:
+            return []
+        view = _Pass(self, now)
+        self._policy.schedule(view, now)
+        return view.end()
+
+    def _decide(self, waiter: Waiter, avoid: Collection[int], now: float) -> Outcome | None:
+        """Grant ``waiter`` now if its request fits (:meth:`_Pass.try_grant`)."""
         if not self.can_grant_more():
-            return False
-        chosen = self.find_gpus(waiter.request, avoid)
-        if chosen is None:
-            return False
+            return None
         request = waiter.request
+        chosen = self.find_gpus(request, avoid)
+        if chosen is None:
+            return None
         try:
             # A GPU held whole is not ranked while held (it is rescored when
             # released), so only a shared grant asks the scorer.
@@ -701,22 +627,8 @@ class Scheduler:
             # middle of a scheduling pass whose other decisions must still be delivered,
             # so the error goes to this waiter (its acquire raises it), not up the stack.
             self._unqueue(waiter.ticket)
-            self._outcomes.append(Failure(waiter.ticket, error))
-            return True
-        allocation = self._grant(waiter.ticket, request, chosen, ranks)
-        self._outcomes.append(Grant(waiter.ticket, allocation))
-        return True
-
-    # ------------------------------------------------------------------ internals
-
-    def _schedule(self, now: float) -> list[Outcome]:
-        self._now = now
-        if not self._waiters:
-            return []
-        self._outcomes = []
-        self._policy.schedule(self, now)
-        outcomes, self._outcomes = self._outcomes, []
-        return outcomes
+            return Failure(waiter.ticket, error)
+        return Grant(waiter.ticket, self._grant(waiter.ticket, request, chosen, ranks, now))
 
     def _ranks_with_reserved(
         self, indices: tuple[int, ...], delta_mb: int
@@ -740,6 +652,7 @@ class Scheduler:
         request: Request,
         chosen: tuple[int, ...],
         ranks: list[tuple[float, int]] | None,
+        now: float,
     ) -> GPUAllocation:
         """Grant ``chosen`` to ``request``; ``ranks`` are what :meth:`_ranks_with_reserved`
         gave for a shared grant, ``None`` for an exclusive one."""
@@ -771,7 +684,7 @@ class Scheduler:
                 # _refresh_idle would decide, without asking).
                 del self._idle[bisect.bisect_left(self._idle, gpu.idle_key)]
                 gpu.idle_key = None
-        self._holdings[allocation.id] = Holding(allocation, request, ticket, self._now)
+        self._holdings[allocation.id] = Holding(allocation, request, ticket, now)
         if ticket is not None:
             self._unqueue(ticket)
             self._ticket_to_allocation[ticket] = allocation.id
@@ -922,3 +835,59 @@ def _settled(
     return not any(
         p.pid in settle.pids or sessions.get(p.pid) in settle.pids for p in stats.processes
     )
+
+
+@final
+class _Pass:
+    """The policy's :class:`SchedulerView` for one scheduling pass.
+
+    It answers queries from the core and records every decision
+    :meth:`try_grant` makes; :meth:`Scheduler._schedule` returns them when
+    the policy's ``schedule()`` is done. One per pass, so the scheduler keeps
+    no decisions (and no "now") in its own state between calls, and a policy
+    that kept the view past its pass gets an error instead of grants that
+    would reach nobody.
+    """
+
+    __slots__ = ("_core", "_decisions", "_now")
+
+    def __init__(self, core: Scheduler, now: float) -> None:
+        self._core = core
+        self._now = now
+        self._decisions: list[Outcome] | None = []
+
+    def end(self) -> list[Outcome]:
+        """The decisions of the pass; the view answers no more grants."""
+        decisions = self._decisions
+        assert decisions is not None
+        self._decisions = None
+        return decisions
+
+    def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
+        decisions = self._decisions
+        if decisions is None:
+            raise RuntimeError(
+                "this SchedulerView belongs to a scheduling pass that has ended: use the "
+                "view given to the current schedule() call"
+            )
+        decision = self._core._decide(waiter, avoid, self._now)
+        if decision is None:
+            return False
+        decisions.append(decision)
+        return True
+
+    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+        return self._core.find_gpus(request, avoid)
+
+    def hosts(self, request: Request) -> dict[int, int]:
+        return self._core.hosts(request)
+
+    def can_grant_more(self) -> bool:
+        return self._core.can_grant_more()
+
+    @property
+    def max_parallel(self) -> int | None:
+        return self._core.max_parallel
+
+    def holdings(self) -> Iterator[Holding]:
+        return self._core.holdings()
