@@ -608,6 +608,13 @@ class Scheduler:
 
     def _decide(self, waiter: Waiter, avoid: Collection[int], now: float) -> Outcome | None:
         """Grant ``waiter`` now if its request fits (:meth:`_Pass.try_grant`)."""
+        if self._waiters.get(waiter.ticket) is not waiter:
+            # A policy that kept a waiter it was told is gone would grant it twice.
+            raise RuntimeError(
+                f"try_grant was given waiter {waiter.ticket}, which no longer waits (it was "
+                "granted, failed or withdrawn): a policy must drop every waiter that "
+                "try_grant returned True for, and every waiter the core removes"
+            )
         if not self.can_grant_more():
             return None
         request = waiter.request
