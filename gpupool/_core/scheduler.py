@@ -37,130 +37,17 @@ import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import final
 
-import attrs
-
 from .decisions import Failure, Grant, Outcome, Submission
 from .errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
+from .gpus import GPUState, Settle, packed_first, settled
 from .holdings import Holding
 from .model import GPUAllocation, GPUStatistics, GPUStats, PoolStatistics
 from .policy import SchedulingPolicy
 from .request import Request
-from .scoring import ScoredGPU, Scorer, checked_score, default_score
+from .scoring import Scorer, default_score
 from .waiters import Waiter
 
 __all__ = ["Scheduler"]
-
-
-class _Numbers:
-    """What a scorer reads of a GPU (:class:`ScoredGPU`), for numbers not yet applied."""
-
-    __slots__ = ("index", "memory_free_mb", "memory_total_mb", "utilization_pct")
-
-    def __init__(
-        self, index: int, memory_total_mb: int, memory_free_mb: int, utilization_pct: float | None
-    ) -> None:
-        self.index = index
-        self.memory_total_mb = memory_total_mb
-        self.memory_free_mb = memory_free_mb
-        self.utilization_pct = utilization_pct
-
-
-@attrs.define(eq=False)
-class _Settle:
-    """A released GPU waiting for the released job's processes to leave it."""
-
-    pids: frozenset[int]
-    #: Only a snapshot started at or after this epoch can show them gone.
-    epoch: int
-    deadline: float
-
-
-@attrs.define(eq=False)
-class _GPU:
-    index: int
-    uuid: str
-    memory_total_mb: int
-    utilization_pct: float | None
-    reported_healthy: bool
-    health_detail: str | None
-    marked_unhealthy: bool = False
-    foreign_mb: int = 0
-    reserved_mb: int = 0
-    exclusive_holder: int | None = None
-    shared_holders: dict[int, int] = attrs.Factory(dict)
-    settle: _Settle | None = None
-    # Derived from the fields above by take(), which every change to them goes through
-    # (an exclusive grant excepted, see _grant): a grant reads them for each candidate
-    # GPU, so they are computed once per change.
-    free_mb: int = 0
-    rank_key: tuple[float, int] = (0.0, 0)
-    # What rank_key was computed from: a GPU released as it was granted scores the same.
-    rank_inputs: tuple[int, int, float | None] | None = None
-    #: The key under which this GPU stands in the scheduler's idle list, or None.
-    idle_key: tuple[float, int] | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.reported_healthy and not self.marked_unhealthy
-
-    @property
-    def memory_free_mb(self) -> int:
-        return self.free_mb
-
-    def rank_with(
-        self, scorer: Scorer, foreign_mb: int, reserved_mb: int, utilization_pct: float | None
-    ) -> tuple[float, int]:
-        """The rank key this GPU would have with these numbers; changes nothing.
-
-        The first of the two steps of every change to a GPU's numbers: the
-        scorer runs (and its result is checked) here, so that a scorer that
-        fails makes the change fail before anything has changed.
-        """
-        if self.rank_inputs == (foreign_mb, reserved_mb, utilization_pct):
-            return self.rank_key  # released as it was granted, say: it scores the same
-        free = self.memory_total_mb - foreign_mb - reserved_mb
-        numbers: ScoredGPU = _Numbers(
-            self.index, self.memory_total_mb, free if free > 0 else 0, utilization_pct
-        )
-        return (-checked_score(scorer, numbers), self.index)
-
-    def take(
-        self,
-        foreign_mb: int,
-        reserved_mb: int,
-        utilization_pct: float | None,
-        rank_key: tuple[float, int],
-    ) -> None:
-        """The second step: set the numbers, with the key :meth:`rank_with` gave for them."""
-        self.foreign_mb = foreign_mb
-        self.reserved_mb = reserved_mb
-        self.utilization_pct = utilization_pct
-        free = self.memory_total_mb - foreign_mb - reserved_mb
-        self.free_mb = free if free > 0 else 0
-        self.rank_inputs = (foreign_mb, reserved_mb, utilization_pct)
-        self.rank_key = rank_key
-
-    def take_reserved(self, reserved_mb: int, rank_key: tuple[float, int]) -> None:
-        """:meth:`take` for a change of the reservation alone (a shared grant, a release)."""
-        self.reserved_mb = reserved_mb
-        free = self.memory_total_mb - self.foreign_mb - reserved_mb
-        self.free_mb = free if free > 0 else 0
-        if rank_key is not self.rank_key:  # else rank_with found the inputs unchanged
-            self.rank_inputs = (self.foreign_mb, reserved_mb, self.utilization_pct)
-            self.rank_key = rank_key
-
-    @property
-    def grantable(self) -> bool:
-        return self.healthy and self.settle is None
-
-    @property
-    def idle(self) -> bool:
-        return self.exclusive_holder is None and not self.shared_holders
-
-    def holder_ids(self) -> tuple[int, ...]:
-        if self.exclusive_holder is not None:
-            return (self.exclusive_holder,)
-        return tuple(self.shared_holders)
 
 
 class Scheduler:
@@ -184,8 +71,8 @@ class Scheduler:
         indices = [g.index for g in gpus]
         if len(set(indices)) != len(indices):
             raise ValueError(f"GPU indices must be unique, got {indices}")
-        self._gpus: dict[int, _GPU] = {
-            g.index: _GPU(
+        self._gpus: dict[int, GPUState] = {
+            g.index: GPUState(
                 index=g.index,
                 uuid=g.uuid,
                 memory_total_mb=g.memory_total_mb,
@@ -397,7 +284,7 @@ class Scheduler:
         self._epoch += 1
         settle = None
         if holding.pids and self._settle_timeout > 0:
-            settle = _Settle(holding.pids, self._epoch, now + self._settle_timeout)
+            settle = Settle(holding.pids, self._epoch, now + self._settle_timeout)
         for position, index in enumerate(allocation.gpu_indices):
             gpu = self._gpus[index]
             if allocation.exclusive:
@@ -442,7 +329,7 @@ class Scheduler:
         sessions = sessions or {}
         # Every GPU's new numbers and score first: a scorer that fails on them
         # leaves the core as it was (the pool then keeps the last good snapshot).
-        reported: list[tuple[_GPU, GPUStats | None, int, tuple[float, int]]] = []
+        reported: list[tuple[GPUState, GPUStats | None, int, tuple[float, int]]] = []
         for gpu in self._gpus.values():
             stats = by_index.get(gpu.index)
             if stats is None:
@@ -462,7 +349,7 @@ class Scheduler:
                 gpu.reported_healthy = stats.healthy
                 gpu.health_detail = stats.health_detail
                 gpu.take(foreign, gpu.reserved_mb, stats.utilization_pct, rank)
-                if gpu.settle is not None and _settled(gpu.settle, stats, epoch, sessions):
+                if gpu.settle is not None and settled(gpu.settle, stats, epoch, sessions):
                     gpu.settle = None
             if gpu.settle is not None and now >= gpu.settle.deadline:
                 gpu.settle = None
@@ -567,8 +454,8 @@ class Scheduler:
         if len(candidates) < needed:
             return None
         if needed == 1:
-            return (min(candidates, key=_packed_first).index,)
-        candidates.sort(key=_packed_first)
+            return (min(candidates, key=packed_first).index,)
+        candidates.sort(key=packed_first)
         return tuple(sorted(g.index for g in candidates[:needed]))
 
     def hosts(self, request: Request) -> dict[int, int]:
@@ -730,7 +617,7 @@ class Scheduler:
         full = not self.can_grant_more() or (not self._idle and self._held_whole == len(self._gpus))
         return full and max(self._waiting_priorities) >= priority
 
-    def _refresh_idle(self, gpu: _GPU) -> None:
+    def _refresh_idle(self, gpu: GPUState) -> None:
         """Put ``gpu`` in the idle list under its current key, or take it out."""
         # gpu.idle and gpu.grantable, spelled out: five property calls on every
         # grant and release were a measurable part of an uncontended acquire.
@@ -750,7 +637,7 @@ class Scheduler:
             bisect.insort(self._idle, want)
         gpu.idle_key = want
 
-    def _gpu(self, index: int) -> _GPU:
+    def _gpu(self, index: int) -> GPUState:
         gpu = self._gpus.get(index)
         if gpu is None:
             raise ValueError(f"no GPU with index {index!r}; the pool has {sorted(self._gpus)}")
@@ -806,7 +693,7 @@ class Scheduler:
                 failures.append(Failure(waiter.ticket, UnsatisfiableRequest(reason)))
         return failures
 
-    def _foreign_memory(self, gpu: _GPU, stats: GPUStats, sessions: Mapping[int, int]) -> int:
+    def _foreign_memory(self, gpu: GPUState, stats: GPUStats, sessions: Mapping[int, int]) -> int:
         """Used memory that no allocation of this pool accounts for."""
         if not stats.processes or gpu.idle:
             return stats.memory_used_mb
@@ -825,23 +712,6 @@ class Scheduler:
             if not holding.allocation.exclusive:
                 overuse += max(0, used - holding.allocation.memory_mb)
         return max(0, stats.memory_used_mb - attributed) + overuse
-
-
-def _packed_first(gpu: _GPU) -> tuple[bool, tuple[float, int]]:
-    """Shared requests pack onto GPUs that are shared already (best fit), keeping whole
-    GPUs free for exclusive requests; within that, the best score, then the index."""
-    return (gpu.idle, gpu.rank_key)
-
-
-def _settled(
-    settle: _Settle, stats: GPUStats, epoch: int | None, sessions: Mapping[int, int]
-) -> bool:
-    """True when a snapshot started after the release shows none of the job's processes."""
-    if epoch is None or epoch < settle.epoch:
-        return False
-    return not any(
-        p.pid in settle.pids or sessions.get(p.pid) in settle.pids for p in stats.processes
-    )
 
 
 @final
