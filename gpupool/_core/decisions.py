@@ -54,7 +54,7 @@ class Submission(NamedTuple):
     ``error`` is set when the request itself failed in that step (the scorer
     failed on the GPUs it was about to get): raise it once the outcomes are
     delivered. (A named tuple rather than an attrs class: it is made on every
-    contended acquire, see "Hot paths" in scheduler.py.)
+    contended acquire: hot path H8 in scheduler.py.)
     """
 
     ticket: int

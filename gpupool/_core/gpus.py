@@ -23,7 +23,10 @@ __all__ = ["GPUState", "ScoreInputs", "Settle", "packed_first", "settled"]
 
 @final
 class ScoreInputs:
-    """What a scorer reads of a GPU (:class:`ScoredGPU`), for numbers not yet applied."""
+    """What a scorer reads of a GPU (:class:`ScoredGPU`), for numbers not yet applied.
+
+    A slotted class, not attrs: one is made per scorer call (hot path H6 in
+    ``scheduler.py``)."""
 
     __slots__ = ("index", "memory_free_mb", "memory_total_mb", "utilization_pct")
 
@@ -64,12 +67,13 @@ class GPUState:
     exclusive_holder: int | None = None
     shared_holders: dict[int, int] = attrs.Factory(dict)
     settle: Settle | None = None
-    # Derived from the fields above by take(), which every change to them goes through
-    # (an exclusive grant excepted, see _grant): a grant reads them for each candidate
-    # GPU, so they are computed once per change.
+    # (hot path H4 in scheduler.py) Derived from the fields above by take(), which
+    # every change to them goes through (an exclusive grant excepted, see _grant): a
+    # grant reads them for each candidate GPU, so they are computed once per change.
     free_mb: int = 0
     rank_key: tuple[float, int] = (0.0, 0)
-    # What rank_key was computed from: a GPU released as it was granted scores the same.
+    # What rank_key was computed from (hot path H4): a snapshot with the same numbers,
+    # or a GPU released as it was granted, scores the same without asking the scorer.
     rank_inputs: tuple[int, int, float | None] | None = None
     #: The key under which this GPU stands in the scheduler's idle list, or None.
     idle_key: tuple[float, int] | None = None
@@ -92,7 +96,7 @@ class GPUState:
         fails makes the change fail before anything has changed.
         """
         if self.rank_inputs == (foreign_mb, reserved_mb, utilization_pct):
-            return self.rank_key  # released as it was granted, say: it scores the same
+            return self.rank_key  # hot path H4: scored already
         free = self.memory_total_mb - foreign_mb - reserved_mb
         numbers: ScoredGPU = ScoreInputs(
             self.index, self.memory_total_mb, free if free > 0 else 0, utilization_pct
