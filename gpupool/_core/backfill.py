@@ -128,6 +128,7 @@ class _ShapeQueues:
         return self._queue.groups(depth, lambda shape: shape[:4] == needs)
 
 
+@final
 @attrs.frozen
 class FrontInfo:
     """What :class:`BackfillPolicy` has promised the request at the front of the queue."""

@@ -98,12 +98,16 @@ from .waiters import Waiter
 __all__ = ["Scheduler"]
 
 
+@final
 class Scheduler:
     """The pure state machine behind :class:`gpupool.GPUResourcePool`.
 
     ``gpus`` is the provider's first snapshot; it fixes the set of GPUs the
     pool manages. ``now`` arguments are seconds on any monotonic clock the
     caller likes (the pool uses anyio's, tests use plain numbers).
+    ``policy`` orders the waiters; the core has no default and knows no
+    concrete policy (the pool picks :class:`BackfillPolicy` when the user
+    does not), so the core depends only on the protocol in ``policy.py``.
     """
 
     def __init__(
@@ -147,15 +151,15 @@ class Scheduler:
         self._tickets = itertools.count(1)
         self._allocation_ids = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
-        # How many waiters wait at each priority, and how many GPUs are held whole:
-        # what submit needs to see, in O(1), that a newcomer changes nothing.
+        # (hot path H7) How many waiters wait at each priority, and how many GPUs are
+        # held whole: what submit needs to see, in O(1), that a newcomer changes nothing.
         self._waiting_priorities: dict[int, int] = {}
         self._held_whole = 0
         self._holdings: dict[int, Holding] = {}
         self._ticket_to_allocation: dict[int, int] = {}
-        # (hot path H2) Rank keys of the GPUs with no holder that may be granted now, best first.
-        # Exclusive requests look only here and usually take the first entries, so a
-        # grant costs O(GPUs it takes), not O(all GPUs), even under heavy contention.
+        # (hot path H2) Rank keys of the GPUs with no holder that may be granted now,
+        # best first. Exclusive requests look only here and usually take the first
+        # entries, so a grant costs O(GPUs it takes), not O(all GPUs).
         self._idle: list[tuple[float, int]] = []
         for gpu in self._gpus.values():
             self._refresh_idle(gpu)
