@@ -544,7 +544,10 @@ class Scheduler:
             return []
         view = _Pass(self, now)
         self._policy.schedule(view, now)
-        return view.end()
+        decisions = view.decisions
+        assert decisions is not None
+        view.decisions = None  # the pass is over: the view makes no more grants
+        return decisions
 
     def _try_grant(
         self, waiter: Waiter, avoid: Collection[int], now: float, decisions: list[Outcome]
@@ -786,22 +789,16 @@ class _Pass:
     would reach nobody.
     """
 
-    __slots__ = ("_core", "_decisions", "_now")
+    __slots__ = ("_core", "_now", "decisions")
 
     def __init__(self, core: Scheduler, now: float) -> None:
         self._core = core
         self._now = now
-        self._decisions: list[Outcome] | None = []
-
-    def end(self) -> list[Outcome]:
-        """The decisions of the pass; the view answers no more grants."""
-        decisions = self._decisions
-        assert decisions is not None
-        self._decisions = None
-        return decisions
+        #: What try_grant decided, in order; None once the pass is over.
+        self.decisions: list[Outcome] | None = []
 
     def try_grant(self, waiter: Waiter, avoid: Collection[int] = ()) -> bool:
-        decisions = self._decisions
+        decisions = self.decisions
         if decisions is None:
             raise RuntimeError(
                 "this SchedulerView belongs to a scheduling pass that has ended: use the "

@@ -43,12 +43,8 @@ class Waiter:
     submitted_at: float
 
 
-#: Not a group key (a key may be ``None``: see :func:`_one_group`).
+#: Not a group key (a key may be ``None``: a queue without groups has only that one).
 _ABSENT: Any = object()
-
-
-def _one_group(request: Request) -> None:
-    return None
 
 
 class _Level(Generic[K]):
@@ -113,7 +109,8 @@ class WaitQueue(Generic[K]):
     __slots__ = ("_count", "_group", "_levels", "_priorities")
 
     def __init__(self, group: Callable[[Request], K] | None = None) -> None:
-        self._group: Callable[[Request], K] = group or _one_group  # type: ignore[assignment]
+        # None: one group per priority, with no call to make for its key.
+        self._group = group
         self._levels: dict[int, _Level[K]] = {}
         # Distinct priorities present, highest first.
         self._priorities: list[int] = []
@@ -133,14 +130,16 @@ class WaitQueue(Generic[K]):
             level = self._levels[priority] = _Level()
             self._priorities.append(priority)
             self._priorities.sort(reverse=True)
-        level.push(waiter, self._group(waiter.request))
+        group = self._group
+        level.push(waiter, None if group is None else group(waiter.request))  # type: ignore[arg-type]
         self._count += 1
 
     def remove(self, waiter: Waiter) -> None:
         """Drop ``waiter``, which must be queued (a ``KeyError`` otherwise)."""
         priority = waiter.request.priority
         level = self._levels[priority]
-        level.remove(waiter, self._group(waiter.request))
+        group = self._group
+        level.remove(waiter, None if group is None else group(waiter.request))  # type: ignore[arg-type]
         self._count -= 1
         if not level.count:
             del self._levels[priority]
