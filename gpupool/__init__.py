@@ -11,6 +11,7 @@ from ._core.errors import PoolTimeout as PoolTimeout
 from ._core.errors import ProviderError as ProviderError
 from ._core.errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._core.errors import WouldBlock as WouldBlock
+from ._core.holdings import Holding as Holding
 from ._core.memory import estimate_memory_mb as estimate_memory_mb
 from ._core.model import GPUAllocation as GPUAllocation
 from ._core.model import GPUProcess as GPUProcess
@@ -18,9 +19,13 @@ from ._core.model import GPUStatistics as GPUStatistics
 from ._core.model import GPUStats as GPUStats
 from ._core.model import PoolStatistics as PoolStatistics
 from ._core.policy import FifoPolicy as FifoPolicy
+from ._core.policy import SchedulerView as SchedulerView
 from ._core.policy import SchedulingPolicy as SchedulingPolicy
 from ._core.results import TaskResult as TaskResult
 from ._core.results import TaskStatus as TaskStatus
+from ._core.scoring import ScoredGPU as ScoredGPU
+from ._core.scoring import Scorer as Scorer
+from ._core.waiters import Waiter as Waiter
 from ._journal.store import Journal as Journal
 from ._pool.pool import GPUResourcePool as GPUResourcePool
 from ._process.run import ProcessFailed as ProcessFailed
@@ -56,6 +61,7 @@ __all__ = [
     "GPUResourcePool",
     "GPUStatistics",
     "GPUStats",
+    "Holding",
     "Journal",
     "JournalEncodingError",
     "JournalError",
@@ -71,7 +77,10 @@ __all__ = [
     "ProgressDisplay",
     "ProviderError",
     "RunnerStatistics",
+    "SchedulerView",
     "SchedulingPolicy",
+    "ScoredGPU",
+    "Scorer",
     "Strategy",
     "TaskEvent",
     "TaskHandle",
@@ -80,6 +89,7 @@ __all__ = [
     "TaskStatus",
     "Trial",
     "UnsatisfiableRequest",
+    "Waiter",
     "WouldBlock",
     "estimate_memory_mb",
     "run_blocking",

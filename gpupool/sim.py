@@ -30,10 +30,11 @@ import attrs
 
 from ._core.backfill import BackfillPolicy, FrontInfo, GreedyPolicy
 from ._core.checks import check_instance, int_validator, is_int, number_validator, shown
+from ._core.decisions import Failure, Grant, Outcome
 from ._core.model import GPUAllocation, GPUStats
 from ._core.policy import FifoPolicy, SchedulingPolicy
 from ._core.request import make_request
-from ._core.scheduler import Failure, Grant, Outcome, Scheduler
+from ._core.scheduler import Scheduler
 from .providers.fake import DEFAULT_MEMORY_MB, fake_uuid
 
 __all__ = [

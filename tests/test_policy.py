@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,14 +19,18 @@ from gpupool import (
     FakeGPUProvider,
     FifoPolicy,
     GPUResourcePool,
+    SchedulerView,
     UnsatisfiableRequest,
+    Waiter,
     WouldBlock,
 )
+from gpupool._core.decisions import Grant
 from gpupool._core.request import Request, make_request
-from gpupool._core.scheduler import Grant, Scheduler
+from gpupool._core.scheduler import Scheduler
 from gpupool.sim import GreedyPolicy, Job, simulate
 from gpupool.testing import request_kwargs
 
+from .example_policy import ShortestFirstPolicy, coolest_first
 from .strategies import MB, gpu, gpus
 from .test_scheduler_machine import GPU_COUNT, SchedulerMachine
 
@@ -300,12 +306,19 @@ def test_bad_knobs_are_refused(
         BackfillPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_policy_of_the_core_and_repr() -> None:
-    s = Scheduler(gpus(1))
-    assert "BackfillPolicy" in repr(s._policy)
+@pytest.mark.anyio
+async def test_the_pool_picks_the_default_policy_and_repr() -> None:
+    """The core takes the policy it is given (it has no default and does not import
+    BackfillPolicy); the pool picks BackfillPolicy when the user does not."""
+    async with GPUResourcePool(FakeGPUProvider(count=1)) as pool:
+        assert pool._core is not None
+        assert "BackfillPolicy" in repr(pool._core._policy)
+    with pytest.raises(TypeError, match="policy"):
+        Scheduler(gpus(1))  # type: ignore[call-arg]
     assert repr(BackfillPolicy(patience=None, batch_window=None, depth=None)) == (
         "BackfillPolicy(patience=None, batch_window=None, depth=None)"
     )
+    assert repr(FifoPolicy()) == "FifoPolicy()"
 
 
 # ------------------------------------------------------------ the async pool
@@ -487,3 +500,201 @@ async def test_pool_passes_hints_through_to_backfilling() -> None:
             await anyio.sleep(50)
             await pool.release(first)
         assert granted == [pytest.approx(100)]
+
+
+# ------------------------------------------------------------ a custom policy and scorer
+
+
+def _service_key(request: Request, ticket: int) -> tuple[int, float, int]:
+    """ShortestFirstPolicy's order, restated independently of its code."""
+    hint = request.expected_duration
+    return (-request.priority, float("inf") if hint is None else hint, ticket)
+
+
+def test_the_example_policy_serves_shortest_expected_duration_first() -> None:
+    s = Scheduler(gpus(1), policy=ShortestFirstPolicy(), scorer=coolest_first)
+    held = s.submit(make_request(1), 0).allocation
+    assert held is not None
+    hints = {"none": None, "long": 30.0, "short": 10.0, "middle": 20.0, "short-again": 10.0}
+    tickets = {
+        name: s.submit(make_request(1, expected_duration=hint), 1).ticket
+        for name, hint in hints.items()
+    }
+    urgent = s.submit(make_request(1, priority=1, expected_duration=100.0), 2).ticket
+    assert [w.ticket for w in s.waiters()] == [
+        urgent,
+        *(tickets[n] for n in ["short", "short-again", "middle", "long", "none"]),
+    ]
+    served = []
+    allocation = held
+    for now in range(3, 9):
+        (grant,) = s.release(allocation, now)
+        assert isinstance(grant, Grant)
+        served.append(grant.ticket)
+        allocation = grant.allocation
+    assert served == [
+        urgent,
+        *(tickets[n] for n in ["short", "short-again", "middle", "long", "none"]),
+    ]
+    assert s.release(allocation, 9) == []
+    assert s.statistics().gpus[0].memory_reserved_mb == 0
+
+
+def test_the_example_scorer_prefers_the_least_busy_gpu() -> None:
+    snapshot = [gpu(0, utilization=80.0), gpu(1, utilization=None), gpu(2, utilization=20.0)]
+    s = Scheduler(snapshot, policy=ShortestFirstPolicy(), scorer=coolest_first)
+    order = []
+    for now in range(3):
+        allocation = s.submit(make_request(1), now).allocation
+        assert allocation is not None
+        order.append(allocation.gpu_indices)
+    assert order == [(2,), (1,), (0,)]
+
+
+def test_the_documented_example_is_the_tested_one() -> None:
+    """docs/scheduling.md shows tests/example_policy.py verbatim."""
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "scheduling.md").read_text()
+    source = (root / "tests" / "example_policy.py").read_text()
+    assert f"```python\n{source}```" in docs
+
+
+class _KeepsTheView:
+    """A faulty policy: it keeps the view of one pass and grants through it later."""
+
+    def __init__(self) -> None:
+        self.queue = FifoPolicy()
+        self.view: SchedulerView | None = None
+
+    def push(self, waiter: Waiter) -> None:
+        self.queue.push(waiter)
+
+    def remove(self, waiter: Waiter) -> None:
+        self.queue.remove(waiter)
+
+    def schedule(self, view: SchedulerView, now: float) -> None:
+        if self.view is None:
+            self.view = view
+        self.queue.schedule(self.view, now)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(self.queue)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+def test_a_view_kept_past_its_pass_refuses_to_grant() -> None:
+    """Decisions are returned by the call whose pass made them; a grant through an
+    old view would reach nobody (and leak its GPUs), so it is refused."""
+    policy = _KeepsTheView()
+    s = Scheduler(gpus(1), policy=policy)
+    held = s.submit(make_request(1), 0).allocation
+    assert held is not None
+    s.submit(make_request(1), 1)  # joins the queue: a pass that grants nothing
+    before = s.statistics()
+    with pytest.raises(RuntimeError, match="scheduling pass that has ended"):
+        s.release(held, 2)
+    assert s.statistics().waiters == before.waiters == 1
+
+
+class ShortestFirstMachine(SchedulerMachine):
+    """The core's state machine run under the example policy and scorer, with hints:
+    no GPU over-committed, nothing leaked, every waiter served (the parent's
+    invariants and teardown), and nobody overtaken in the policy's own order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Scheduler(
+            [gpu(i) for i in range(GPU_COUNT)],
+            max_parallel=3,
+            policy=ShortestFirstPolicy(),
+            scorer=coolest_first,
+        )
+
+    def check_grant(self, grant: Grant, request: Request) -> None:
+        alloc = grant.allocation
+        assert len(alloc.gpu_indices) == request.required_gpus
+        assert alloc.exclusive == request.exclusive
+        if request.allowed_gpus is not None:
+            assert set(alloc.gpu_indices) <= request.allowed_gpus
+        mine = _service_key(request, grant.ticket)
+        for ticket, other in self.waiting.items():
+            if ticket != grant.ticket:
+                assert _service_key(other, ticket) > mine, (
+                    f"ticket {grant.ticket} overtook waiting ticket {ticket}"
+                )
+
+    @rule(
+        kwargs=request_kwargs(GPU_COUNT, memory_mb=MB, max_priority=1),
+        hint=st.sampled_from([None, 1.0, 2.0, 20.0]),
+        nowait=st.booleans(),
+    )
+    def submit_with_hint(self, kwargs: dict[str, Any], hint: float | None, nowait: bool) -> None:
+        request = make_request(expected_duration=hint, **kwargs)
+        try:
+            submission = self.core.submit(request, self.tick(), nowait=nowait)
+        except UnsatisfiableRequest:
+            return
+        self.waiting[submission.ticket] = request
+        if submission.allocation is not None:
+            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
+        else:
+            self.apply(submission.outcomes)
+            if nowait:
+                self.waiting.pop(submission.ticket)
+
+
+ShortestFirstMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestShortestFirstMachine = ShortestFirstMachine.TestCase
+
+
+@pytest.mark.anyio
+async def test_the_pool_runs_the_example_policy() -> None:
+    async with GPUResourcePool(
+        FakeGPUProvider(count=1), policy=ShortestFirstPolicy(), scorer=coolest_first
+    ) as pool:
+        held = await pool.acquire(1)
+        served: list[float] = []
+
+        async def job(hint: float) -> None:
+            async with pool.allocation(1, expected_duration=hint):
+                served.append(hint)
+
+        async with anyio.create_task_group() as tg:
+            for hint in (30.0, 10.0, 20.0):
+                tg.start_soon(job, hint)
+                await anyio.wait_all_tasks_blocked()
+            await pool.release(held)
+        assert served == [10.0, 20.0, 30.0]
+
+
+class _ForgetsToRemove(_KeepsTheView):
+    """A faulty policy: it tries its head but never drops the waiters it granted."""
+
+    def schedule(self, view: SchedulerView, now: float) -> None:
+        head = self.queue.head()
+        if head is not None:
+            view.try_grant(head)
+
+
+def test_a_waiter_granted_twice_is_refused() -> None:
+    """A policy that keeps a granted waiter in its queue would hand it a second grant
+    (and leak the first); the core refuses the second try instead."""
+    policy = _ForgetsToRemove()
+    s = Scheduler(gpus(2), policy=policy)
+    held = s.submit(make_request(2), 0).allocation
+    assert held is not None
+    waiting = s.submit(make_request(1), 1)
+    s.submit(make_request(2), 1)
+    (grant,) = s.release(held, 2)
+    assert isinstance(grant, Grant)
+    assert grant.ticket == waiting.ticket
+    with pytest.raises(RuntimeError, match=f"waiter {waiting.ticket}, which no longer waits"):
+        s.release(grant.allocation, 3)
+    assert s.statistics().waiters == 1

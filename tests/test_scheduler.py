@@ -3,14 +3,18 @@ machine over it is test_scheduler_machine.py)."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 
+import gpupool._core.scheduler
 from gpupool import AllocationNotHeld, GPUProcess, PoolClosed, UnsatisfiableRequest
+from gpupool._core.decisions import Failure, Grant
 from gpupool._core.policy import FifoPolicy
 from gpupool._core.request import make_request
-from gpupool._core.scheduler import Failure, Grant, Scheduler
+from gpupool._core.scheduler import Scheduler
 
 from .strategies import MB, gpu, gpus
 
@@ -407,3 +411,20 @@ def test_scale_grant_under_contention_does_not_rescan_the_queue() -> None:
     assert isinstance(grant, Grant)
     assert grant.ticket == tickets[0]
     assert calls <= 2
+
+
+def test_the_core_takes_its_policy_from_the_pool() -> None:
+    """The scheduler has no default policy and imports no concrete one (the pool
+    picks BackfillPolicy); a policy is typed against the value modules alone."""
+    core_dir = Path(gpupool._core.scheduler.__file__).parent
+    for module, forbidden in [
+        ("scheduler.py", {"backfill", "reservation"}),
+        ("policy.py", {"scheduler", "backfill"}),
+    ]:
+        tree = ast.parse((core_dir / module).read_text())
+        imported = {
+            (node.module or "").rsplit(".", 1)[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert not imported & forbidden, (module, imported & forbidden)

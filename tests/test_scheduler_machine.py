@@ -16,9 +16,10 @@ from hypothesis.stateful import (
 )
 
 from gpupool import AllocationNotHeld, GPUAllocation, UnsatisfiableRequest
+from gpupool._core.decisions import Failure, Grant, Outcome
 from gpupool._core.policy import FifoPolicy
 from gpupool._core.request import Request, make_request
-from gpupool._core.scheduler import Failure, Grant, Outcome, Scheduler
+from gpupool._core.scheduler import Scheduler
 
 from .strategies import MB, gpu, gpu_snapshots, request_kwargs
 

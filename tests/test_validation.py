@@ -38,8 +38,9 @@ from gpupool import (
 )
 from gpupool._cli.main import main as cli_main
 from gpupool._core.checks import shown
+from gpupool._core.decisions import Failure, Grant, Outcome
 from gpupool._core.request import Request, make_request
-from gpupool._core.scheduler import Failure, Grant, Outcome, Scheduler
+from gpupool._core.scheduler import Scheduler
 from gpupool._core.scoring import ScoredGPU
 from gpupool.providers.fake import MAX_FAKE_GPUS
 
@@ -632,7 +633,7 @@ async def test_a_scorer_returning_a_coroutine_gets_a_clear_error() -> None:
 
 
 def test_int_scores_are_fine() -> None:
-    core = Scheduler([gpu(0), gpu(1)], scorer=lambda g: 10 - g.index)
+    core = Scheduler([gpu(0), gpu(1)], scorer=lambda g: 10 - g.index, policy=BackfillPolicy())
     alloc = core.grant_at_once(make_request(1), 0)
     assert alloc is not None
     assert alloc.gpu_indices == (0,)
@@ -657,7 +658,7 @@ def test_a_scorer_failing_on_a_release_changes_nothing() -> None:
         calls += 1
         return math.nan if calls > 3 else 1.0  # fine for the first snapshot and the grant
 
-    core = Scheduler([gpu(0), gpu(1)], scorer=breaks_later)
+    core = Scheduler([gpu(0), gpu(1)], scorer=breaks_later, policy=BackfillPolicy())
     alloc = core.grant_at_once(make_request(1, min_memory_mb=1000, exclusive=False), 0)
     assert alloc is not None
     before = core.statistics()
@@ -671,7 +672,7 @@ def test_a_scorer_failing_in_a_scheduling_pass_fails_that_waiter_only() -> None:
     """A grant decided inside a pass (a release waking waiters) cannot raise: the other
     decisions of the pass must still be delivered. The waiter whose GPUs the scorer
     failed on gets the error; the others are granted as usual."""
-    core = Scheduler([gpu(0), gpu(1)], scorer=_nan_once_shared)
+    core = Scheduler([gpu(0), gpu(1)], scorer=_nan_once_shared, policy=BackfillPolicy())
     first = core.grant_at_once(make_request(2), 0)
     assert first is not None
     whole = core.submit(make_request(1), 1)
@@ -683,7 +684,7 @@ def test_a_scorer_failing_in_a_scheduling_pass_fails_that_waiter_only() -> None:
     assert isinstance(failure.error, ValueError)
     assert "returned nan for GPU 1" in str(failure.error)
     assert core.waiting == 0
-    assert core.holding == 1
+    assert len(list(core.holdings())) == 1
 
 
 async def test_a_waiter_gets_the_scorers_error_from_acquire(pool: GPUResourcePool) -> None:
@@ -760,7 +761,11 @@ class _Storm:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.core = Scheduler([gpu(i, total=16_000) for i in range(8)], scorer=_nan_once_shared)
+        self.core = Scheduler(
+            [gpu(i, total=16_000) for i in range(8)],
+            scorer=_nan_once_shared,
+            policy=BackfillPolicy(),
+        )
         self.held: list[GPUAllocation] = []
         self.waiting: set[int] = set()
         #: The scorer's errors raised by calls, and those given to waiters.

@@ -46,12 +46,9 @@ O(GPUs + holders), made only when some later request would fit.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import math
-from collections import OrderedDict
-from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, TypeAlias, final
+from collections.abc import Collection, Iterator, Mapping
+from typing import TypeAlias, final
 
 import attrs
 
@@ -59,9 +56,7 @@ from .checks import check_int, check_seconds
 from .policy import SchedulerView
 from .request import Request
 from .reservation import Plan
-
-if TYPE_CHECKING:
-    from .scheduler import Waiter
+from .waiters import Waiter, WaitQueue
 
 __all__ = ["BackfillPolicy", "FrontInfo", "GreedyPolicy"]
 
@@ -83,134 +78,57 @@ def _shape(request: Request) -> Shape:
     )
 
 
-class _Level:
-    """The waiters of one priority: a FIFO per shape, shapes ordered by their oldest waiter."""
-
-    __slots__ = ("count", "heads", "order", "shapes")
-
-    def __init__(self) -> None:
-        self.shapes: dict[Shape, OrderedDict[int, Waiter]] = {}
-        #: The ticket of each shape's oldest waiter, and that shape.
-        self.heads: dict[int, Shape] = {}
-        #: Those tickets, sorted (a change costs a bisect and a memmove of one pointer
-        #: per shape, cheap for the few hundred shapes a queue has at most in practice).
-        self.order: list[int] = []
-        self.count = 0
-
-    def push(self, waiter: Waiter) -> None:
-        shape = _shape(waiter.request)
-        members = self.shapes.get(shape)
-        if members is None:
-            members = self.shapes[shape] = OrderedDict()
-            self.heads[waiter.ticket] = shape
-            bisect.insort(self.order, waiter.ticket)
-        members[waiter.ticket] = waiter
-        self.count += 1
-
-    def remove(self, waiter: Waiter) -> None:
-        shape = _shape(waiter.request)
-        members = self.shapes[shape]
-        del members[waiter.ticket]
-        self.count -= 1
-        if self.heads.pop(waiter.ticket, None) is not None:
-            del self.order[bisect.bisect_left(self.order, waiter.ticket)]
-            if members:
-                first = next(iter(members))
-                self.heads[first] = shape
-                bisect.insort(self.order, first)
-            else:
-                del self.shapes[shape]
-
-    def oldest(self) -> Waiter:
-        ticket = self.order[0]
-        return self.shapes[self.heads[ticket]][ticket]
-
-    def oldest_shapes(self, limit: int | None) -> list[Shape]:
-        """The shapes of the ``limit`` oldest shape queues, oldest first."""
-        heads = self.heads
-        return [heads[t] for t in self.order[:limit]]
-
-    def __iter__(self) -> Iterator[Waiter]:
-        queues = [list(members.values()) for members in self.shapes.values()]
-        return heapq.merge(*queues, key=lambda w: w.ticket)
-
-
 class _ShapeQueues:
-    """Priority levels of shape queues: the bookkeeping both policies share."""
+    """The waiters in a :class:`WaitQueue` grouped by shape: what both policies share.
+
+    Also counts what :class:`BackfillPolicy` reads in O(1): how many waiters
+    are not plain (see :func:`_plain`) and the last ticket queued.
+    """
+
+    __slots__ = ("_last_ticket", "_queue", "_special")
 
     def __init__(self) -> None:
-        self._levels: dict[int, _Level] = {}
-        # Distinct priorities present, highest first.
-        self._priorities: list[int] = []
-        self._count = 0
+        self._queue: WaitQueue[Shape] = WaitQueue(_shape)
         #: Waiters that are shared or pinned to allowed_gpus (see ``_plain``).
         self._special = 0
         self._last_ticket = 0
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._queue)
 
     def __iter__(self) -> Iterator[Waiter]:
-        for priority in list(self._priorities):
-            yield from list(self._levels[priority])
+        return iter(self._queue)
 
     def push(self, waiter: Waiter) -> None:
-        priority = waiter.request.priority
-        level = self._levels.get(priority)
-        if level is None:
-            level = self._levels[priority] = _Level()
-            self._priorities.append(priority)
-            self._priorities.sort(reverse=True)
-        level.push(waiter)
-        self._count += 1
+        self._queue.push(waiter)
         self._special += not _plain(waiter.request)
-        self._last_ticket = max(self._last_ticket, waiter.ticket)
+        if waiter.ticket > self._last_ticket:
+            self._last_ticket = waiter.ticket
 
     def remove(self, waiter: Waiter) -> None:
-        priority = waiter.request.priority
-        level = self._levels[priority]
-        level.remove(waiter)
-        self._count -= 1
+        self._queue.remove(waiter)
         self._special -= not _plain(waiter.request)
-        if not self._count:
+        if not self._queue:
             self._last_ticket = 0  # nobody to compare with: a reused policy starts afresh
-        if not level.count:
-            del self._levels[priority]
-            self._priorities.remove(priority)
 
     def head(self) -> Waiter | None:
         """The first waiter in order of service (priority, then arrival)."""
-        if not self._priorities:
-            return None
-        return self._levels[self._priorities[0]].oldest()
+        return self._queue.head()
 
     def _serve_heads(self, view: SchedulerView) -> Waiter | None:
         """Start heads in order while they fit; return the one that does not (or None)."""
-        while (head := self.head()) is not None and view.try_grant(head):
+        while (head := self._queue.head()) is not None and view.try_grant(head):
             self.remove(head)
         return head
 
-    def _candidates(self, head: Waiter, depth: int | None) -> Iterator[OrderedDict[int, Waiter]]:
+    def _candidates(self, head: Waiter, depth: int | None) -> Iterator[Mapping[int, Waiter]]:
         """The shape queues a pass may take from, oldest first, skipping the head's needs."""
         needs = _shape(head.request)[:4]
-        left = depth
-        for priority in list(self._priorities):
-            level = self._levels.get(priority)
-            if level is None:
-                continue
-            limit = None if left is None else left + 1
-            for shape in level.oldest_shapes(limit):
-                if shape[:4] == needs:
-                    continue  # what the head needs does not fit, so neither does this
-                if left is not None:
-                    if left == 0:
-                        return
-                    left -= 1
-                members = level.shapes.get(shape)
-                if members:
-                    yield members
+        # What the head needs does not fit, so neither does a shape asking the same.
+        return self._queue.groups(depth, lambda shape: shape[:4] == needs)
 
 
+@final
 @attrs.frozen
 class FrontInfo:
     """What :class:`BackfillPolicy` has promised the request at the front of the queue."""

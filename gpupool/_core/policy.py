@@ -4,31 +4,41 @@ A policy owns the wait queue and decides, each time something changes, which
 waiters to start. It asks the core two things only, through
 :class:`SchedulerView`: "would this request fit right now?" and "grant it".
 The core does the accounting; the policy does the ordering. Policies are pure
-and synchronous like the core.
+and synchronous like the core. How to write one: ``docs/scheduling.md``.
+
+Decisions are values, but a policy does not return them: ``view.try_grant``
+records each grant (or a scorer's failure) in the view, which the core makes
+for one scheduling pass and whose decisions the core's call then returns. So
+a policy cannot lose a grant it made, nor report one it did not make; it
+only says whom to try, in which order.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import OrderedDict
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Protocol, final
+from typing import Protocol, final
 
+from .holdings import Holding
 from .request import Request
-
-if TYPE_CHECKING:
-    from .scheduler import Holding, Waiter
+from .waiters import Waiter, WaitQueue
 
 __all__ = ["FifoPolicy", "SchedulerView", "SchedulingPolicy"]
 
 
 class SchedulerView(Protocol):
-    """What a policy may ask of the core while it schedules."""
+    """What a policy may ask of the core during one scheduling pass.
+
+    Valid only inside the :meth:`SchedulingPolicy.schedule` call it was
+    given to: the decisions it records are returned when that call ends.
+    """
 
     def try_grant(self, waiter: Waiter, avoid: Collection[int] = (), /) -> bool:
         """Grant now if it fits (GPUs and ``max_parallel``); True if granted.
 
-        GPUs in ``avoid`` are left alone (kept for someone else).
+        GPUs in ``avoid`` are left alone (kept for someone else). True also
+        when the scorer failed on the GPUs the waiter was about to get: the
+        waiter is then woken with that error. Either way it is no longer
+        waiting, and the policy must drop it from its queue.
         """
         ...
 
@@ -38,7 +48,8 @@ class SchedulerView(Protocol):
 
     def hosts(self, request: Request, /) -> dict[int, int]:
         """GPUs that could host ``request`` once the pool's holders leave them, with the
-        memory each offers the pool (its total less what outside processes use)."""
+        memory each offers the pool (its total less what outside processes use).
+        Do not modify the answer."""
         ...
 
     def can_grant_more(self) -> bool:
@@ -51,7 +62,7 @@ class SchedulerView(Protocol):
         ...
 
     def holdings(self) -> Iterator[Holding]:
-        """The live allocations, oldest first."""
+        """The live allocations, oldest first (read them, do not change them)."""
         ...
 
 
@@ -84,49 +95,33 @@ class FifoPolicy:
     Higher ``priority`` is served first; equal priorities in arrival order.
     Simple and starvation-free, but a head that cannot fit yet idles GPUs that
     later, smaller requests could use.
-
-    Each priority level is an ``OrderedDict`` (a plain dict gets slower to take
-    the first item from as items are deleted at its front), so push, remove and
-    finding the head are O(1) (plus O(log levels) for a new level), whatever
-    the queue's length.
     """
 
+    __slots__ = ("_queue",)
+
     def __init__(self) -> None:
-        self._levels: dict[int, OrderedDict[int, Waiter]] = {}
-        # Distinct priorities present, ascending; the highest is served first.
-        self._priorities: list[int] = []
-        self._count = 0
+        self._queue: WaitQueue[None] = WaitQueue()
+
+    def __repr__(self) -> str:
+        return "FifoPolicy()"
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._queue)
 
     def __iter__(self) -> Iterator[Waiter]:
-        for priority in reversed(self._priorities):
-            yield from list(self._levels[priority].values())
+        return iter(self._queue)
 
     def push(self, waiter: Waiter) -> None:
-        priority = waiter.request.priority
-        level = self._levels.get(priority)
-        if level is None:
-            level = self._levels[priority] = OrderedDict()
-            bisect.insort(self._priorities, priority)
-        level[waiter.ticket] = waiter
-        self._count += 1
+        self._queue.push(waiter)
 
     def remove(self, waiter: Waiter) -> None:
-        priority = waiter.request.priority
-        level = self._levels[priority]
-        del level[waiter.ticket]
-        self._count -= 1
-        if not level:
-            del self._levels[priority]
-            self._priorities.remove(priority)
+        self._queue.remove(waiter)
 
     def head(self) -> Waiter | None:
-        if not self._priorities:
-            return None
-        return next(iter(self._levels[self._priorities[-1]].values()))
+        """The next waiter to serve, or ``None`` when nobody waits."""
+        return self._queue.head()
 
     def schedule(self, view: SchedulerView, now: float) -> None:
-        while (head := self.head()) is not None and view.try_grant(head):
-            self.remove(head)
+        queue = self._queue
+        while (head := queue.head()) is not None and view.try_grant(head):
+            queue.remove(head)

@@ -83,7 +83,7 @@ def checked_score(scorer: Scorer, gpu: ScoredGPU) -> float:
     """
     score: object = scorer(gpu)  # typed as what it may really be
     if type(score) is float and -math.inf < score < math.inf:
-        return score  # the common case, checked in two comparisons (NaN fails both)
+        return score  # (hot path H6, scheduler.py) two comparisons; NaN fails both
     if inspect.iscoroutine(score):
         score.close()  # never awaited: close it rather than leave a warning behind
         raise TypeError(

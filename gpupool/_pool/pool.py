@@ -24,12 +24,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._core.backfill import BackfillPolicy
 from .._core.checks import check_finite_seconds, check_int, check_seconds, is_async_callable, shown
+from .._core.decisions import Failure, Grant, Outcome
 from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from .._core.model import GPUAllocation, GPUStats, PoolStatistics, StartedProcess
 from .._core.policy import SchedulingPolicy
 from .._core.request import Request, make_request
-from .._core.scheduler import Failure, Grant, Outcome, Scheduler
+from .._core.scheduler import Scheduler
 from .._core.scoring import Scorer, default_score
 from ..providers import GPUProvider
 from ..providers.nvml import NVMLProvider
@@ -194,7 +196,8 @@ class GPUResourcePool:
                 snapshot,
                 max_parallel=self._max_parallel,
                 scorer=self._scorer,
-                policy=self._policy,
+                # The pool picks the default policy; the core takes whichever it is given.
+                policy=BackfillPolicy() if self._policy is None else self._policy,
                 settle_timeout=self._settle_timeout,
                 pool_id=self._id,
                 on_process_started=_ProcessAttribution(self),
