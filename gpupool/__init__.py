@@ -19,6 +19,7 @@ from ._core.model import GPUStats as GPUStats
 from ._core.model import PoolStatistics as PoolStatistics
 from ._core.policy import FifoPolicy as FifoPolicy
 from ._core.policy import SchedulingPolicy as SchedulingPolicy
+from ._core.request import Resources as Resources
 from ._core.results import TaskResult as TaskResult
 from ._core.results import TaskStatus as TaskStatus
 from ._journal.store import Journal as Journal
@@ -70,6 +71,7 @@ __all__ = [
     "ProcessResult",
     "ProgressDisplay",
     "ProviderError",
+    "Resources",
     "RunnerStatistics",
     "SchedulingPolicy",
     "Strategy",

@@ -431,9 +431,7 @@ class _Session:
             handle = runner.submit(
                 self._run_job,
                 self._journal_item(job),
-                required_gpus=job.gpus,
-                min_memory_mb=job.memory_mb,
-                priority=job.priority,
+                resources=job.resources,
                 timeout=job.timeout,
                 retries=job.retries,
                 retry_backoff=1.0,
