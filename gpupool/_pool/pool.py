@@ -33,7 +33,7 @@ from .._core.scoring import Scorer, default_score
 from ..providers import GPUProvider
 from ..providers.nvml import NVMLProvider
 from .monitor import GPUMonitor, snapshot_off_loop
-from .native import Event, Native
+from .native import Native, Parked
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -80,14 +80,6 @@ class _Allocation:
         # The body may have released it already (pool.release(alloc) inside the block).
         if held is not None and core is not None and core.holds(held):
             self._pool._release(held)
-
-
-class _Waiter:
-    __slots__ = ("event", "outcome")
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self.outcome: Outcome | None = None
 
 
 # Open pools by id, so that code holding only an allocation (run_process) can find the
@@ -179,8 +171,9 @@ class GPUResourcePool:
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
-        self._new_event: Callable[[], Event] = anyio.Event
-        self._waiters: dict[int, _Waiter] = {}
+        self._parked: Callable[[], Parked[Outcome]] | None = None
+        #: The parked acquire of each queued ticket, handed the core's decision for it.
+        self._waiters: dict[int, Parked[Outcome]] = {}
         self._opened = False
         self._closed = False
 
@@ -246,7 +239,7 @@ class GPUResourcePool:
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
         native = Native.current()
-        self._clock, self._checkpoint, self._new_event = native
+        self._clock, self._checkpoint, self._parked = native.clock, native.checkpoint, native.parked
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
         _open_pools[self._id] = self
@@ -514,15 +507,16 @@ class GPUResourcePool:
     async def _wait(
         self, core: Scheduler, ticket: int, request: Resources, limit: float | None
     ) -> GPUAllocation:
-        waiter = self._waiters[ticket] = _Waiter(self._new_event())
+        assert self._parked is not None  # set on enter, before any acquire
+        waiter = self._waiters[ticket] = self._parked()
         if self._monitor is not None:
             self._monitor.wake()
         try:
             if limit is None:
-                await waiter.event.wait()
+                outcome = await waiter.wait()
             else:
                 with anyio.fail_after(limit):
-                    await waiter.event.wait()
+                    outcome = await waiter.wait()
         except BaseException as exc:
             del self._waiters[ticket]
             # Withdraws the waiter, or hands back a grant that raced with the interruption.
@@ -534,7 +528,6 @@ class GPUResourcePool:
                 ) from None
             raise
         del self._waiters[ticket]
-        outcome = waiter.outcome
         if isinstance(outcome, Failure):
             raise outcome.error
         assert isinstance(outcome, Grant)
@@ -550,8 +543,7 @@ class GPUResourcePool:
                 if isinstance(outcome, Grant) and self._core is not None:
                     self._dispatch(self._core.release(outcome.allocation, anyio.current_time()))
                 continue
-            waiter.outcome = outcome
-            waiter.event.set()
+            waiter.give(outcome)
 
     def _on_snapshot(
         self, snapshot: Sequence[GPUStats], started: float, epoch: int, sessions: Mapping[int, int]
