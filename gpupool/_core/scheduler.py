@@ -418,22 +418,28 @@ class Scheduler:
         """
         if self._closed:
             raise PoolClosed("the pool is closed")
-        reason = self._impossible(request)
-        if reason is not None:
-            raise UnsatisfiableRequest(reason)
-        if self._waiters or not self.can_grant_more():
-            return None
+        idle = self._idle
         if (
-            self._idle
+            idle
             and request.required_gpus == 1
             and request.exclusive
             and request.allowed_gpus is None
-            and self._gpus[self._idle[0][1]].free_mb >= request.min_memory_mb
+            and not self._waiters
+            and (self._max_parallel is None or len(self._holdings) < self._max_parallel)
+            and self._gpus[idle[0][1]].free_mb >= request.min_memory_mb
         ):
             # The commonest request: one whole GPU, any of them. The best idle GPU
-            # is the first of the idle list, which is what find_gpus would return.
-            chosen: tuple[int, ...] | None = (self._idle[0][1],)
+            # is the first of the idle list, which is what find_gpus would return;
+            # and a request that fits now is not impossible, so that check (a
+            # cache lookup) is left for the other paths. Measured in a trio loop of
+            # acquire/release: 9.2 -> X us a pair.
+            chosen: tuple[int, ...] | None = (idle[0][1],)
         else:
+            reason = self._impossible(request)
+            if reason is not None:
+                raise UnsatisfiableRequest(reason)
+            if self._waiters or not self.can_grant_more():
+                return None
             chosen = self.find_gpus(request)
         if chosen is None:
             return None

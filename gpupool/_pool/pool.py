@@ -66,7 +66,10 @@ class _Allocation:
         self._held: GPUAllocation | None = None
 
     async def __aenter__(self) -> GPUAllocation:
-        self._held = await self._pool.acquire(self._request, timeout=self._limit)
+        if self._limit is None:
+            self._held = await self._pool.acquire(self._request)
+        else:
+            self._held = await self._pool.acquire(self._request, timeout=self._limit)
         return self._held
 
     async def __aexit__(
@@ -76,10 +79,11 @@ class _Allocation:
         tb: TracebackType | None,
     ) -> None:
         held, self._held = self._held, None
-        core = self._pool._core
-        # The body may have released it already (pool.release(alloc) inside the block).
-        if held is not None and core is not None and core.holds(held):
-            self._pool._release(held)
+        if held is not None:
+            try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per exit
+                self._pool._release(held)
+            except AllocationNotHeld:
+                pass  # the body released it already (pool.release(alloc) inside the block)
 
 
 # Open pools by id, so that code holding only an allocation (run_process) can find the
@@ -170,7 +174,9 @@ class GPUResourcePool:
         self._monitor_scope: anyio.CancelScope | None = None
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
-        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        # The two halves of an acquire's schedule point (see Native.before/after).
+        self._before: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        self._after: Callable[[], Awaitable[None]] | None = None
         self._parked: Callable[[], Parked[Outcome]] | None = None
         #: The parked acquire of each queued ticket, handed the core's decision for it.
         self._waiters: dict[int, Parked[Outcome]] = {}
@@ -239,7 +245,8 @@ class GPUResourcePool:
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
         monitor.mark_fresh(anyio.current_time())
         native = Native.current()
-        self._clock, self._checkpoint, self._parked = native.clock, native.checkpoint, native.parked
+        self._clock, self._parked = native.clock, native.parked
+        self._before, self._after = native.before, native.after
         self._core, self._monitor, self._task_group = core, monitor, task_group
         self._monitor_scope = monitor_scope
         _open_pools[self._id] = self
@@ -360,26 +367,28 @@ class GPUResourcePool:
         core, monitor = self._core, self._monitor
         if core is None or monitor is None or self._closed:
             core, monitor = self._require_open()  # raises PoolClosed
-        # Yield (and see any pending cancellation) *before* deciding, so that the
-        # decision and its return happen with no await between them: a grant is
-        # never made to a caller that cancellation then takes away.
-        await self._checkpoint()
+        # See any pending cancellation *before* deciding, and after it yield only
+        # where cancellation cannot reach (Native.before/after): a grant is never
+        # made to a caller that cancellation then takes away.
+        await self._before()
         now = self._clock()
         if now >= monitor.stale_at:
             # Decide on the data we have and refresh in the background: waiting for a
             # sick driver here would hold the grant past its timeout (docs/pool.md).
             monitor.refresh_soon()
         allocation = core.grant_at_once(request, now)
-        if allocation is not None:
-            return allocation
-        submission = core.submit(request, now)
-        if submission.outcomes:
-            self._dispatch(submission.outcomes)
-        if submission.error is not None:
-            raise submission.error
-        if submission.allocation is not None:
-            return submission.allocation
-        return await self._wait(core, submission.ticket, request, limit)
+        if allocation is None:
+            submission = core.submit(request, now)
+            if submission.outcomes:
+                self._dispatch(submission.outcomes)
+            if submission.error is not None:
+                raise submission.error
+            if submission.allocation is None:
+                return await self._wait(core, submission.ticket, request, limit)
+            allocation = submission.allocation
+        if self._after is not None:
+            await self._after()
+        return allocation
 
     def acquire_nowait(
         self, resources: Resources | int | None = None, **options: Unpack[AcquireOptions]
