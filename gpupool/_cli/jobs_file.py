@@ -43,6 +43,7 @@ from typing import Any, final
 
 import attrs
 
+from .._core.checks import check_int
 from .._core.errors import GPUPoolError
 from .._core.request import Resources
 
@@ -76,8 +77,7 @@ class JobsFileError(GPUPoolError, ValueError):
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+    check_int(attribute.name, value, minimum=0)
 
 
 def _optional_timeout(
@@ -282,8 +282,7 @@ def parse_jobs(
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {text!r}")
-    if isinstance(first_line, bool) or not isinstance(first_line, int) or first_line < 1:
-        raise ValueError(f"first_line must be an int >= 1, got {first_line!r}")
+    check_int("first_line", first_line, minimum=1)
     defaults = JobDefaults() if defaults is None else defaults
     if not isinstance(defaults, JobDefaults):
         raise TypeError(f"defaults must be a JobDefaults, got {defaults!r}")

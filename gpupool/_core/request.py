@@ -174,7 +174,7 @@ ACQUIRE_KEYWORDS = frozenset(AcquireOptions.__optional_keys__)
 _plain_requests: dict[tuple[object, ...], Resources] = {}
 _PLAIN_CACHE_LIMIT = 1024
 # And ``acquire(n)`` with nothing else, the commonest call of all, by ``n`` alone: a
-# lookup here instead of make_request's checks took request_of from 0.44 to 0.1 us.
+# lookup here instead of make_request's checks took request_of from 0.44 to 0.13 us.
 _whole_gpus: dict[int, Resources] = {n: Resources(n) for n in range(9)}
 
 

@@ -66,10 +66,7 @@ class _Allocation:
         self._held: GPUAllocation | None = None
 
     async def __aenter__(self) -> GPUAllocation:
-        if self._limit is None:
-            self._held = await self._pool.acquire(self._request)
-        else:
-            self._held = await self._pool.acquire(self._request, timeout=self._limit)
+        self._held = await self._pool.acquire(self._request, timeout=self._limit)
         return self._held
 
     async def __aexit__(
