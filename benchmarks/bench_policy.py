@@ -13,6 +13,13 @@ sigma 1) unless said otherwise:
 * ``stream``: 2,000 jobs at 80% offered load, 1-GPU jobs with 2% 8-GPU jobs
   among them (those carry 14% of the work).
 
+A fourth scenario, ``jobs file``, writes each seed's ``batch`` trace as the
+jobs file of ``gpupool run`` (``[gpus=4 est=93.2s] sleep 93.2``, and the same
+lines without ``est=``), reads it back with the real parser
+(``gpupool._cli.jobs_file.parse_jobs``) and simulates the jobs it built: with
+the estimates it must get the with-hints makespan, and the table prints its
+makespan against the run without them.
+
 Figures are ratios against baselines from the same run: makespan over the
 lower bound ``max(sum(gpus * duration) / 8, longest job)``, waits against
 strict FIFO's, and the policy's CPU cost per decision at (64 GPUs, 100,000
@@ -36,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gpupool._cli.jobs_file import JobSpec, parse_jobs  # noqa: E402
 from gpupool.sim import (  # noqa: E402  (the checkout, not an installed copy)
     BackfillPolicy,
     FifoPolicy,
@@ -135,6 +143,54 @@ def run_trace(name: str) -> dict[str, dict[str, float]]:
     return rows
 
 
+def jobs_file_text(seed: int, estimates: bool) -> str:
+    """Seed ``seed``'s ``batch`` trace as a jobs file: a ``sleep`` as long as each job
+    runs, with its ``est=`` (the duration, as the file writes it) or without."""
+    lines = []
+    for job in batch_trace(seed, hints=False):
+        seconds = f"{job.duration:.1f}"
+        est = f" est={seconds}s" if estimates else ""
+        lines.append(f"[gpus={job.gpus}{est}] sleep {seconds}")
+    return "\n".join(lines) + "\n"
+
+
+def _simulated(spec: JobSpec) -> Job:
+    """The simulator's job for a parsed line: its resources as the parser built them,
+    and the time its ``sleep`` takes."""
+    request = spec.resources
+    return Job(
+        arrival=0.0,
+        duration=float(spec.command.split()[1]),
+        gpus=request.required_gpus,
+        memory_mb=request.min_memory_mb,
+        hint=request.expected_duration,
+        priority=request.priority,
+    )
+
+
+def run_jobs_file() -> dict[str, dict[str, float]]:
+    """The ``batch`` trace through the jobs-file parser, with and without ``est=``."""
+    rows: dict[str, dict[str, float]] = {}
+    for label, estimates in (("jobs file, no est=", False), ("jobs file, est=", True)):
+        results = [
+            simulate(
+                [_simulated(spec) for spec in parse_jobs(jobs_file_text(seed, estimates))],
+                gpus=GPUS,
+                policy=BackfillPolicy(),
+            )
+            for seed in SEEDS
+        ]
+        rows[label] = {
+            "ratio": _median([r.ratio for r in results]),
+            "ratio_max": max(r.ratio for r in results),
+            "makespan": _median([r.makespan for r in results]),
+        }
+    no_est = rows["jobs file, no est="]
+    for row in rows.values():
+        row["makespan_vs_no_est"] = row["makespan"] / no_est["makespan"]
+    return rows
+
+
 def run_scale() -> dict[str, dict[str, float]]:
     """CPU cost per decision draining a queue submitted at once: small vs large.
 
@@ -159,7 +215,9 @@ def run_scale() -> dict[str, dict[str, float]]:
 
 
 def markdown(
-    traces: dict[str, dict[str, dict[str, float]]], scale: dict[str, dict[str, float]]
+    traces: dict[str, dict[str, dict[str, float]]],
+    scale: dict[str, dict[str, float]],
+    jobs_file: dict[str, dict[str, float]],
 ) -> str:
     out = [
         "| trace | policy | makespan / LB (median, max) | 8-GPU wait median (x FIFO) "
@@ -181,11 +239,28 @@ def markdown(
     ]
     for label, r in scale.items():
         out.append(f"| {label} | {r['us_small']:.1f} | {r['us_large']:.1f} | {r['growth']:.2f}x |")
+    hints = traces["batch"]["gpupool, exact hints"]
+    out += [
+        "",
+        "| batch trace as a jobs file (`gpupool run`'s parser) | makespan / LB (median, max) "
+        "| makespan x no `est=` |",
+        "|---|---|---|",
+    ]
+    for label, r in jobs_file.items():
+        out.append(
+            f"| {label} | {r['ratio']:.3f}, {r['ratio_max']:.3f} | {r['makespan_vs_no_est']:.3f} |"
+        )
+    out.append(
+        f"| (batch, gpupool, exact hints) | {hints['ratio']:.3f}, {hints['ratio_max']:.3f} "
+        f"| {hints['makespan'] / jobs_file['jobs file, no est=']['makespan']:.3f} |"
+    )
     return "\n".join(out)
 
 
 def targets(
-    traces: dict[str, dict[str, dict[str, float]]], scale: dict[str, dict[str, float]]
+    traces: dict[str, dict[str, dict[str, float]]],
+    scale: dict[str, dict[str, float]],
+    jobs_file: dict[str, dict[str, float]],
 ) -> list[tuple[str, bool]]:
     batch, stream = traces["batch"], traces["stream"]
     checks = [
@@ -208,6 +283,15 @@ def targets(
                 scale[label]["growth"] <= 2.0,
             )
         )
+    with_est = jobs_file["jobs file, est="]
+    checks.append(
+        (
+            "jobs file with est=: the with-hints makespan (makespan/LB <= 1.02, "
+            "and within 1% of batch with exact hints)",
+            with_est["ratio"] <= 1.02
+            and abs(with_est["makespan"] / batch["gpupool, exact hints"]["makespan"] - 1) <= 0.01,
+        )
+    )
     return checks
 
 
@@ -244,8 +328,9 @@ def main() -> None:
     began = time.perf_counter()
     traces = {name: run_trace(name) for name in TRACES}
     scale = run_scale()
-    table = markdown(traces, scale)
-    checks = targets(traces, scale)
+    jobs_file = run_jobs_file()
+    table = markdown(traces, scale, jobs_file)
+    checks = targets(traces, scale, jobs_file)
     machine = f"{_cpu()}, Python {platform.python_version()}, {platform.system()}"
     lines = [table, "", *(f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks)]
     print("\n".join(lines))
@@ -256,6 +341,7 @@ def main() -> None:
         "machine": machine,
         "traces": traces,
         "scale": scale,
+        "jobs_file": jobs_file,
         "targets": dict(checks),
     }
     (results / "bench_policy.json").write_text(json.dumps(payload, indent=2))

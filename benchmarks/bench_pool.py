@@ -12,6 +12,8 @@ these machines are shared and noisy:
   ``CapacityLimiter(8)``'s ``acquire`` + ``release``; target: at most 1.5x;
 * 10,000 tasks contending for 8 GPUs (acquire, checkpoint, release) against
   the same tasks on a ``CapacityLimiter(8)``; target: at most 1.5x the wall time;
+* both again through the context managers, ``async with pool.allocation()``
+  against ``async with limiter``; same targets;
 * scale: the cost of one grant, with every GPU held and N waiters queued,
   for 8 / 64 GPUs and 1,000 / 100,000 waiters, against the smallest case;
   target: the largest at most 2x the smallest (no rescans of queue or GPUs);
@@ -93,6 +95,32 @@ async def uncontended(pairs: int, repeats: int) -> Row:
     return row("uncontended acquire+release, 8 GPUs", baseline, measured, "us/pair", 1.5)
 
 
+async def uncontended_allocation(pairs: int, repeats: int) -> Row:
+    """The same pairs through the context managers: ``async with pool.allocation()``
+    against ``async with limiter``."""
+
+    async def limiter_run() -> float:
+        limiter = anyio.CapacityLimiter(8)
+        start = time.perf_counter()
+        for _ in range(pairs):
+            async with limiter:
+                pass
+        return (time.perf_counter() - start) / pairs
+
+    async def pool_run() -> float:
+        async with GPUResourcePool(FakeGPUProvider(count=8), refresh_interval=3600) as pool:
+            start = time.perf_counter()
+            for _ in range(pairs):
+                async with pool.allocation(1):
+                    pass
+            return (time.perf_counter() - start) / pairs
+
+    baseline, measured = await best_pair(repeats, limiter_run, pool_run)
+    return row(
+        "uncontended `async with pool.allocation()`, 8 GPUs", baseline, measured, "us/pair", 1.5
+    )
+
+
 # -- 2. contention ---------------------------------------------------------------------
 
 
@@ -126,6 +154,45 @@ async def contended(tasks: int, repeats: int) -> Row:
 
     baseline, measured = await best_pair(repeats, limiter_run, pool_run)
     return row(f"{tasks:,} tasks contending for 8 GPUs", baseline, measured, "s", 1.5)
+
+
+async def contended_allocation(tasks: int, repeats: int) -> Row:
+    """As :func:`contended`, each task holding its GPU with ``async with pool.allocation()``."""
+
+    async def limiter_run() -> float:
+        limiter = anyio.CapacityLimiter(8)
+
+        async def one() -> None:
+            async with limiter:
+                await checkpoint()
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(tasks):
+                tg.start_soon(one)
+        return time.perf_counter() - start
+
+    async def pool_run() -> float:
+        async with GPUResourcePool(FakeGPUProvider(count=8), refresh_interval=3600) as pool:
+
+            async def one() -> None:
+                async with pool.allocation(1):
+                    await checkpoint()
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(tasks):
+                    tg.start_soon(one)
+            return time.perf_counter() - start
+
+    baseline, measured = await best_pair(repeats, limiter_run, pool_run)
+    return row(
+        f"{tasks:,} tasks contending for 8 GPUs, `async with pool.allocation()`",
+        baseline,
+        measured,
+        "s",
+        1.5,
+    )
 
 
 # -- 3. scale --------------------------------------------------------------------------
@@ -251,7 +318,9 @@ async def run_backend(quick: bool) -> list[Row]:
         # the best of each side, and so the ratio, steadier from one invocation
         # to the next (it is a ratio of two minima, each noisy on its own).
         await uncontended(2_000 if quick else 20_000, 3 * repeats),
+        await uncontended_allocation(2_000 if quick else 20_000, 3 * repeats),
         await contended(2_000 if quick else 10_000, repeats),
+        await contended_allocation(2_000 if quick else 10_000, repeats),
         *await scale(sizes, 1 if quick else 3),
         await provider_calls(10_000 if quick else 100_000),
     ]

@@ -21,6 +21,7 @@ from ._core.model import PoolStatistics as PoolStatistics
 from ._core.policy import FifoPolicy as FifoPolicy
 from ._core.policy import SchedulerView as SchedulerView
 from ._core.policy import SchedulingPolicy as SchedulingPolicy
+from ._core.request import Resources as Resources
 from ._core.results import TaskResult as TaskResult
 from ._core.results import TaskStatus as TaskStatus
 from ._core.scoring import ScoredGPU as ScoredGPU
@@ -76,6 +77,7 @@ __all__ = [
     "ProcessResult",
     "ProgressDisplay",
     "ProviderError",
+    "Resources",
     "RunnerStatistics",
     "SchedulerView",
     "SchedulingPolicy",

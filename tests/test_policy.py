@@ -25,7 +25,7 @@ from gpupool import (
     WouldBlock,
 )
 from gpupool._core.decisions import Grant
-from gpupool._core.request import Request, make_request
+from gpupool._core.request import Resources, make_request
 from gpupool._core.scheduler import Scheduler
 from gpupool.sim import GreedyPolicy, Job, simulate
 from gpupool.testing import request_kwargs
@@ -404,7 +404,7 @@ class BackfillMachine(SchedulerMachine):
             policy=BackfillPolicy(patience=5, batch_window=3, depth=2),
         )
 
-    def check_grant(self, grant: Grant, request: Request) -> None:
+    def check_grant(self, grant: Grant, request: Resources) -> None:
         alloc = grant.allocation
         assert len(alloc.gpu_indices) == request.required_gpus
         assert alloc.exclusive == request.exclusive
@@ -505,7 +505,7 @@ async def test_pool_passes_hints_through_to_backfilling() -> None:
 # ------------------------------------------------------------ a custom policy and scorer
 
 
-def _service_key(request: Request, ticket: int) -> tuple[int, float, int]:
+def _service_key(request: Resources, ticket: int) -> tuple[int, float, int]:
     """ShortestFirstPolicy's order, restated independently of its code."""
     hint = request.expected_duration
     return (-request.priority, float("inf") if hint is None else hint, ticket)
@@ -612,7 +612,7 @@ class ShortestFirstMachine(SchedulerMachine):
             scorer=coolest_first,
         )
 
-    def check_grant(self, grant: Grant, request: Request) -> None:
+    def check_grant(self, grant: Grant, request: Resources) -> None:
         alloc = grant.allocation
         assert len(alloc.gpu_indices) == request.required_gpus
         assert alloc.exclusive == request.exclusive

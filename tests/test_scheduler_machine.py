@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 from gpupool import AllocationNotHeld, GPUAllocation, UnsatisfiableRequest
 from gpupool._core.decisions import Failure, Grant, Outcome
 from gpupool._core.policy import FifoPolicy
-from gpupool._core.request import Request, make_request
+from gpupool._core.request import Resources, make_request
 from gpupool._core.scheduler import Scheduler
 
 from .strategies import MB, gpu, gpu_snapshots, request_kwargs
@@ -35,7 +35,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             [gpu(i) for i in range(GPU_COUNT)], max_parallel=3, policy=FifoPolicy()
         )
         self.now = 0.0
-        self.waiting: dict[int, Request] = {}
+        self.waiting: dict[int, Resources] = {}
         self.held: dict[int, GPUAllocation] = {}
         self.ended: set[int] = set()
 
@@ -61,7 +61,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert g.memory_reserved_mb + g.memory_foreign_mb <= g.memory_total_mb
                 assert g.healthy
 
-    def check_grant(self, grant: Grant, request: Request) -> None:
+    def check_grant(self, grant: Grant, request: Resources) -> None:
         alloc = grant.allocation
         assert len(alloc.gpu_indices) == request.required_gpus
         assert len(set(alloc.gpu_indices)) == request.required_gpus

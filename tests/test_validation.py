@@ -39,7 +39,7 @@ from gpupool import (
 from gpupool._cli.main import main as cli_main
 from gpupool._core.checks import shown
 from gpupool._core.decisions import Failure, Grant, Outcome
-from gpupool._core.request import Request, make_request
+from gpupool._core.request import Resources, make_request
 from gpupool._core.scheduler import Scheduler
 from gpupool._core.scoring import ScoredGPU
 from gpupool.providers.fake import MAX_FAKE_GPUS
@@ -835,7 +835,7 @@ class _Storm:
         self.held.append(alloc)
 
 
-def _random_request(rng: random.Random) -> Request:
+def _random_request(rng: random.Random) -> Resources:
     exclusive = rng.random() < 0.7
     memory = rng.choice([0, 1000, 3000]) if exclusive else rng.choice([1000, 3000])
     return make_request(

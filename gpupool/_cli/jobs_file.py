@@ -7,6 +7,7 @@ Syntax (docs/jobs.md has the user's version)::
     [gpus=2 mem=20G timeout=2h retries=1] python train_big.py
     [gpus=0] python make_report.py                # CPU only
     [name=baseline priority=5] python train.py --baseline
+    [est=20m] python quick_eval.py                # expected to take about 20 minutes
 
 A line that starts with ``[`` directly followed by a letter carries resources
 up to the first ``]``; ``[ -f x ]`` (the shell's test, with a blank) and
@@ -44,6 +45,7 @@ import attrs
 
 from .._core.checks import check_instance, check_int, check_str
 from .._core.errors import GPUPoolError
+from .._core.request import Resources
 
 __all__ = [
     "JobCheck",
@@ -58,8 +60,8 @@ __all__ = [
     "parse_memory_mb",
 ]
 
-_KEYS = ("gpus", "mem", "timeout", "retries", "priority", "name")
-_ALIASES = {"memory": "mem", "gpu": "gpus", "retry": "retries"}
+_KEYS = ("gpus", "mem", "timeout", "retries", "priority", "est", "name")
+_ALIASES = {"memory": "mem", "gpu": "gpus", "retry": "retries", "estimate": "est"}
 _SPEC_START = re.compile(r"\[(?=[A-Za-z])")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 #: How much of the command a log file name keeps.
@@ -75,8 +77,7 @@ class JobsFileError(GPUPoolError, ValueError):
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+    check_int(attribute.name, value, minimum=0)
 
 
 def _optional_timeout(
@@ -110,13 +111,24 @@ class JobSpec:
     command: str
     #: Where it came from, for messages: 1-based line number.
     line: int
-    gpus: int = 1
-    #: Memory each of its GPUs must have free, in MB (MiB); 0 for "any".
-    memory_mb: int = 0
+    #: What it asks of the GPUs: ``gpus=``, ``mem=``, ``priority=`` and ``est=``.
+    resources: Resources = attrs.Factory(Resources)
     timeout: float | None = None
     retries: int = 0
-    priority: int = 0
     name: str | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.resources.required_gpus
+
+    @property
+    def memory_mb(self) -> int:
+        """Memory each of its GPUs must have free, in MB (MiB); 0 for "any"."""
+        return self.resources.min_memory_mb
+
+    @property
+    def priority(self) -> int:
+        return self.resources.priority
 
     @property
     def label(self) -> str:
@@ -157,18 +169,23 @@ def parse_memory_mb(text: str) -> int:
     return math.ceil(number * scale)
 
 
-def parse_duration(text: str) -> float:
-    """``"90"`` or ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` as seconds > 0."""
+def parse_duration(text: str, *, name: str = "timeout") -> float:
+    """``"90"`` or ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` as seconds > 0.
+
+    ``name`` is the key the messages name (``timeout``, ``est``).
+    """
     cleaned = text.strip().lower()
     pieces = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", cleaned)
     allowed = "a duration like 90, 90s, 30m, 2h or 1h30m"
     if not pieces or "".join(n + u for n, u in pieces) != cleaned:
-        raise ValueError(f"timeout must be {allowed}, got {text!r}")
+        raise ValueError(f"{name} must be {allowed}, got {text!r}")
     if len(pieces) > 1 and any(unit == "" for _, unit in pieces):
-        raise ValueError(f"timeout must be {allowed} (every part with a unit), got {text!r}")
+        raise ValueError(f"{name} must be {allowed} (every part with a unit), got {text!r}")
     seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in pieces)
     if seconds <= 0:
-        raise ValueError(f"timeout must be > 0, got {text!r}")
+        raise ValueError(f"{name} must be > 0, got {text!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be {allowed}, got {text!r} (too long)")
     return seconds
 
 
@@ -184,7 +201,9 @@ def _parse_int(key: str, value: str, *, minimum: int | None) -> int:
 
 
 def _parse_spec(spec: str) -> dict[str, Any]:
-    """``"gpus=2 mem=8G"`` as ``{"gpus": 2, "memory_mb": 8192}``; raises ValueError."""
+    """``"gpus=2 mem=8G"`` as ``{"required_gpus": 2, "min_memory_mb": 8192}``: the
+    :class:`Resources` keywords, and the job's own (``timeout``, ``retries``,
+    ``name``); raises ValueError."""
     fields: dict[str, Any] = {}
     seen: set[str] = set()
     for token in spec.replace(",", " ").split():
@@ -200,15 +219,17 @@ def _parse_spec(spec: str) -> dict[str, Any]:
             raise ValueError(f"resource {key!r} is given twice")
         seen.add(key)
         if key == "gpus":
-            fields["gpus"] = _parse_int("gpus", value, minimum=0)
+            fields["required_gpus"] = _parse_int("gpus", value, minimum=0)
         elif key == "mem":
-            fields["memory_mb"] = parse_memory_mb(value)
+            fields["min_memory_mb"] = parse_memory_mb(value)
         elif key == "timeout":
             fields["timeout"] = parse_duration(value)
         elif key == "retries":
             fields["retries"] = _parse_int("retries", value, minimum=0)
         elif key == "priority":
             fields["priority"] = _parse_int("priority", value, minimum=None)
+        elif key == "est":
+            fields["expected_duration"] = parse_duration(value, name="est")
         else:
             if _NAME.fullmatch(value) is None:
                 raise ValueError(
@@ -318,16 +339,21 @@ def _parse_line(line: str, number: int, defaults: JobDefaults) -> JobSpec:
         raise ValueError("a command must fit on one line (no '\\' continuation)")
     if "\0" in command:
         raise ValueError("the command contains a NUL character")
-    base = JobSpec(
+    resources = Resources(
+        required_gpus=fields.pop("required_gpus", defaults.gpus),
+        min_memory_mb=fields.pop("min_memory_mb", defaults.memory_mb),
+        priority=fields.pop("priority", 0),
+        expected_duration=fields.pop("expected_duration", None),
+    )
+    return JobSpec(
         key="",
         command=command,
         line=number,
-        gpus=defaults.gpus,
-        memory_mb=defaults.memory_mb,
-        timeout=defaults.timeout,
-        retries=defaults.retries,
+        resources=resources,
+        timeout=fields.pop("timeout", defaults.timeout),
+        retries=fields.pop("retries", defaults.retries),
+        **fields,
     )
-    return attrs.evolve(base, **fields)
 
 
 @final

@@ -160,7 +160,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Run JOBS_FILE, one shell command per line, sharing the GPUs between them. "
             "A line may start with resources: [gpus=2 mem=8G timeout=30m retries=1 "
-            "priority=5 name=NAME]. Running the same command again resumes. "
+            "priority=5 est=20m name=NAME]. Running the same command again resumes. "
             "See docs/jobs.md."
         ),
         epilog=(
@@ -431,9 +431,7 @@ class _Session:
             handle = runner.submit(
                 self._run_job,
                 self._journal_item(job),
-                required_gpus=job.gpus,
-                min_memory_mb=job.memory_mb,
-                priority=job.priority,
+                resources=job.resources,
                 timeout=job.timeout,
                 retries=job.retries,
                 retry_backoff=1.0,

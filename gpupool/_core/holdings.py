@@ -7,7 +7,7 @@ from typing import final
 import attrs
 
 from .model import GPUAllocation
-from .request import Request
+from .request import Resources
 
 __all__ = ["Holding"]
 
@@ -27,7 +27,7 @@ class Holding:
 
     allocation: GPUAllocation
     #: What was asked for (its ``expected_duration`` included).
-    request: Request
+    request: Resources
     #: The waiter's ticket; ``None`` for a grant made at once, which never waited.
     ticket: int | None
     #: When it was granted, on the clock the core is given (``now`` arguments).

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterator
 from typing import Protocol, final
 
 from .holdings import Holding
-from .request import Request
+from .request import Resources
 from .waiters import Waiter, WaitQueue
 
 __all__ = ["FifoPolicy", "SchedulerView", "SchedulingPolicy"]
@@ -42,11 +42,13 @@ class SchedulerView(Protocol):
         """
         ...
 
-    def find_gpus(self, request: Request, avoid: Collection[int] = (), /) -> tuple[int, ...] | None:
+    def find_gpus(
+        self, request: Resources, avoid: Collection[int] = (), /
+    ) -> tuple[int, ...] | None:
         """The GPUs ``request`` would get right now (none of ``avoid``), without granting."""
         ...
 
-    def hosts(self, request: Request, /) -> dict[int, int]:
+    def hosts(self, request: Resources, /) -> dict[int, int]:
         """GPUs that could host ``request`` once the pool's holders leave them, with the
         memory each offers the pool (its total less what outside processes use).
         Do not modify the answer."""

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from typing import TypeAlias
 
 from .policy import SchedulerView
-from .request import Request
+from .request import Resources
 
 __all__ = ["Plan"]
 
@@ -35,7 +35,7 @@ class Plan:
     Built in O(GPUs + holders); each later check costs O(GPUs of the request).
     """
 
-    def __init__(self, view: SchedulerView, head: Request, now: float) -> None:
+    def __init__(self, view: SchedulerView, head: Resources, now: float) -> None:
         self.now = now
         self.need = head.required_gpus
         self.memory = head.min_memory_mb
@@ -122,7 +122,7 @@ class Plan:
             at = end
         return max(self.blocked.get(index, self.now), at)
 
-    def _free_time_with(self, index: int, request: Request) -> float:
+    def _free_time_with(self, index: int, request: Resources) -> float:
         end = self._end(request)
         if self.shared is None:
             return max(self.free_at[index], end)
@@ -130,11 +130,11 @@ class Plan:
             return max(self._shared_free_time(index), end)
         return self._shared_free_time(index, (end, request.min_memory_mb))
 
-    def _end(self, request: Request) -> float:
+    def _end(self, request: Resources) -> float:
         hint = request.expected_duration
         return _INF if hint is None else self.now + hint
 
-    def _lost(self, chosen: tuple[int, ...], request: Request) -> int:
+    def _lost(self, chosen: tuple[int, ...], request: Resources) -> int:
         """How many GPUs of ``chosen`` would no longer be free for the head by the shadow."""
         shadow = self.shadow
         assert shadow is not None
@@ -145,11 +145,11 @@ class Plan:
                 lost += self._free_time_with(index, request) > shadow
         return lost
 
-    def late(self, request: Request) -> bool:
+    def late(self, request: Resources) -> bool:
         """Would ``request`` hold GPUs past the reserved start (or with none, for long)?"""
         return self.shadow is None or self._end(request) > self.shadow
 
-    def delays(self, chosen: tuple[int, ...], request: Request) -> bool:
+    def delays(self, chosen: tuple[int, ...], request: Resources) -> bool:
         """Would granting ``chosen`` to ``request`` now delay the head?"""
         if self.shadow is None:
             return self.slots < 1 or any(index in self.capacity for index in chosen)
@@ -157,7 +157,7 @@ class Plan:
             return True
         return self._lost(chosen, request) > self.spare
 
-    def protected(self, request: Request) -> Collection[int]:
+    def protected(self, request: Resources) -> Collection[int]:
         """GPUs ``request`` must keep off so as not to delay the head (empty: no way to)."""
         if self.shadow is None:
             return self.capacity.keys() if self.slots >= 1 else ()
@@ -170,7 +170,7 @@ class Plan:
             self._protected = {g for _, g in ready[: len(ready) - self.spare]}
         return self._protected
 
-    def take(self, chosen: tuple[int, ...], request: Request) -> None:
+    def take(self, chosen: tuple[int, ...], request: Resources) -> None:
         """Account for ``request`` having been granted ``chosen``."""
         self._protected = None
         end = self._end(request)

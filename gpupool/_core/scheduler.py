@@ -98,7 +98,7 @@ from .gpus import GPUState, Settle, packed_first, settled
 from .holdings import Holding
 from .model import GPUAllocation, GPUStatistics, GPUStats, OnProcessStarted, PoolStatistics
 from .policy import SchedulingPolicy
-from .request import Request
+from .request import Resources
 from .scoring import Scorer, default_score
 from .waiters import Waiter
 
@@ -243,7 +243,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ inputs
 
-    def submit(self, request: Request, now: float, *, nowait: bool = False) -> Submission:
+    def submit(self, request: Resources, now: float, *, nowait: bool = False) -> Submission:
         """Queue ``request`` and schedule.
 
         Raises :class:`UnsatisfiableRequest` (and changes nothing) when no GPU
@@ -274,7 +274,7 @@ class Scheduler:
             others.extend(self.cancel(waiter.ticket, now))
         return Submission(waiter.ticket, allocation, others, error)
 
-    def grant_at_once(self, request: Request, now: float) -> GPUAllocation | None:
+    def grant_at_once(self, request: Resources, now: float) -> GPUAllocation | None:
         """Grant ``request`` now if nobody waits and it fits; else ``None``, changing nothing.
 
         Nobody waits, so there is nobody to be fair to: this is the
@@ -284,22 +284,28 @@ class Scheduler:
         """
         if self._closed:
             raise PoolClosed("the pool is closed")
-        reason = self._impossible(request)
-        if reason is not None:
-            raise UnsatisfiableRequest(reason)
-        if self._waiters or not self.can_grant_more():
-            return None
+        idle = self._idle
         if (
-            self._idle
+            idle
             and request.required_gpus == 1
             and request.exclusive
             and request.allowed_gpus is None
-            and self._gpus[self._idle[0][1]].free_mb >= request.min_memory_mb
+            and not self._waiters
+            and (self._max_parallel is None or len(self._holdings) < self._max_parallel)
+            and self._gpus[idle[0][1]].free_mb >= request.min_memory_mb
         ):
             # (hot path H1) The commonest request: one whole GPU, any of them. The best
-            # idle GPU is the first of the idle list, which is what find_gpus would return.
-            chosen: tuple[int, ...] | None = (self._idle[0][1],)
+            # idle GPU is the first of the idle list, which is what find_gpus would return;
+            # and a request that fits now is not impossible, so that check (a cache
+            # lookup) is left for the other paths: the core's share of a trio
+            # acquire/release pair went from 3.3 to 3.1 us.
+            chosen: tuple[int, ...] | None = (idle[0][1],)
         else:
+            reason = self._impossible(request)
+            if reason is not None:
+                raise UnsatisfiableRequest(reason)
+            if self._waiters or not self.can_grant_more():
+                return None
             chosen = self.find_gpus(request)
         if chosen is None:
             return None
@@ -482,7 +488,7 @@ class Scheduler:
 
     # -------------------------------------- queries a policy makes (see _Pass)
 
-    def find_gpus(self, request: Request, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
+    def find_gpus(self, request: Resources, avoid: Collection[int] = ()) -> tuple[int, ...] | None:
         """The best-scored GPUs that satisfy ``request`` right now, or ``None``.
 
         GPUs in ``avoid`` are not considered (a policy keeping them for someone else).
@@ -521,7 +527,7 @@ class Scheduler:
         candidates.sort(key=packed_first)
         return tuple(sorted(g.index for g in candidates[:needed]))
 
-    def hosts(self, request: Request) -> dict[int, int]:
+    def hosts(self, request: Resources) -> dict[int, int]:
         """The GPUs that could host ``request`` once this pool's holders leave them.
 
         Healthy GPUs (settling ones included) that ``request`` allows and
@@ -617,7 +623,7 @@ class Scheduler:
     def _grant(
         self,
         ticket: int | None,
-        request: Request,
+        request: Resources,
         chosen: tuple[int, ...],
         ranks: list[tuple[float, int]] | None,
         now: float,
@@ -717,7 +723,7 @@ class Scheduler:
             raise ValueError(f"no GPU with index {index!r}; the pool has {sorted(self._gpus)}")
         return gpu
 
-    def _impossible(self, request: Request) -> str | None:
+    def _impossible(self, request: Resources) -> str | None:
         """Why no state of the pool could ever grant ``request``, or ``None``."""
         shape = (request.required_gpus, request.min_memory_mb, request.allowed_gpus)
         try:
@@ -726,7 +732,7 @@ class Scheduler:
             reason = self._impossible_cache[shape] = self._why_impossible(request)
             return reason
 
-    def _why_impossible(self, request: Request) -> str | None:
+    def _why_impossible(self, request: Resources) -> str | None:
         allowed = request.allowed_gpus
         if allowed is not None:
             unknown = sorted(allowed - self._gpus.keys())
@@ -818,7 +824,7 @@ class _Pass:
             )
         return self._core._try_grant(waiter, avoid, self._now, decisions)
 
-    def hosts(self, request: Request) -> dict[int, int]:
+    def hosts(self, request: Resources) -> dict[int, int]:
         return self._core.hosts(request)
 
     def can_grant_more(self) -> bool:

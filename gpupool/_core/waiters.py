@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, final
 
 import attrs
 
-from .request import Request
+from .request import Resources
 
 __all__ = ["WaitQueue", "Waiter"]
 
@@ -39,7 +39,7 @@ class Waiter:
     """
 
     ticket: int
-    request: Request
+    request: Resources
     submitted_at: float
 
 
@@ -108,7 +108,7 @@ class WaitQueue(Generic[K]):
 
     __slots__ = ("_count", "_group", "_levels", "_priorities")
 
-    def __init__(self, group: Callable[[Request], K] | None = None) -> None:
+    def __init__(self, group: Callable[[Resources], K] | None = None) -> None:
         # None: one group per priority, with no call to make for its key.
         self._group = group
         self._levels: dict[int, _Level[K]] = {}
@@ -150,6 +150,10 @@ class WaitQueue(Generic[K]):
         if not self._priorities:
             return None
         return self._levels[self._priorities[0]].oldest()
+
+    def single_group(self) -> bool:
+        """True when every waiter has one priority and one group: the commonest queue."""
+        return len(self._priorities) == 1 and len(self._levels[self._priorities[0]].groups) == 1
 
     def groups(
         self, limit: int | None, skip: Callable[[K], bool]

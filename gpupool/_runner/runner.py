@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, final
@@ -53,14 +52,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._core.checks import (
     check_finite_seconds,
     check_int,
-    check_number,
     check_seconds,
     is_async_callable,
     shown,
 )
 from .._core.errors import PoolClosed
 from .._core.model import GPUAllocation, OnProcessStarted
-from .._core.request import make_request
+from .._core.request import (
+    RESOURCE_KEYWORDS,
+    RUNNER_DEFAULT_GPUS,
+    ResourceOptions,
+    Resources,
+    labelled,
+    request_of,
+)
 from .._core.results import TaskResult, TaskStatus
 from .._pool.native import Native
 from .._pool.pool import GPUResourcePool
@@ -71,6 +76,7 @@ from .executors import _EXECUTORS, Executors, ExecutorStatistics
 from .retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from .slots import Slots
 from .task import (
+    PerItemOptions,
     TaskFunction,
     TaskHandle,
     _error_text,
@@ -82,6 +88,8 @@ from .task import (
 from .tuning import Direction, OptimizeResult, Strategy, optimize
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .._journal.adapter import RunnerJournal
     from .._journal.store import Journal
 
@@ -328,35 +336,53 @@ class ParallelRunner:
         fn: TaskFunction,
         item: ItemT,
         *,
-        required_gpus: int = 0,
-        min_memory_mb: int = 0,
-        exclusive: bool = True,
-        priority: int = 0,
+        resources: Resources | None = None,
         timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn = Exception,
         retry_backoff: float = 1.0,
         key: str | None = None,
+        **options: Unpack[ResourceOptions],
     ) -> TaskHandle[ItemT]:
         """Start ``fn(item, allocation)`` as a task and return its handle at once.
 
-        ``allocation`` is ``None`` unless ``required_gpus`` (default 0) is 1 or
-        more. A key already submitted to this runner returns that task's
-        handle: one key runs once. See :meth:`map` for the options.
+        The task's request is ``resources`` (a :class:`~gpupool.Resources`) or
+        its keywords (``required_gpus=2, min_memory_mb=8000, ...``), not both;
+        ``allocation`` is ``None`` unless it asks for 1 GPU or more (the
+        default is none). A key already submitted to this runner returns that
+        task's handle: one key runs once. See :meth:`map` for the options.
         """
         self._check_open()
         spec = self._spec(
             fn,
-            required_gpus=required_gpus,
-            min_memory_mb=min_memory_mb,
-            exclusive=exclusive,
-            priority=priority,
+            self._request(resources, options),
             timeout=timeout,
             retries=retries,
             retry_on=retry_on,
             retry_backoff=retry_backoff,
         )
         return self._submit(spec, item, key)
+
+    def _request(self, resources: object, options: Mapping[str, Any]) -> Resources:
+        """A task's request, by the runner's rules: no GPUs unless asked, a pool if asked."""
+        request = request_of(
+            resources,
+            options,
+            default_gpus=RUNNER_DEFAULT_GPUS,
+            gpus_at_least=0,
+            keywords=RESOURCE_KEYWORDS,
+        )
+        if request.experiment_id is not None:
+            raise ValueError(
+                "a runner task's allocation is labelled with the task's key: pass key= "
+                f"rather than experiment_id={shown(request.experiment_id)}"
+            )
+        if request.required_gpus and self._pool is None:
+            raise ValueError(
+                f"required_gpus={request.required_gpus} needs a pool: "
+                "ParallelRunner(GPUResourcePool(...), ...)"
+            )
+        return request
 
     def _check_open(self) -> None:
         if self._task_group is None or self._closed:
@@ -405,11 +431,8 @@ class ParallelRunner:
     def _spec(
         self,
         fn: TaskFunction,
+        resources: Resources,
         *,
-        required_gpus: int,
-        min_memory_mb: int,
-        exclusive: bool,
-        priority: int,
         timeout: float | None,
         retries: int,
         retry_on: RetryOn,
@@ -417,31 +440,10 @@ class ParallelRunner:
     ) -> _Spec:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(item, allocation), got {shown(fn)}")
-        gpus = check_int("required_gpus", required_gpus, 0)
-        if gpus and self._pool is None:
-            raise ValueError(
-                f"required_gpus={gpus} needs a pool: ParallelRunner(GPUResourcePool(...), ...)"
-            )
-        if gpus:
-            # The GPU options follow acquire's rules exactly, so that a request no
-            # acquire would take (exclusive=False with no memory, say) is refused
-            # here, at the call, rather than failing every task later.
-            request = make_request(
-                gpus, min_memory_mb=min_memory_mb, exclusive=exclusive, priority=priority
-            )
-            memory, level = request.min_memory_mb, request.priority
-        else:
-            memory = math.ceil(check_number("min_memory_mb", min_memory_mb, minimum=0))
-            if not isinstance(exclusive, bool):
-                raise TypeError(f"exclusive must be True or False, got {shown(exclusive)}")
-            level = check_int("priority", priority)
         return _Spec(
             fn=fn,
             is_async=is_async_callable(fn),
-            required_gpus=gpus,
-            min_memory_mb=memory,
-            exclusive=exclusive,
-            priority=level,
+            resources=resources,
             timeout=check_seconds("timeout", timeout),
             retries=check_int("retries", retries, 0),
             retry_on=check_retry_on(retry_on),
@@ -453,15 +455,13 @@ class ParallelRunner:
         fn: TaskFunction,
         items: Iterable[ItemT],
         *,
-        required_gpus: int | Callable[[ItemT], int] = 0,
-        min_memory_mb: int | Callable[[ItemT], int] = 0,
-        exclusive: bool = True,
-        priority: int = 0,
+        resources: Resources | Callable[[ItemT], Resources] | None = None,
         timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn = Exception,
         retry_backoff: float = 1.0,
         key: Callable[[ItemT], str] | None = None,
+        **options: Unpack[PerItemOptions],
     ) -> list[TaskResult]:
         """Run ``fn(item, allocation)`` for every item; results in input order.
 
@@ -474,11 +474,17 @@ class ParallelRunner:
         Never raises for a task's own failure: look at each result's
         ``status``.
 
-        ``required_gpus`` / ``min_memory_mb``: an int for every item, or a
-        function of the item (a config that knows its model size).
-        ``exclusive=False`` shares GPUs by memory, ``priority`` orders GPU
-        waiters (higher first); they follow :meth:`GPUResourcePool.acquire`'s
-        rules and are checked at the call. ``timeout``: seconds per attempt,
+        The request: ``resources`` (a :class:`~gpupool.Resources`, or a
+        function of the item returning one) or its keywords, not both. Each
+        keyword is a value for every item or a function of the item (a
+        config that knows its model size, or how long it will run):
+        ``required_gpus``, ``min_memory_mb``, ``exclusive=False`` (shares GPUs
+        by memory), ``priority`` (orders GPU waiters, higher first),
+        ``allowed_gpus``, and ``expected_duration`` (seconds; the hint the
+        default :class:`~gpupool.BackfillPolicy` uses to start short tasks
+        early without delaying the queue's head). They follow
+        :class:`~gpupool.Resources`' rules and are checked at the call.
+        ``timeout``: seconds per attempt,
         counted from RUNNING (waiting for GPUs is not included; ``0`` is a
         deadline of now, as everywhere). ``retries``: extra
         attempts for failures that ``retry_on`` selects (exception types or a
@@ -494,31 +500,43 @@ class ParallelRunner:
         materialised = list(items)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the item or None, got {key!r}")
-        # As submit() item by item, but each distinct (required_gpus, min_memory_mb)
-        # pair of plain ints is validated once, not once per item.
-        specs: dict[tuple[int, int], _Spec] = {}
+        per_item = {name: value for name, value in options.items() if callable(value)}
+        fixed = {name: value for name, value in options.items() if name not in per_item}
+        varies = bool(per_item) or callable(resources)
+        # As submit() item by item, but the options are validated once, and a
+        # request that varies by item once per distinct request.
+        base: _Spec | None = None
+        specs: dict[Resources, _Spec] = {}
         handles: list[TaskHandle[ItemT]] = []
         for item in materialised:
-            gpus = required_gpus(item) if callable(required_gpus) else required_gpus
-            memory = min_memory_mb(item) if callable(min_memory_mb) else min_memory_mb
             task_key = None if key is None else key(item)
             self._check_open()
-            plain = type(gpus) is int and type(memory) is int
-            spec = specs.get((gpus, memory)) if plain else None
-            if spec is None:
-                spec = self._spec(
-                    fn,
-                    required_gpus=gpus,
-                    min_memory_mb=memory,
-                    exclusive=exclusive,
-                    priority=priority,
-                    timeout=timeout,
-                    retries=retries,
-                    retry_on=retry_on,
-                    retry_backoff=retry_backoff,
-                )
-                if plain:
-                    specs[gpus, memory] = spec
+            if base is None or varies:
+                if callable(resources):
+                    given: object = resources(item)
+                    if type(given) is not Resources:
+                        raise TypeError(
+                            f"resources(item) must return a gpupool.Resources, got {shown(given)}"
+                        )
+                else:
+                    given = resources
+                chosen = {name: fn_of_item(item) for name, fn_of_item in per_item.items()}
+                request = self._request(given, {**fixed, **chosen} if chosen else fixed)
+                if base is None:
+                    base = self._spec(
+                        fn,
+                        request,
+                        timeout=timeout,
+                        retries=retries,
+                        retry_on=retry_on,
+                        retry_backoff=retry_backoff,
+                    )
+                    specs[request] = base
+                spec = specs.get(request)
+                if spec is None:
+                    spec = specs[request] = attrs.evolve(base, resources=request)
+            else:
+                spec = base
             handles.append(self._submit(spec, item, task_key))
         try:
             await _all_done(handles)
@@ -721,7 +739,7 @@ class ParallelRunner:
         outcome = _Outcome()
         allocation: GPUAllocation | None = None
         try:
-            if spec.required_gpus:
+            if spec.resources.required_gpus:
                 if self._journal is None and not self._hub.active:
                     task.status = TaskStatus.WAITING_FOR_GPU
                 else:
@@ -730,13 +748,7 @@ class ParallelRunner:
                 # pool.acquire checkpoints next: a yield here too costs, with no gain.
                 await self._gpu_gate.acquire(checkpoint=False)
                 try:
-                    allocation = await self._pool.acquire(
-                        spec.required_gpus,
-                        min_memory_mb=spec.min_memory_mb,
-                        exclusive=spec.exclusive,
-                        priority=spec.priority,
-                        experiment_id=task.key,
-                    )
+                    allocation = await self._pool.acquire(labelled(spec.resources, task.key))
                 finally:
                     self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices
@@ -771,7 +783,7 @@ class ParallelRunner:
         except BaseException as exc:
             outcome.error = exc
             outcome.ended = self._clock()
-            if not spec.required_gpus:
+            if not spec.resources.required_gpus:
                 outcome.hint = _explain_no_allocation(exc)
         finally:
             if allocation is not None:
@@ -818,20 +830,20 @@ class ParallelRunner:
         n_trials: int,
         max_parallel: int | None = None,
         direction: Direction | None = None,
-        required_gpus: int = 0,
-        min_memory_mb: int = 0,
-        exclusive: bool = True,
+        resources: Resources | None = None,
         timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn | None = None,
         retry_backoff: float = 1.0,
         key_prefix: str | None = None,
+        **options: Unpack[ResourceOptions],
     ) -> OptimizeResult[S]:
         """Ask/tell tuning: keep up to ``max_parallel`` trials of ``objective`` in flight.
 
         ``strategy.ask()`` is called as slots free up, ``strategy.tell(suggestion,
         result)`` with every result, failures included (either may be ``async
-        def``). Trials are keyed ``<study>/trial-<n>``: ``key_prefix`` names
+        def``). Every trial's request is ``resources`` or its keywords, as for
+        :meth:`submit`. Trials are keyed ``<study>/trial-<n>``: ``key_prefix`` names
         the study (each optimize call on a runner needs its own), by default
         the strategy's ``study_key`` or ``optimize``. On a journaled runner a
         rerun resumes the study; see ``docs/runner.md`` for resume and retries.
@@ -843,9 +855,7 @@ class ParallelRunner:
             n_trials=n_trials,
             max_parallel=max_parallel,
             direction=direction,
-            required_gpus=required_gpus,
-            min_memory_mb=min_memory_mb,
-            exclusive=exclusive,
+            resources=self._request(resources, options),
             timeout=timeout,
             retries=retries,
             retry_on=retry_on,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar, final
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypedDict, TypeVar, final
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._core.model import GPUAllocation
+from .._core.request import Resources
 from .._core.results import TaskResult, TaskStatus
 from .retry import RetryOn
 
-__all__ = ["TaskHandle", "deliver_to"]
+__all__ = ["PerItemOptions", "TaskHandle", "deliver_to"]
 
 _log = logging.getLogger("gpupool.runner")
 
@@ -30,16 +31,25 @@ class _TaskTimeout(TimeoutError):
     """An attempt ran past its ``timeout``; recorded as TIMED_OUT."""
 
 
+class PerItemOptions(TypedDict, total=False):
+    """The keyword spelling of :class:`~gpupool.Resources` as ``runner.map`` takes it:
+    each a value for every item or a function of the item."""
+
+    required_gpus: int | Callable[[Any], int]
+    min_memory_mb: float | Callable[[Any], float]
+    exclusive: bool | Callable[[Any], bool]
+    priority: int | Callable[[Any], int]
+    allowed_gpus: Iterable[int] | Callable[[Any], Iterable[int] | None] | None
+    expected_duration: float | Callable[[Any], float | None] | None
+
+
 @attrs.frozen
 class _Spec:
     """One task's options, validated once at submit time."""
 
     fn: TaskFunction
     is_async: bool
-    required_gpus: int
-    min_memory_mb: int
-    exclusive: bool
-    priority: int
+    resources: Resources
     timeout: float | None
     retries: int
     retry_on: RetryOn

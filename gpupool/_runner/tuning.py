@@ -61,6 +61,7 @@ import attrs
 
 from .._core.checks import check_int
 from .._core.errors import JournalEncodingError
+from .._core.request import RUNNER_DEFAULT_GPUS, Resources
 from .._core.results import TaskResult
 from .retry import RetryOn, backoff_delay, should_retry
 from .task import TaskHandle, _Spec, deliver_to
@@ -76,12 +77,8 @@ Direction = Literal["minimize", "maximize"]
 #: Keys of trials ``retry`` made: ``<study>/trial-<n>-retry``.
 _RETRY_SUFFIX = "-retry"
 _KEY_TAIL = re.compile(r"trial-(\d+)(-retry)?")
-#: The task options of the stand-in that settles an earlier run's trial.
+#: The task options of the stand-in that settles an earlier run's trial (no GPUs).
 _STAND_IN: dict[str, Any] = {
-    "required_gpus": 0,
-    "min_memory_mb": 0,
-    "exclusive": True,
-    "priority": 0,
     "timeout": None,
     "retries": 0,
     "retry_on": Exception,
@@ -309,7 +306,9 @@ class _Study(Generic[S]):
                 keys[int(match[1])] = key
         unfinished = {self.number_of(s): s for s in self.strategy.unfinished()}  # type: ignore[attr-defined]
         earlier_trial = getattr(self.strategy, "earlier_trial", None)
-        stand_in = self.runner._spec(_interrupted, **_STAND_IN)
+        stand_in = self.runner._spec(
+            _interrupted, Resources(required_gpus=RUNNER_DEFAULT_GPUS), **_STAND_IN
+        )
         for number in sorted(keys.keys() | unfinished.keys()):
             key = keys.get(number, f"{self.name}/trial-{number}")
             suggestion = unfinished.get(number)
@@ -442,9 +441,7 @@ async def optimize(
     n_trials: int,
     max_parallel: int | None = None,
     direction: Direction | None = None,
-    required_gpus: int = 0,
-    min_memory_mb: int = 0,
-    exclusive: bool = True,
+    resources: Resources,
     timeout: float | None = None,
     retries: int = 0,
     retry_on: RetryOn | None = None,
@@ -456,7 +453,8 @@ async def optimize(
     ``max_parallel`` defaults to the runner's. ``direction`` defaults to the
     strategy's ``direction`` attribute if it has one (the Optuna adapter
     does), else ``"minimize"``. The other options are those of
-    :meth:`ParallelRunner.map`, applied to every trial. Trial keys are
+    :meth:`ParallelRunner.submit`, applied to every trial (``resources``, as
+    the runner built it from the call). Trial keys are
     ``<study>/trial-<n>``, ``<study>`` being ``key_prefix`` (unique per
     runner), else the strategy's ``study_key``, else ``optimize``; see the
     module docstring for resume and retries. ``retry_on`` defaults to the
@@ -482,10 +480,7 @@ async def optimize(
     runner._check_open()
     spec = runner._spec(
         objective,
-        required_gpus=required_gpus,
-        min_memory_mb=min_memory_mb,
-        exclusive=exclusive,
-        priority=0,
+        resources,
         timeout=timeout,
         # A strategy with retry() makes each attempt a trial of its own (module docstring).
         retries=0 if own_retries else retries,
