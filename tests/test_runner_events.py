@@ -6,6 +6,7 @@ import io
 from collections.abc import AsyncIterator
 
 import anyio
+import attrs
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from rich.console import Console
@@ -187,6 +188,45 @@ async def test_finished_keys_come_from_the_journal_without_running() -> None:
     assert not results[1].from_journal
     assert [(e.key, e.status, e.from_journal) for e in events if e.key == "x"] == [("x", OK, True)]
     assert ("x", OK) not in journal.log  # a replayed result is not written again
+
+
+class KeyedJournal(MemoryJournal):
+    """A journal double that offers what the SQLite journal offers beyond TaskJournal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.described: list[tuple[str, object]] = []
+
+    def default_key(self, fn: object, item: object) -> str:
+        return f"stable-{item}"
+
+    def storable(self, result: TaskResult) -> TaskResult:
+        return attrs.evolve(result, value=f"stored {result.value}")
+
+    def describe(self, key: str, fn: object, item: object) -> None:
+        self.described.append((key, item))
+
+
+async def test_every_journal_is_asked_alike_for_keys_and_storable_results() -> None:
+    """Regression: the runner derived default keys and made results storable only for
+    the SQLite journal (an isinstance check); now any journal that offers
+    default_key / storable / describe is asked, and one that does not gets numbered keys."""
+
+    async def task(item: int, allocation: GPUAllocation | None) -> int:
+        return item
+
+    keyed = KeyedJournal()
+    async with ParallelRunner(journal=keyed) as runner:
+        results = await runner.map(task, [1, 2])
+    assert [r.key for r in results] == ["stable-1", "stable-2"]
+    assert [r.value for r in results] == ["stored 1", "stored 2"]
+    assert keyed.described == [("stable-1", 1), ("stable-2", 2)]
+
+    plain = MemoryJournal()
+    async with ParallelRunner(journal=plain) as runner:
+        results = await runner.map(task, [1, 2])
+    assert [r.key for r in results] == ["task-0", "task-1"]
+    assert [r.value for r in results] == [1, 2]
 
 
 @pytest.mark.parametrize(

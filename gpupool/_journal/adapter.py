@@ -29,8 +29,8 @@ from .._core.checks import check_bool
 from .._core.errors import JournalEncodingError
 from .._core.model import OnProcessStarted, StartedProcess
 from .._core.results import TaskResult, TaskStatus
-from .codec import check_key, function_name
-from .store import Journal, Synchronous
+from .codec import check_key, function_name, task_key
+from .store import Journal, Synchronous, storable
 
 __all__ = ["RunnerJournal", "open_journal"]
 
@@ -116,6 +116,16 @@ class RunnerJournal:
         except JournalEncodingError:
             name = getattr(fn, "__qualname__", type(fn).__qualname__)
         self._described[key] = (name, item)
+
+    def default_key(self, fn: Callable[..., Any], item: object) -> str:
+        """The key of a task submitted without one: derived from ``fn`` and ``item``
+        (canonical JSON), so a restarted sweep finds its tasks (docs/journal.md)."""
+        return task_key(fn, item)
+
+    def storable(self, result: TaskResult) -> TaskResult:
+        """``result`` as the journal can store it: a value it cannot encode fails the
+        task, here as in the journal, so the runner and a resumed run agree."""
+        return storable(result)
 
     def keys_under(self, prefix: str) -> list[str]:
         """Every key of the journal that starts with ``prefix`` (a study's trials,

@@ -110,6 +110,13 @@ class TaskJournal(Protocol):
     The runner awaits :meth:`record` for every state change *before* acting on
     it, and asks :meth:`finished` before running a key, so a restarted sweep
     returns finished results instead of running them again.
+
+    A journal may also offer, by name (the SQLite journal offers all four;
+    the runner asks every journal alike): ``default_key(fn, item)``, the key of
+    a task submitted without one (else tasks are numbered, ``task-0``, ...);
+    ``storable(result)``, the result as the journal can store it;
+    ``describe(key, fn, item)``, called at submit; and
+    ``on_process_started(key)``, the hook for the task's ``run_process`` jobs.
     """
 
     async def finished(self, key: str) -> TaskResult | None:

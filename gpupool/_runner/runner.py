@@ -41,7 +41,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -67,6 +67,8 @@ from .._core.request import (
     request_of,
 )
 from .._core.results import TaskResult, TaskStatus
+from .._journal.adapter import RunnerJournal, open_journal
+from .._journal.store import Journal
 from .._pool.native import Native
 from .._pool.pool import GPUResourcePool
 from .._process.started import observe as observe_processes
@@ -89,9 +91,6 @@ from .tuning import Direction, OptimizeResult, Strategy, optimize
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-    from .._journal.adapter import RunnerJournal
-    from .._journal.store import Journal
 
 __all__ = ["ParallelRunner", "RunnerStatistics"]
 
@@ -175,9 +174,25 @@ class ParallelRunner:
         self._journal: TaskJournal | None = (
             self._own_journal if self._own_journal is not None else _check_journal(journal)
         )
-        self._sqlite_journal = _is_sqlite_journal(self._journal)
+        # What a journal may offer beyond TaskJournal (the SQLite one offers all;
+        # a test double may offer any): looked up once, by name, so the runner
+        # treats every journal alike. Default keys: stable ones derived from the
+        # task (a restarted sweep finds its tasks) where the journal gives them.
+        self._default_key: Callable[[Callable[..., Any], object], str] | None = getattr(
+            self._journal, "default_key", None
+        )
+        # A result the journal cannot store fails its task, before it is recorded.
+        self._storable: Callable[[TaskResult], TaskResult] | None = getattr(
+            self._journal, "storable", None
+        )
+        # The function and item of a key, noted at submit (shown by `journal export`).
+        self._describe: Callable[[str, Callable[..., Any], object], None] | None = getattr(
+            self._journal, "describe", None
+        )
         # What run_process calls for task `key`'s jobs (gpupool._process.started).
-        self._process_groups = _process_groups_of(self._journal)
+        self._process_groups: Callable[[str], OnProcessStarted] | None = getattr(
+            self._journal, "on_process_started", None
+        )
         self._hub = EventHub()
         # By key: every unfinished task, and the finished ones whose key was
         # given (by the user or the journal), so that a key runs once.
@@ -394,11 +409,8 @@ class ParallelRunner:
         """Start a task for a validated ``spec``; see :meth:`submit`."""
         assert self._task_group is not None
         numbered = False
-        if key is None and self._sqlite_journal:
-            # Stable across runs, so a restarted sweep finds its tasks (docs/journal.md).
-            from .._journal.codec import task_key
-
-            key = task_key(spec.fn, item)
+        if key is None and self._default_key is not None:
+            key = self._default_key(spec.fn, item)
         elif key is None:
             key = f"task-{self._next_key}"
             self._next_key += 1
@@ -408,11 +420,10 @@ class ParallelRunner:
         existing = self._tasks.get(key)
         if existing is not None:
             return existing
-        describe = getattr(self._journal, "describe", None)
-        if describe is not None:
+        if self._describe is not None:
             # Stored with the key when the journal claims it; first, so that a
             # key the journal refuses leaves nothing registered.
-            describe(key, spec.fn, item)
+            self._describe(key, spec.fn, item)
         handle = TaskHandle(key, item, spec)
         self._tasks[key] = handle
         self._submitted += 1
@@ -622,11 +633,8 @@ class ParallelRunner:
             self._task_group.cancel_scope.cancel()
 
     async def _end(self, task: TaskHandle[Any], result: TaskResult) -> None:
-        if self._sqlite_journal and not result.from_journal:
-            from .._journal.store import storable
-
-            # A value the journal cannot store fails the task, here as in the journal.
-            result = storable(result)
+        if self._storable is not None and not result.from_journal:
+            result = self._storable(result)
         if self._journal is None and not self._hub.active:
             task.status = result.status  # what _record does when no one listens
         else:
@@ -937,28 +945,9 @@ def _what_the_pool_can_serve(pool: GPUResourcePool) -> int | None:
 
 def _open_journal(journal: object) -> RunnerJournal | None:
     """The SQLite journal for a path or a ``Journal``; ``None`` for anything else."""
-    from .._journal.store import Journal
-
     if isinstance(journal, (str, os.PathLike, Journal)):
-        from .._journal.adapter import open_journal
-
         return open_journal(journal)
     return None
-
-
-def _is_sqlite_journal(journal: object) -> bool:
-    if journal is None:
-        return False
-    from .._journal.adapter import RunnerJournal
-
-    return isinstance(journal, RunnerJournal)
-
-
-def _process_groups_of(journal: TaskJournal | None) -> Callable[[str], OnProcessStarted] | None:
-    """The SQLite journal's hook for a task's jobs, by key; ``None`` for any other journal."""
-    if not _is_sqlite_journal(journal):
-        return None
-    return cast("RunnerJournal", journal).on_process_started
 
 
 def _check_journal(journal: object) -> TaskJournal | None:

@@ -63,6 +63,7 @@ from .._core.checks import check_int
 from .._core.errors import JournalEncodingError
 from .._core.request import RUNNER_DEFAULT_GPUS, Resources
 from .._core.results import TaskResult
+from .._journal.codec import canonical_json
 from .retry import RetryOn, backoff_delay, should_retry
 from .task import TaskHandle, _Spec, deliver_to
 
@@ -404,8 +405,6 @@ class _Study(Generic[S]):
 
 def _digest(suggestion: object) -> str:
     """16 hex digits of SHA-256 over the suggestion's canonical JSON."""
-    from .._journal.codec import canonical_json
-
     try:
         payload = canonical_json(suggestion, what="suggestion")
     except JournalEncodingError as exc:
