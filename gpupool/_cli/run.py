@@ -379,9 +379,6 @@ class _Session:
                 "of an earlier run that died"
             )
 
-    def _gpu_count(self) -> int:
-        return 0 if self.pool is None else len(self.pool.statistics().gpus)
-
     def _capacity_check(self) -> JobCheck:
         """Why a job could never start on the GPUs as they are now, or None.
 
@@ -391,27 +388,25 @@ class _Session:
         gpus = () if self.pool is None else self.pool.statistics().gpus
         return functools.partial(capacity_problem, gpus=gpus)
 
-    def _max_parallel(self) -> int:
-        if self.options.max_parallel is not None:
-            return self.options.max_parallel
-        if self.pool is None:
-            return 1
-        return max(1, self._gpu_count())
-
     async def _run(self, reader: JobsFileReader, jobs: list[JobSpec]) -> int:
         assert self.runner_journal is not None
         journal = self.runner_journal
-        max_parallel = self._max_parallel()
-        progress = self.progress = JobsProgress(self.err, max_parallel, self.options.log_path)
+        # --max-parallel, else the runner's own rule over the open pool (its cap, else
+        # its GPUs); with no GPUs at all, one job at a time.
+        max_parallel = self.options.max_parallel
+        if max_parallel is None and self.pool is None:
+            max_parallel = 1
+        runner = ParallelRunner(self.pool, max_parallel=max_parallel, journal=journal)
+        progress = self.progress = JobsProgress(
+            self.err, runner.max_parallel, self.options.log_path
+        )
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._handle_signals)
             progress.start()
             self.run_scope = anyio.CancelScope()
             try:
                 with self.run_scope:
-                    async with ParallelRunner(
-                        self.pool, max_parallel=max_parallel, journal=journal
-                    ) as runner:
+                    async with runner:
                         runner.subscribe(self._on_event)
                         self._submit(runner, jobs)
                         if self.options.watch:

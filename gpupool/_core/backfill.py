@@ -82,14 +82,14 @@ class _ShapeQueues:
     """The waiters in a :class:`WaitQueue` grouped by shape: what both policies share.
 
     Also counts what :class:`BackfillPolicy` reads in O(1): how many waiters
-    are not plain (see :func:`_plain`) and the last ticket queued.
+    are not plain (see :func:`_is_plain_request`) and the last ticket queued.
     """
 
     __slots__ = ("_last_ticket", "_queue", "_special")
 
     def __init__(self) -> None:
         self._queue: WaitQueue[Shape] = WaitQueue(_shape)
-        #: Waiters that are shared or pinned to allowed_gpus (see ``_plain``).
+        #: Waiters that are shared or pinned to allowed_gpus (see ``_is_plain_request``).
         self._special = 0
         self._last_ticket = 0
 
@@ -101,13 +101,13 @@ class _ShapeQueues:
 
     def push(self, waiter: Waiter) -> None:
         self._queue.push(waiter)
-        self._special += not _plain(waiter.request)
+        self._special += not _is_plain_request(waiter.request)
         if waiter.ticket > self._last_ticket:
             self._last_ticket = waiter.ticket
 
     def remove(self, waiter: Waiter) -> None:
         self._queue.remove(waiter)
-        self._special -= not _plain(waiter.request)
+        self._special -= not _is_plain_request(waiter.request)
         if not self._queue:
             self._last_ticket = 0  # nobody to compare with: a reused policy starts afresh
 
@@ -250,7 +250,7 @@ class BackfillPolicy(_ShapeQueues):
             while members:
                 waiter = next(iter(members.values()))
                 request = waiter.request
-                plain = _plain(request)
+                plain = _is_plain_request(request)
                 if plain and _covers(unfit, request):
                     break
                 chosen = view.find_gpus(request)
@@ -290,7 +290,7 @@ class BackfillPolicy(_ShapeQueues):
                 self.remove(waiter)
 
 
-def _plain(request: Resources) -> bool:
+def _is_plain_request(request: Resources) -> bool:
     """Exclusive and not pinned: what fits of it depends only on its GPUs and memory."""
     return request.exclusive and request.allowed_gpus is None
 
