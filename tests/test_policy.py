@@ -20,7 +20,6 @@ from gpupool import (
     FifoPolicy,
     GPUResourcePool,
     SchedulerView,
-    UnsatisfiableRequest,
     Waiter,
     WouldBlock,
 )
@@ -405,11 +404,7 @@ class BackfillMachine(SchedulerMachine):
         )
 
     def check_grant(self, grant: Grant, request: Resources) -> None:
-        alloc = grant.allocation
-        assert len(alloc.gpu_indices) == request.required_gpus
-        assert alloc.exclusive == request.exclusive
-        if request.allowed_gpus is not None:
-            assert set(alloc.gpu_indices) <= request.allowed_gpus
+        self.check_grant_fits(grant, request)
         for ticket, other in self.waiting.items():
             same = attrs.evolve(other, experiment_id=None) == attrs.evolve(
                 request, experiment_id=None
@@ -430,18 +425,7 @@ class BackfillMachine(SchedulerMachine):
         nowait=st.booleans(),
     )
     def submit_with_hint(self, kwargs: dict[str, Any], hint: float | None, nowait: bool) -> None:
-        request = make_request(expected_duration=hint, **kwargs)
-        try:
-            submission = self.core.submit(request, self.tick(), nowait=nowait)
-        except UnsatisfiableRequest:
-            return
-        self.waiting[submission.ticket] = request
-        if submission.allocation is not None:
-            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
-        else:
-            self.apply(submission.outcomes)
-            if nowait:
-                self.waiting.pop(submission.ticket)
+        self.submit_request(make_request(expected_duration=hint, **kwargs), nowait)
 
 
 BackfillMachine.TestCase.settings = settings(
@@ -613,11 +597,7 @@ class ShortestFirstMachine(SchedulerMachine):
         )
 
     def check_grant(self, grant: Grant, request: Resources) -> None:
-        alloc = grant.allocation
-        assert len(alloc.gpu_indices) == request.required_gpus
-        assert alloc.exclusive == request.exclusive
-        if request.allowed_gpus is not None:
-            assert set(alloc.gpu_indices) <= request.allowed_gpus
+        self.check_grant_fits(grant, request)
         mine = _service_key(request, grant.ticket)
         for ticket, other in self.waiting.items():
             if ticket != grant.ticket:
@@ -631,18 +611,7 @@ class ShortestFirstMachine(SchedulerMachine):
         nowait=st.booleans(),
     )
     def submit_with_hint(self, kwargs: dict[str, Any], hint: float | None, nowait: bool) -> None:
-        request = make_request(expected_duration=hint, **kwargs)
-        try:
-            submission = self.core.submit(request, self.tick(), nowait=nowait)
-        except UnsatisfiableRequest:
-            return
-        self.waiting[submission.ticket] = request
-        if submission.allocation is not None:
-            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
-        else:
-            self.apply(submission.outcomes)
-            if nowait:
-                self.waiting.pop(submission.ticket)
+        self.submit_request(make_request(expected_duration=hint, **kwargs), nowait)
 
 
 ShortestFirstMachine.TestCase.settings = settings(

@@ -62,18 +62,38 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert g.healthy
 
     def check_grant(self, grant: Grant, request: Resources) -> None:
-        alloc = grant.allocation
-        assert len(alloc.gpu_indices) == request.required_gpus
-        assert len(set(alloc.gpu_indices)) == request.required_gpus
-        assert alloc.exclusive == request.exclusive
-        if request.allowed_gpus is not None:
-            assert set(alloc.gpu_indices) <= request.allowed_gpus
+        self.check_grant_fits(grant, request)
         # Strict FIFO among priorities: nobody still waiting was ahead of this one.
         for ticket, other in self.waiting.items():
             ahead = other.priority > request.priority or (
                 other.priority == request.priority and ticket < grant.ticket
             )
             assert not ahead, f"ticket {grant.ticket} overtook waiting ticket {ticket}"
+
+    def check_grant_fits(self, grant: Grant, request: Resources) -> None:
+        """What a grant is under any policy: as many distinct GPUs as asked for, in the
+        mode asked for, within ``allowed_gpus``."""
+        alloc = grant.allocation
+        assert len(alloc.gpu_indices) == request.required_gpus
+        assert len(set(alloc.gpu_indices)) == request.required_gpus
+        assert alloc.exclusive == request.exclusive
+        if request.allowed_gpus is not None:
+            assert set(alloc.gpu_indices) <= request.allowed_gpus
+
+    def submit_request(self, request: Resources, nowait: bool) -> None:
+        """Submit ``request`` now and apply what the core decided (an impossible one is
+        refused at once and leaves nothing to track)."""
+        try:
+            submission = self.core.submit(request, self.tick(), nowait=nowait)
+        except UnsatisfiableRequest:
+            return
+        self.waiting[submission.ticket] = request
+        if submission.allocation is not None:
+            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
+        else:
+            self.apply(submission.outcomes)
+            if nowait:
+                self.waiting.pop(submission.ticket)
 
     # ------------------------------------------------------------------ rules
 
