@@ -28,7 +28,7 @@ from typing import Any, TypedDict, final
 
 import attrs
 
-from .checks import check_int, check_number, check_seconds, shown
+from .checks import check_bool, check_int, check_number, check_seconds, check_str, shown
 from .errors import UnsatisfiableRequest
 
 __all__ = [
@@ -64,9 +64,7 @@ def _memory(value: float) -> int:
 
 
 def _exclusive(value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"exclusive must be True or False, got {shown(value)}")
-    return value
+    return check_bool("exclusive", value)
 
 
 def _priority(value: int) -> int:
@@ -84,9 +82,7 @@ def _allowed(value: Iterable[int] | None) -> frozenset[int] | None:
 
 
 def _experiment_id(value: str | None) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"experiment_id must be a str or None, got {shown(value)}")
-    return value
+    return None if value is None else check_str("experiment_id", value, allowed="a str or None")
 
 
 def _duration(value: float | None) -> float | None:
