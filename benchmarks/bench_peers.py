@@ -796,8 +796,10 @@ async def _run_gpupool_runner(
     runner = runner_cls(pool, max_parallel=max_parallel)
     await runner.__aenter__()
     startup = time.perf_counter() - t0
+    # Since gpupool.Resources the request keywords are typed (**options), not named
+    # parameters: either marks a runner.map that takes exclusive=.
     map_params = inspect.signature(runner.map).parameters
-    shares = "exclusive" in map_params
+    shares = "exclusive" in map_params or hasattr(gpupool, "Resources")
 
     async def fn(demand: Demand, allocation: Any) -> Record:
         return await task(allocation, demand)

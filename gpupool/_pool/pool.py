@@ -1,8 +1,8 @@
 """GPUResourcePool: the async shell around the scheduling core.
 
 The shell does three things and decides nothing: it turns calls into core
-inputs (with the current time), it parks each waiter on an event of
-its own until the core names it in a decision, and it reports every wait that
+inputs (with the current time), it parks each waiter on the backend's own
+primitive (``native.py``) until the core names it in a decision, and it reports every wait that
 ends early (cancelled, timed out) back to the core, which takes back a grant
 that raced in and hands it to the next waiter. There is no polling loop: a
 waiter costs nothing while nothing changes.
