@@ -124,20 +124,27 @@ async def uncontended_allocation(pairs: int, repeats: int) -> Row:
 # -- 2. contention ---------------------------------------------------------------------
 
 
+async def _time_tasks(tasks: int, one: Callable[[], Awaitable[None]]) -> float:
+    """Seconds for ``tasks`` copies of ``one``, all started at once in a task group."""
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(one)
+    return time.perf_counter() - start
+
+
+async def _limiter_contended(tasks: int) -> float:
+    """The baseline of both contention rows: ``tasks`` tasks on a ``CapacityLimiter(8)``."""
+    limiter = anyio.CapacityLimiter(8)
+
+    async def one() -> None:
+        async with limiter:
+            await checkpoint()
+
+    return await _time_tasks(tasks, one)
+
+
 async def contended(tasks: int, repeats: int) -> Row:
-    async def limiter_run() -> float:
-        limiter = anyio.CapacityLimiter(8)
-
-        async def one() -> None:
-            async with limiter:
-                await checkpoint()
-
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(tasks):
-                tg.start_soon(one)
-        return time.perf_counter() - start
-
     async def pool_run() -> float:
         async with GPUResourcePool(FakeGPUProvider(count=8), refresh_interval=3600) as pool:
 
@@ -146,31 +153,14 @@ async def contended(tasks: int, repeats: int) -> Row:
                 await checkpoint()
                 await pool.release(allocation)
 
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(tasks):
-                    tg.start_soon(one)
-            return time.perf_counter() - start
+            return await _time_tasks(tasks, one)
 
-    baseline, measured = await best_pair(repeats, limiter_run, pool_run)
+    baseline, measured = await best_pair(repeats, lambda: _limiter_contended(tasks), pool_run)
     return row(f"{tasks:,} tasks contending for 8 GPUs", baseline, measured, "s", 1.5)
 
 
 async def contended_allocation(tasks: int, repeats: int) -> Row:
     """As :func:`contended`, each task holding its GPU with ``async with pool.allocation()``."""
-
-    async def limiter_run() -> float:
-        limiter = anyio.CapacityLimiter(8)
-
-        async def one() -> None:
-            async with limiter:
-                await checkpoint()
-
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(tasks):
-                tg.start_soon(one)
-        return time.perf_counter() - start
 
     async def pool_run() -> float:
         async with GPUResourcePool(FakeGPUProvider(count=8), refresh_interval=3600) as pool:
@@ -179,13 +169,9 @@ async def contended_allocation(tasks: int, repeats: int) -> Row:
                 async with pool.allocation(1):
                     await checkpoint()
 
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(tasks):
-                    tg.start_soon(one)
-            return time.perf_counter() - start
+            return await _time_tasks(tasks, one)
 
-    baseline, measured = await best_pair(repeats, limiter_run, pool_run)
+    baseline, measured = await best_pair(repeats, lambda: _limiter_contended(tasks), pool_run)
     return row(
         f"{tasks:,} tasks contending for 8 GPUs, `async with pool.allocation()`",
         baseline,

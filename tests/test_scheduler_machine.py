@@ -81,32 +81,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert set(alloc.gpu_indices) <= request.allowed_gpus
 
     def submit_request(self, request: Resources, nowait: bool) -> None:
-        """Submit ``request`` now and apply what the core decided (an impossible one is
-        refused at once and leaves nothing to track)."""
-        try:
-            submission = self.core.submit(request, self.tick(), nowait=nowait)
-        except UnsatisfiableRequest:
-            return
-        self.waiting[submission.ticket] = request
-        if submission.allocation is not None:
-            self.apply([Grant(submission.ticket, submission.allocation), *submission.outcomes])
-        else:
-            self.apply(submission.outcomes)
-            if nowait:
-                self.waiting.pop(submission.ticket)
-
-    # ------------------------------------------------------------------ rules
-
-    @rule(
-        kwargs=request_kwargs(GPU_COUNT, memory_mb=MB),
-        allowed=st.one_of(st.none(), st.sets(st.integers(0, GPU_COUNT - 1), min_size=1)),
-        nowait=st.booleans(),
-    )
-    def submit(self, kwargs: dict[str, Any], allowed: set[int] | None, nowait: bool) -> None:
-        try:
-            request = make_request(allowed_gpus=allowed, **kwargs)
-        except UnsatisfiableRequest:
-            return
+        """Submit ``request`` now and apply what the core decided: an impossible one is
+        refused at once and changes nothing; a ``nowait`` one that cannot start
+        leaves no waiter behind."""
         now = self.tick()
         before = self.core.statistics()
         try:
@@ -122,6 +99,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             if nowait:
                 self.waiting.pop(submission.ticket)
                 assert self.core.waiting == len(self.waiting)
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(
+        kwargs=request_kwargs(GPU_COUNT, memory_mb=MB),
+        allowed=st.one_of(st.none(), st.sets(st.integers(0, GPU_COUNT - 1), min_size=1)),
+        nowait=st.booleans(),
+    )
+    def submit(self, kwargs: dict[str, Any], allowed: set[int] | None, nowait: bool) -> None:
+        try:
+            request = make_request(allowed_gpus=allowed, **kwargs)
+        except UnsatisfiableRequest:
+            return
+        self.submit_request(request, nowait)
 
     @precondition(lambda self: self.waiting)
     @rule(data=st.data())
