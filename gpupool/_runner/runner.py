@@ -78,14 +78,14 @@ from .executors import _EXECUTORS, Executors, ExecutorStatistics
 from .retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from .slots import Slots
 from .task import (
+    AttemptOutcome,
+    AttemptTimeout,
     PerItemOptions,
     TaskFunction,
     TaskHandle,
-    _error_text,
-    _Outcome,
-    _Spec,
-    _TaskTimeout,
+    TaskSpec,
     deliver_to,
+    error_text,
 )
 from .tuning import Direction, OptimizeResult, Strategy, optimize
 
@@ -405,7 +405,7 @@ class ParallelRunner:
                 "submit() needs an open runner: use `async with ParallelRunner(...)`"
             )
 
-    def _submit(self, spec: _Spec, item: ItemT, key: str | None) -> TaskHandle[ItemT]:
+    def _submit(self, spec: TaskSpec, item: ItemT, key: str | None) -> TaskHandle[ItemT]:
         """Start a task for a validated ``spec``; see :meth:`submit`."""
         assert self._task_group is not None
         numbered = False
@@ -448,10 +448,10 @@ class ParallelRunner:
         retries: int,
         retry_on: RetryOn,
         retry_backoff: float,
-    ) -> _Spec:
+    ) -> TaskSpec:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(item, allocation), got {shown(fn)}")
-        return _Spec(
+        return TaskSpec(
             fn=fn,
             is_async=is_async_callable(fn),
             resources=resources,
@@ -516,8 +516,8 @@ class ParallelRunner:
         varies = bool(per_item) or callable(resources)
         # As submit() item by item, but the options are validated once, and a
         # request that varies by item once per distinct request.
-        base: _Spec | None = None
-        specs: dict[Resources, _Spec] = {}
+        base: TaskSpec | None = None
+        specs: dict[Resources, TaskSpec] = {}
         handles: list[TaskHandle[ItemT]] = []
         for item in materialised:
             task_key = None if key is None else key(item)
@@ -736,15 +736,15 @@ class ParallelRunner:
             ):
                 return outcome.result(task.key, attempt, started)
             await self._record(
-                task, TaskStatus.RETRYING, attempt, outcome.gpu_indices, _error_text(outcome.error)
+                task, TaskStatus.RETRYING, attempt, outcome.gpu_indices, error_text(outcome.error)
             )
             await anyio.sleep(
                 backoff_delay(attempt, initial=spec.retry_backoff, jitter=random.random())
             )
 
-    async def _attempt(self, task: TaskHandle[Any], attempt: int) -> _Outcome:
+    async def _attempt(self, task: TaskHandle[Any], attempt: int) -> AttemptOutcome:
         spec = task._spec
-        outcome = _Outcome()
+        outcome = AttemptOutcome()
         allocation: GPUAllocation | None = None
         try:
             if spec.resources.required_gpus:
@@ -800,25 +800,25 @@ class ParallelRunner:
                 await self._pool.release(allocation)
         return outcome
 
-    async def _call(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+    async def _call(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
         if spec.is_async:
             return await self._timed(spec, item, allocation)
         # A plain function's timeout starts once it has a high-level worker.
         async with self._executors.high.slot():
             return await self._timed(spec, item, allocation)
 
-    async def _timed(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+    async def _timed(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
         if spec.timeout is None:
             return await self._invoke(spec, item, allocation)
         with anyio.move_on_after(spec.timeout) as scope:
             return await self._invoke(spec, item, allocation)
         if scope.cancelled_caught:
-            raise _TaskTimeout(f"the task ran past its timeout of {spec.timeout} s")
+            raise AttemptTimeout(f"the task ran past its timeout of {spec.timeout} s")
         raise AssertionError(
             "unreachable: the timeout scope ended without a value"
         )  # pragma: no cover
 
-    async def _invoke(self, spec: _Spec, item: Any, allocation: GPUAllocation | None) -> Any:
+    async def _invoke(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
         if spec.is_async:
             return await spec.fn(item, allocation)
         value = await self._executors.high.run(

@@ -17,7 +17,16 @@ from .._core.request import Resources
 from .._core.results import TaskResult, TaskStatus
 from .retry import RetryOn
 
-__all__ = ["PerItemOptions", "TaskHandle", "deliver_to"]
+__all__ = [
+    "AttemptOutcome",
+    "AttemptTimeout",
+    "PerItemOptions",
+    "TaskFunction",
+    "TaskHandle",
+    "TaskSpec",
+    "deliver_to",
+    "error_text",
+]
 
 _log = logging.getLogger("gpupool.runner")
 
@@ -27,7 +36,7 @@ T = TypeVar("T")
 TaskFunction = Callable[[Any, "GPUAllocation | None"], Any]
 
 
-class _TaskTimeout(TimeoutError):
+class AttemptTimeout(TimeoutError):
     """An attempt ran past its ``timeout``; recorded as TIMED_OUT."""
 
 
@@ -44,7 +53,7 @@ class PerItemOptions(TypedDict, total=False):
 
 
 @attrs.frozen
-class _Spec:
+class TaskSpec:
     """One task's options, validated once at submit time."""
 
     fn: TaskFunction
@@ -60,7 +69,7 @@ class _Spec:
 class TaskHandle(Generic[ItemT]):
     """One submitted task: its key, its latest status, and its result when done."""
 
-    def __init__(self, key: str, item: ItemT, spec: _Spec) -> None:
+    def __init__(self, key: str, item: ItemT, spec: TaskSpec) -> None:
         self.key = key
         self.item = item
         self.status = TaskStatus.QUEUED
@@ -120,13 +129,13 @@ def deliver_to(send: MemoryObjectSendStream[T]) -> Callable[[T], None]:
     return deliver
 
 
-def _error_text(exc: BaseException) -> str:
-    name = "TimeoutError" if isinstance(exc, _TaskTimeout) else type(exc).__name__
+def error_text(exc: BaseException) -> str:
+    name = "TimeoutError" if isinstance(exc, AttemptTimeout) else type(exc).__name__
     return f"{name}: {exc}"
 
 
 @attrs.define(eq=False)
-class _Outcome:
+class AttemptOutcome:
     """What one attempt produced, before it becomes a :class:`TaskResult`."""
 
     value: Any = None
@@ -148,11 +157,13 @@ class _Outcome:
                 gpu_indices=self.gpu_indices,
                 duration_s=duration,
             )
-        status = TaskStatus.TIMED_OUT if isinstance(self.error, _TaskTimeout) else TaskStatus.FAILED
+        status = (
+            TaskStatus.TIMED_OUT if isinstance(self.error, AttemptTimeout) else TaskStatus.FAILED
+        )
         return TaskResult(
             key=key,
             status=status,
-            error=_error_text(self.error) + ("" if self.hint is None else f" ({self.hint})"),
+            error=error_text(self.error) + ("" if self.hint is None else f" ({self.hint})"),
             traceback="".join(
                 traceback.format_exception(type(self.error), self.error, self.error.__traceback__)
             ),

@@ -65,7 +65,7 @@ from .._core.request import RUNNER_DEFAULT_GPUS, Resources
 from .._core.results import TaskResult
 from .._journal.codec import canonical_json
 from .retry import RetryOn, backoff_delay, should_retry
-from .task import TaskHandle, _Spec, deliver_to
+from .task import TaskHandle, TaskSpec, deliver_to
 
 if TYPE_CHECKING:
     from .runner import ParallelRunner
@@ -226,7 +226,7 @@ class _Study(Generic[S]):
         strategy: Strategy[S],
         *,
         name: str,
-        spec: _Spec,
+        spec: TaskSpec,
         parallel: int,
         sign: float,
         retries: int,
@@ -274,7 +274,7 @@ class _Study(Generic[S]):
 
     def submit(
         self,
-        spec: _Spec,
+        spec: TaskSpec,
         suggestion: S,
         key: str,
         number: int,
