@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import attrs
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
@@ -406,9 +405,7 @@ class BackfillMachine(SchedulerMachine):
     def check_grant(self, grant: Grant, request: Resources) -> None:
         self.check_grant_fits(grant, request)
         for ticket, other in self.waiting.items():
-            same = attrs.evolve(other, experiment_id=None) == attrs.evolve(
-                request, experiment_id=None
-            )
+            same = other == request
             assert not (same and ticket < grant.ticket), (
                 f"ticket {grant.ticket} overtook the identical waiting ticket {ticket}"
             )

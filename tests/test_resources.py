@@ -44,18 +44,33 @@ async def pool() -> AsyncIterator[GPUResourcePool]:
 
 
 @pytest.fixture
-def requests_seen(monkeypatch: pytest.MonkeyPatch) -> list[Resources]:
+def asked(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Resources], list[str | None]]:
     """Every request the scheduler is asked to grant, in order (the pool tries
-    ``grant_at_once`` first, then ``submit``, which tries it again)."""
+    ``grant_at_once`` first, then ``submit``, which tries it again), and the
+    experiment id its allocation was to carry."""
     seen: list[Resources] = []
+    labels: list[str | None] = []
     grant_at_once = Scheduler.grant_at_once
 
-    def spy(self: Scheduler, request: Resources, now: float) -> GPUAllocation | None:
+    def spy(
+        self: Scheduler, request: Resources, now: float, experiment_id: str | None = None
+    ) -> GPUAllocation | None:
         seen.append(request)
-        return grant_at_once(self, request, now)
+        labels.append(experiment_id)
+        return grant_at_once(self, request, now, experiment_id)
 
     monkeypatch.setattr(Scheduler, "grant_at_once", spy)
-    return seen
+    return seen, labels
+
+
+@pytest.fixture
+def requests_seen(asked: tuple[list[Resources], list[str | None]]) -> list[Resources]:
+    return asked[0]
+
+
+@pytest.fixture
+def labels_seen(asked: tuple[list[Resources], list[str | None]]) -> list[str | None]:
+    return asked[1]
 
 
 # ---------------------------------------------------------------- the value
@@ -68,7 +83,6 @@ def test_resources_defaults_and_normal_form() -> None:
         exclusive=True,
         priority=0,
         allowed_gpus=None,
-        experiment_id=None,
         expected_duration=None,
     )
     shaped = Resources(2, min_memory_mb=1000.2, allowed_gpus=[3, 1], expected_duration=60)
@@ -104,7 +118,6 @@ BAD_RESOURCES: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"allowed_gpus": [-1]}, ValueError, "allowed_gpus entry must be an int >= 0, got -1"),
     ({"allowed_gpus": []}, UnsatisfiableRequest, "allowed_gpus is empty"),
     ({"required_gpus": 2, "allowed_gpus": [0]}, UnsatisfiableRequest, "names only 1 GPU(s)"),
-    ({"experiment_id": 7}, TypeError, "experiment_id must be a str or None, got 7"),
     (
         {"expected_duration": 0},
         ValueError,
@@ -144,27 +157,29 @@ async def test_the_pool_takes_the_value_at_every_entry_point(
 
 
 async def test_keyword_spellings_are_the_value(
-    pool: GPUResourcePool, requests_seen: list[Resources]
+    pool: GPUResourcePool, requests_seen: list[Resources], labels_seen: list[str | None]
 ) -> None:
     options: dict[str, Any] = {
         "min_memory_mb": 1000.5,
         "priority": 3,
         "allowed_gpus": [0, 1, 2],
         "expected_duration": 90,
-        "experiment_id": "exp",
     }
     value = Resources(2, **options)
-    await pool.release(await pool.acquire(required_gpus=2, **options))
-    await pool.release(await pool.acquire(2, **options))
-    await pool.release(pool.acquire_nowait(required_gpus=2, **options))
-    async with pool.allocation(required_gpus=2, **options):
+    label = {"experiment_id": "exp"}  # labels the allocation, not part of the request
+    await pool.release(await pool.acquire(required_gpus=2, **options, **label))
+    await pool.release(await pool.acquire(2, **options, **label))
+    await pool.release(pool.acquire_nowait(required_gpus=2, **options, **label))
+    async with pool.allocation(required_gpus=2, **options, **label):
         pass
+    await pool.release(await pool.acquire(value, **label))  # with the value too
     await pool.release(await pool.acquire())  # nothing given: one whole GPU
-    assert requests_seen == [value] * 4 + [Resources()]
+    assert requests_seen == [value] * 5 + [Resources()]
+    assert labels_seen == ["exp"] * 5 + [None]
 
 
 async def test_runner_entry_points_take_the_value(
-    pool: GPUResourcePool, requests_seen: list[Resources]
+    pool: GPUResourcePool, requests_seen: list[Resources], labels_seen: list[str | None]
 ) -> None:
     async def gpus(item: int, allocation: GPUAllocation | None) -> int:
         return 0 if allocation is None else len(allocation.gpu_indices)
@@ -179,10 +194,10 @@ async def test_runner_entry_points_take_the_value(
     assert [r.value for r in mapped] == [2, 2]
     assert [r.value for r in per_item] == [1, 2]
     assert [r.value for r in cpu] == [0]
-    # The runner labels each task's request with its key; otherwise it is the value.
-    # (the submitted task and the first map's may start in either order).
-    assert attrs.evolve(two, experiment_id="one") in requests_seen[:3]
-    assert [attrs.evolve(r, experiment_id=None) for r in requests_seen[:3]] == [two] * 3
+    # The runner labels each task's allocation with its key and asks for the value
+    # as given (the submitted task and the first map's may start in either order).
+    assert "one" in labels_seen[:3]
+    assert requests_seen[:3] == [two] * 3
     assert sorted(r.required_gpus for r in requests_seen[3:]) == [1, 2]
 
 
@@ -248,8 +263,8 @@ async def test_a_value_and_keywords_together_are_a_type_error(pool: GPUResourceP
             await runner.map(nap, [1], resources=Resources(1), min_memory_mb=5)
         with pytest.raises(TypeError, match=r"unknown request keyword.*experiment_id"):
             runner.submit(nap, 1, experiment_id="x")  # type: ignore[call-arg]
-        with pytest.raises(ValueError, match="labelled with the task's key: pass key="):
-            runner.submit(nap, 1, resources=Resources(1, experiment_id="x"))
+        with pytest.raises(TypeError, match="experiment_id"):
+            Resources(1, experiment_id="x")  # type: ignore[call-arg]  # the key labels
         with pytest.raises(TypeError, match=r"resources\(item\) must return a gpupool.Resources"):
             await runner.map(nap, [1], resources=lambda item: 1)  # type: ignore[arg-type,return-value]
         assert runner.statistics().submitted == 0
@@ -307,7 +322,7 @@ async def test_the_pool_and_the_runner_raise_the_same_error(
 
 
 async def test_runner_estimates_reach_the_scheduler(
-    pool: GPUResourcePool, requests_seen: list[Resources]
+    pool: GPUResourcePool, requests_seen: list[Resources], labels_seen: list[str | None]
 ) -> None:
     async def nap(item: int, allocation: GPUAllocation | None) -> int:
         return item
@@ -317,7 +332,9 @@ async def test_runner_estimates_reach_the_scheduler(
         await runner.map(nap, [3], required_gpus=1, expected_duration=7)
         handle = runner.submit(nap, 4, required_gpus=1, expected_duration=0.5, key="four")
         await handle.wait()
-    estimates = {r.experiment_id: r.expected_duration for r in requests_seen}
+    estimates = {
+        label: r.expected_duration for r, label in zip(requests_seen, labels_seen, strict=True)
+    }
     assert sorted(estimates.values()) == [0.5, 7.0, 60.0, 120.0]
     assert estimates["four"] == 0.5
     with pytest.raises(ValueError, match="expected_duration must be None or a finite"):
@@ -348,14 +365,16 @@ def test_bad_estimates_are_reported_with_the_other_bad_lines() -> None:
 
 
 def test_gpupool_run_passes_the_estimates_to_the_scheduler(
-    tmp_path: Path, requests_seen: list[Resources]
+    tmp_path: Path, requests_seen: list[Resources], labels_seen: list[str | None]
 ) -> None:
     jobs = tmp_path / "jobs.txt"
     jobs.write_text(
         "[est=20m name=short] true\n[gpus=2 est=2h name=long] true\n[name=plain] true\n"
     )
     assert cli_main(["run", str(jobs), "--fake-gpus", "2"]) == 0
-    estimates = {r.experiment_id: r.expected_duration for r in requests_seen}
+    estimates = {
+        label: r.expected_duration for r, label in zip(requests_seen, labels_seen, strict=True)
+    }
     assert estimates == {"short": 1200.0, "long": 7200.0, "plain": None}
 
 

@@ -254,20 +254,27 @@ def test_provider_must_have_a_snapshot_method() -> None:
         GPUResourcePool(provider=object())  # type: ignore[arg-type]
 
 
-def test_requests_that_differ_only_by_experiment_id_keep_their_own_id() -> None:
+async def test_requests_that_differ_only_by_experiment_id_keep_their_own_id() -> None:
     """Plain requests are validated once and reused; an experiment id (the
-    runner passes every task's key) must still come through, and a bad one
-    must still be refused, cached shape or not."""
-    plain = make_request(2, min_memory_mb=100)
-    first = make_request(2, min_memory_mb=100, experiment_id="a")
-    second = make_request(2, min_memory_mb=100, experiment_id="b")
-    assert (first.experiment_id, second.experiment_id, plain.experiment_id) == ("a", "b", None)
-    assert first.required_gpus == second.required_gpus == 2
-    assert first.min_memory_mb == second.min_memory_mb == 100
-    with pytest.raises(TypeError, match="experiment_id must be a str or None, got 7"):
-        make_request(2, min_memory_mb=100, experiment_id=7)
-    with pytest.raises(ValueError, match="required_gpus must be an int >= 1, got 0"):
-        make_request(0, experiment_id="c")
+    runner passes every task's key) must still come through to the allocation,
+    and a bad one must still be refused, cached shape or not."""
+    async with GPUResourcePool(FakeGPUProvider(count=6)) as pool:
+        plain = await pool.acquire(2, min_memory_mb=100)
+        first = await pool.acquire(2, min_memory_mb=100, experiment_id="a")
+        second = await pool.acquire(2, min_memory_mb=100, experiment_id="b")
+        assert (first.experiment_id, second.experiment_id, plain.experiment_id) == (
+            "a",
+            "b",
+            None,
+        )
+        assert len(first.gpu_indices) == len(second.gpu_indices) == 2
+        assert first.memory_mb == second.memory_mb == 100
+        with pytest.raises(TypeError, match="experiment_id must be a str or None, got 7"):
+            await pool.acquire(2, min_memory_mb=100, experiment_id=7)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="required_gpus must be an int >= 1, got 0"):
+            await pool.acquire(0, experiment_id="c")
+        for alloc in (plain, first, second):
+            await pool.release(alloc)
 
 
 def test_error_messages_show_values_briefly() -> None:

@@ -32,14 +32,12 @@ from .checks import check_bool, check_int, check_number, check_seconds, check_st
 from .errors import UnsatisfiableRequest
 
 __all__ = [
-    "ACQUIRE_KEYWORDS",
     "POOL_DEFAULT_GPUS",
     "RESOURCE_KEYWORDS",
     "RUNNER_DEFAULT_GPUS",
-    "AcquireOptions",
     "ResourceOptions",
     "Resources",
-    "labelled",
+    "check_experiment_id",
     "make_request",
     "request_of",
 ]
@@ -81,7 +79,8 @@ def _allowed(value: Iterable[int] | None) -> frozenset[int] | None:
     return frozenset(check_int("allowed_gpus entry", g, minimum=0) for g in value)
 
 
-def _experiment_id(value: str | None) -> str | None:
+def check_experiment_id(value: object) -> str | None:
+    """An allocation's label (``pool.acquire(experiment_id=...)``): a str or ``None``."""
     return None if value is None else check_str("experiment_id", value, allowed="a str or None")
 
 
@@ -99,8 +98,7 @@ class Resources:
     ``exclusive=False`` shares GPUs with other shared holders while their
     memory fits, so it needs ``min_memory_mb > 0``. Higher ``priority`` is
     served first. ``allowed_gpus``: the GPU indices it may get (``None``:
-    any). ``experiment_id`` labels the allocation (the runner sets it to the
-    task's key). ``expected_duration``: seconds the holder expects to keep
+    any). ``expected_duration``: seconds the holder expects to keep
     the GPUs, a hint that lets the default :class:`~gpupool.BackfillPolicy`
     start shorter work early without delaying the queue's head.
 
@@ -115,7 +113,6 @@ class Resources:
     exclusive: bool = attrs.field(default=True, converter=_exclusive)
     priority: int = attrs.field(default=0, converter=_priority)
     allowed_gpus: frozenset[int] | None = attrs.field(default=None, converter=_allowed)
-    experiment_id: str | None = attrs.field(default=None, converter=_experiment_id)
     #: Seconds; a scheduling hint.
     expected_duration: float | None = attrs.field(default=None, converter=_duration)
 
@@ -147,21 +144,14 @@ class ResourceOptions(TypedDict, total=False):
     expected_duration: float | None
 
 
-class AcquireOptions(ResourceOptions, total=False):
-    """The keyword spelling of :class:`Resources`, as the pool takes it."""
-
-    experiment_id: str | None
-
-
-#: The keywords each kind of entry point takes (the runner sets experiment_id itself).
+#: The keywords each kind of entry point takes. ``experiment_id`` labels an allocation,
+#: not the request: the pool takes it beside a Resources too, and the runner sets it to
+#: each task's key.
 RESOURCE_KEYWORDS = frozenset(ResourceOptions.__optional_keys__)
-ACQUIRE_KEYWORDS = frozenset(AcquireOptions.__optional_keys__)
 
 
 # Validated requests for the plainest argument shapes (ints, bools, nothing else), so a
 # hot loop of identical acquires validates once. Keyed with the types, since 1 == True.
-# An experiment id (the runner passes each task's key) does not change what is valid,
-# so a request that differs only by one is built from the cached one.
 _plain_requests: dict[tuple[object, ...], Resources] = {}
 _PLAIN_CACHE_LIMIT = 1024
 # And ``acquire(n)`` with nothing else, the commonest call of all, by ``n`` alone: a
@@ -176,7 +166,6 @@ def make_request(
     exclusive: object = True,
     priority: object = 0,
     allowed_gpus: object = None,
-    experiment_id: object = None,
     expected_duration: object = None,
     gpus_at_least: int = 1,
 ) -> Resources:
@@ -193,7 +182,6 @@ def make_request(
         and type(priority) is int
         and allowed_gpus is None
         and expected_duration is None
-        and (experiment_id is None or type(experiment_id) is str)
     ):
         key = (required_gpus, min_memory_mb, exclusive, priority)
         request = _plain_requests.get(key)
@@ -201,9 +189,7 @@ def make_request(
             request = Resources(required_gpus, min_memory_mb, exclusive, priority)
             if len(_plain_requests) < _PLAIN_CACHE_LIMIT:
                 _plain_requests[key] = request
-        if experiment_id is None:
-            return request
-        return labelled(request, experiment_id)
+        return request
     check_int("required_gpus", required_gpus, minimum=gpus_at_least)
     return Resources(
         required_gpus,  # type: ignore[arg-type]  # checked by Resources
@@ -211,21 +197,7 @@ def make_request(
         exclusive,  # type: ignore[arg-type]
         priority,  # type: ignore[arg-type]
         allowed_gpus,  # type: ignore[arg-type]
-        experiment_id,  # type: ignore[arg-type]
         expected_duration,  # type: ignore[arg-type]
-    )
-
-
-def labelled(request: Resources, experiment_id: str) -> Resources:
-    """``request`` with ``experiment_id`` (the runner labels each task's request with its key)."""
-    return Resources(
-        request.required_gpus,
-        request.min_memory_mb,
-        request.exclusive,
-        request.priority,
-        request.allowed_gpus,
-        experiment_id,
-        request.expected_duration,
     )
 
 
@@ -235,7 +207,7 @@ def request_of(
     *,
     default_gpus: int = POOL_DEFAULT_GPUS,
     gpus_at_least: int = 1,
-    keywords: frozenset[str] = ACQUIRE_KEYWORDS,
+    keywords: frozenset[str] = RESOURCE_KEYWORDS,
 ) -> Resources:
     """The one request of a call: ``resources`` (a :class:`Resources`, or an int for
     ``required_gpus``, or ``None``) or the keywords in ``options``, not both.

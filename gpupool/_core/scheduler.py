@@ -243,18 +243,26 @@ class Scheduler:
 
     # ------------------------------------------------------------------ inputs
 
-    def submit(self, request: Resources, now: float, *, nowait: bool = False) -> Submission:
+    def submit(
+        self,
+        request: Resources,
+        now: float,
+        *,
+        nowait: bool = False,
+        experiment_id: str | None = None,
+    ) -> Submission:
         """Queue ``request`` and schedule.
 
         Raises :class:`UnsatisfiableRequest` (and changes nothing) when no GPU
         could ever satisfy it. With ``nowait``, a request that is not granted
-        at once is withdrawn again: it never jumps the queue.
+        at once is withdrawn again: it never jumps the queue. ``experiment_id``
+        labels the allocation it is granted.
         """
-        allocation = self.grant_at_once(request, now)
+        allocation = self.grant_at_once(request, now, experiment_id)
         ticket = next(self._tickets)
         if allocation is not None:
             return Submission(ticket, allocation, [])
-        waiter = Waiter(ticket, request, now)
+        waiter = Waiter(ticket, request, now, experiment_id)
         futile = bool(self._waiters) and self._nothing_can_start(request.priority)
         self._queue(waiter)
         # (hot path H7) When nobody could start, the policy has nothing to decide
@@ -274,7 +282,9 @@ class Scheduler:
             others.extend(self.cancel(waiter.ticket, now))
         return Submission(waiter.ticket, allocation, others, error)
 
-    def grant_at_once(self, request: Resources, now: float) -> GPUAllocation | None:
+    def grant_at_once(
+        self, request: Resources, now: float, experiment_id: str | None = None
+    ) -> GPUAllocation | None:
         """Grant ``request`` now if nobody waits and it fits; else ``None``, changing nothing.
 
         Nobody waits, so there is nobody to be fair to: this is the
@@ -314,7 +324,7 @@ class Scheduler:
         ranks = (
             None if request.exclusive else self._ranks_with_reserved(chosen, request.min_memory_mb)
         )
-        return self._grant(None, request, chosen, ranks, now)
+        return self._grant(None, request, experiment_id, chosen, ranks, now)
 
     def cancel(self, ticket: int, now: float) -> list[Outcome]:
         """Withdraw waiter ``ticket`` (cancelled, timed out).
@@ -600,7 +610,10 @@ class Scheduler:
             decisions.append(Failure(waiter.ticket, error))
             return True
         decisions.append(
-            Grant(waiter.ticket, self._grant(waiter.ticket, request, chosen, ranks, now))
+            Grant(
+                waiter.ticket,
+                self._grant(waiter.ticket, request, waiter.experiment_id, chosen, ranks, now),
+            )
         )
         return True
 
@@ -624,6 +637,7 @@ class Scheduler:
         self,
         ticket: int | None,
         request: Resources,
+        experiment_id: str | None,
         chosen: tuple[int, ...],
         ranks: list[tuple[float, int]] | None,
         now: float,
@@ -639,7 +653,7 @@ class Scheduler:
             (gpus[chosen[0]].uuid,) if len(chosen) == 1 else tuple(gpus[i].uuid for i in chosen),
             memory,
             exclusive,
-            request.experiment_id,
+            experiment_id,
             self._pool_id,
             self._on_process_started,
         )

@@ -41,6 +41,8 @@ class Waiter:
     ticket: int
     request: Resources
     submitted_at: float
+    #: The label its allocation will carry (``pool.acquire(experiment_id=...)``).
+    experiment_id: str | None = None
 
 
 #: Not a group key (a key may be ``None``: a queue without groups has only that one).

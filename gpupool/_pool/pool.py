@@ -30,7 +30,7 @@ from .._core.decisions import Failure, Grant, Outcome
 from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
 from .._core.model import GPUAllocation, GPUStats, PoolStatistics, StartedProcess
 from .._core.policy import SchedulingPolicy
-from .._core.request import AcquireOptions, Resources, request_of
+from .._core.request import ResourceOptions, Resources, check_experiment_id, request_of
 from .._core.scheduler import Scheduler
 from .._core.scoring import Scorer, default_score
 from ..providers import GPUProvider
@@ -60,16 +60,25 @@ class _Allocation:
     for what it takes now.
     """
 
-    __slots__ = ("_held", "_limit", "_pool", "_request")
+    __slots__ = ("_experiment_id", "_held", "_limit", "_pool", "_request")
 
-    def __init__(self, pool: GPUResourcePool, request: Resources, limit: float | None) -> None:
+    def __init__(
+        self,
+        pool: GPUResourcePool,
+        request: Resources,
+        limit: float | None,
+        experiment_id: str | None,
+    ) -> None:
         self._pool = pool
         self._request = request
         self._limit = limit
+        self._experiment_id = experiment_id
         self._held: GPUAllocation | None = None
 
     async def __aenter__(self) -> GPUAllocation:
-        self._held = await self._pool.acquire(self._request, timeout=self._limit)
+        self._held = await self._pool.acquire(
+            self._request, timeout=self._limit, experiment_id=self._experiment_id
+        )
         return self._held
 
     async def __aexit__(
@@ -365,7 +374,8 @@ class GPUResourcePool:
         resources: Resources | int | None = None,
         *,
         timeout: float | None = None,
-        **options: Unpack[AcquireOptions],
+        experiment_id: str | None = None,
+        **options: Unpack[ResourceOptions],
     ) -> GPUAllocation:
         """Wait for GPUs and return them as an allocation; release it with :meth:`release`.
 
@@ -379,7 +389,8 @@ class GPUResourcePool:
         priorities in arrival order; a later request starts first only within
         the bounds docs/scheduling.md gives. ``expected_duration`` (seconds) is
         a hint that lets shorter requests use GPUs the queue's head is waiting
-        for without delaying it.
+        for without delaying it. ``experiment_id`` labels the allocation (it
+        goes with a :class:`~gpupool.Resources` as with the keywords).
 
         The request is decided on the cached snapshot, never after waiting for
         the provider (a stale one is refreshed in the background), so a hung
@@ -393,6 +404,8 @@ class GPUResourcePool:
         """
         request = request_of(resources, options)
         limit = None if timeout is None else check_seconds("timeout", timeout)
+        if experiment_id is not None:
+            check_experiment_id(experiment_id)
         core, monitor = self._core, self._monitor
         if core is None or monitor is None or self._closed:
             core, monitor = self._require_open()  # raises PoolClosed
@@ -405,9 +418,9 @@ class GPUResourcePool:
             # Decide on the data we have and refresh in the background: waiting for a
             # sick driver here would hold the grant past its timeout (docs/pool.md).
             monitor.refresh_soon()
-        allocation = core.grant_at_once(request, now)
+        allocation = core.grant_at_once(request, now, experiment_id)
         if allocation is None:
-            submission = core.submit(request, now)
+            submission = core.submit(request, now, experiment_id=experiment_id)
             if submission.outcomes:
                 self._dispatch(submission.outcomes)
             if submission.error is not None:
@@ -420,7 +433,11 @@ class GPUResourcePool:
         return allocation
 
     def acquire_nowait(
-        self, resources: Resources | int | None = None, **options: Unpack[AcquireOptions]
+        self,
+        resources: Resources | int | None = None,
+        *,
+        experiment_id: str | None = None,
+        **options: Unpack[ResourceOptions],
     ) -> GPUAllocation:
         """Like :meth:`acquire` (the same request forms), but raise :class:`WouldBlock`
         instead of waiting.
@@ -431,11 +448,12 @@ class GPUResourcePool:
         new one), and starts a refresh in the background when that is stale.
         """
         request = request_of(resources, options)
+        experiment_id = check_experiment_id(experiment_id)
         core, monitor = self._require_open()
         now = self._clock()
         if now >= monitor.stale_at:
             monitor.refresh_soon()
-        submission = core.submit(request, now, nowait=True)
+        submission = core.submit(request, now, nowait=True, experiment_id=experiment_id)
         self._dispatch(submission.outcomes)
         if submission.error is not None:
             raise submission.error
@@ -474,7 +492,8 @@ class GPUResourcePool:
         resources: Resources | int | None = None,
         *,
         timeout: float | None = None,
-        **options: Unpack[AcquireOptions],
+        experiment_id: str | None = None,
+        **options: Unpack[ResourceOptions],
     ) -> AbstractAsyncContextManager[GPUAllocation]:
         """``acquire`` on entry and ``release`` on exit, also on error or cancellation.
 
@@ -482,7 +501,7 @@ class GPUResourcePool:
         """
         request = request_of(resources, options)
         limit = None if timeout is None else check_seconds("timeout", timeout)
-        return _Allocation(self, request, limit)
+        return _Allocation(self, request, limit, check_experiment_id(experiment_id))
 
     # ------------------------------------------------------------ other calls
 

@@ -59,11 +59,9 @@ from .._core.checks import (
 from .._core.errors import PoolClosed
 from .._core.model import GPUAllocation, OnProcessStarted
 from .._core.request import (
-    RESOURCE_KEYWORDS,
     RUNNER_DEFAULT_GPUS,
     ResourceOptions,
     Resources,
-    labelled,
     request_of,
 )
 from .._core.results import TaskResult, TaskStatus
@@ -385,13 +383,7 @@ class ParallelRunner:
             options,
             default_gpus=RUNNER_DEFAULT_GPUS,
             gpus_at_least=0,
-            keywords=RESOURCE_KEYWORDS,
         )
-        if request.experiment_id is not None:
-            raise ValueError(
-                "a runner task's allocation is labelled with the task's key: pass key= "
-                f"rather than experiment_id={shown(request.experiment_id)}"
-            )
         if request.required_gpus and self._pool is None:
             raise ValueError(
                 f"required_gpus={request.required_gpus} needs a pool: "
@@ -756,7 +748,7 @@ class ParallelRunner:
                 # pool.acquire checkpoints next: a yield here too costs, with no gain.
                 await self._gpu_gate.acquire(checkpoint=False)
                 try:
-                    allocation = await self._pool.acquire(labelled(spec.resources, task.key))
+                    allocation = await self._pool.acquire(spec.resources, experiment_id=task.key)
                 finally:
                     self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices
