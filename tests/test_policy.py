@@ -385,6 +385,15 @@ async def test_pool_acquire_nowait_does_not_jump_a_blocked_head() -> None:
 # ------------------------------------------------------------ the core's state machine
 
 
+#: How long the policies' state machines run: as long as each other.
+MACHINE_SETTINGS = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
 class BackfillMachine(SchedulerMachine):
     """The core's state machine (random submit / cancel / release / update /
     mark_unhealthy, nowait included) run under BackfillPolicy, with duration hints.
@@ -425,12 +434,7 @@ class BackfillMachine(SchedulerMachine):
         self.submit_request(make_request(expected_duration=hint, **kwargs), nowait)
 
 
-BackfillMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+BackfillMachine.TestCase.settings = MACHINE_SETTINGS
 TestBackfillMachine = BackfillMachine.TestCase
 
 
@@ -611,12 +615,7 @@ class ShortestFirstMachine(SchedulerMachine):
         self.submit_request(make_request(expected_duration=hint, **kwargs), nowait)
 
 
-ShortestFirstMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+ShortestFirstMachine.TestCase.settings = MACHINE_SETTINGS
 TestShortestFirstMachine = ShortestFirstMachine.TestCase
 
 
