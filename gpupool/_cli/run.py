@@ -1,6 +1,6 @@
 """``gpupool run JOBS_FILE``: a file of shell commands, shared out over the GPUs.
 
-How the pieces fit: the jobs file is parsed (``_jobs``), every job becomes a
+How the pieces fit: the jobs file is parsed (``jobs_file``), every job becomes a
 task of a :class:`ParallelRunner` on a :class:`GPUResourcePool`, each task
 runs its command with :func:`run_process` (own session, its GPUs in
 ``CUDA_VISIBLE_DEVICES``, output to ``LOG_DIR/`` :attr:`JobSpec.log_name`), and

@@ -40,7 +40,7 @@ within a shape, and a scheduling pass looks only at the oldest waiter of at
 most ``depth`` shapes (oldest shapes first). A request whose shape-mate ahead
 of it cannot start is not considered, which also keeps FIFO order among
 identical requests. A pass costs O(depth) calls into the core whatever the
-queue's length, plus a plan of the head's reserved start (``_reservation``),
+queue's length, plus a plan of the head's reserved start (``reservation``),
 O(GPUs + holders), made only when some later request would fit.
 """
 

@@ -1,7 +1,7 @@
 """The runner's side of a `Journal`: what ``ParallelRunner(journal=...)`` uses.
 
 The runner talks to journals through two awaitables (the ``TaskJournal``
-protocol of ``_events``): ``finished(key)`` before a task runs and
+protocol of ``gpupool._runner.events``): ``finished(key)`` before a task runs and
 ``record(event, result)`` for every state change, awaited before the runner
 acts on it. `RunnerJournal` maps them onto `Journal`:
 

@@ -7,7 +7,7 @@ decides when and how the job ends. Ending a job is always the same
 sequence (``_end_job``):
 
 1. SIGTERM to the process group while the leader is unreaped, and to every
-   other process of the job found in ``/proc`` (see ``_proctree``: group,
+   other process of the job found in ``/proc`` (see ``proctree``: group,
    session, parent chain, an environment token, and pids recorded while the
    job ran);
 2. up to ``grace_period`` seconds for all of them to exit, signalling any that
