@@ -227,6 +227,27 @@ class BackfillPolicy(_ShapeQueues):
             reserved_start=self._reserved.get(head.ticket),
         )
 
+    def promises(self) -> dict[int, tuple[float, int, float | None]]:
+        """What each waiter that reached the front was promised, by ticket:
+        (when it reached the front, the last ticket waiting then, its reserved start).
+
+        With :meth:`keep`, what a shell that rebuilds the scheduler for each
+        decision (the machine-wide ledger) stores between decisions, so that
+        the patience clock and the reserved start survive the rebuild.
+        """
+        return {
+            ticket: (reached, last, self._reserved.get(ticket))
+            for ticket, (reached, last) in self._fronts.items()
+        }
+
+    def keep(
+        self, ticket: int, reached_front_at: float, last_ticket: int, reserved_start: float | None
+    ) -> None:
+        """Restore a promise :meth:`promises` gave for waiter ``ticket`` (queued already)."""
+        self._fronts[ticket] = (reached_front_at, last_ticket)
+        if reserved_start is not None:
+            self._reserved[ticket] = reserved_start
+
     def schedule(self, view: SchedulerView, now: float) -> None:
         head = self._serve_heads(view)
         if head is None:

@@ -13,6 +13,7 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "LedgerError",
     "PoolClosed",
     "PoolTimeout",
     "ProviderError",
@@ -43,6 +44,10 @@ class AllocationNotHeld(GPUPoolError):
 
 class ProviderError(GPUPoolError):
     """The GPU provider (NVML, usually) cannot be used; the message says what to do."""
+
+
+class LedgerError(GPUPoolError):
+    """The machine-wide ledger cannot be used here; the message says why and what to do."""
 
 
 class WouldBlock(GPUPoolError):

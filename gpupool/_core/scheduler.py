@@ -115,6 +115,13 @@ class Scheduler:
     ``policy`` orders the waiters; the core has no default and knows no
     concrete policy (the pool picks :class:`BackfillPolicy` when the user
     does not), so the core depends only on the protocol in ``policy.py``.
+    ``ids`` hands out tickets and allocation ids (default 1, 2, ...).
+
+    A shell may also keep the state outside the core and rebuild a scheduler
+    from it for each decision (the machine-wide ledger does, so that every
+    process decides over the same state): :meth:`adopt`, :meth:`requeue`
+    and :meth:`keep_settling` take the kept state back in without deciding
+    anything, and :meth:`holding` and :meth:`settling` read it out again.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class Scheduler:
         settle_timeout: float = 30.0,
         pool_id: int = 0,
         on_process_started: OnProcessStarted | None = None,
+        ids: Iterator[int] | None = None,
     ) -> None:
         indices = [g.index for g in gpus]
         if len(set(indices)) != len(indices):
@@ -158,8 +166,10 @@ class Scheduler:
         self._pool_id = pool_id
         # Carried by every allocation granted (GPUAllocation.on_process_started).
         self._on_process_started = on_process_started
-        self._tickets = itertools.count(1)
-        self._allocation_ids = itertools.count(1)
+        # Tickets and allocation ids; a shell that keeps the state elsewhere and
+        # rebuilds a scheduler from it (the machine ledger) passes its own counter.
+        self._tickets = itertools.count(1) if ids is None else ids
+        self._allocation_ids = itertools.count(1) if ids is None else ids
         self._waiters: dict[int, Waiter] = {}
         # (hot path H7) How many waiters wait at each priority, and how many GPUs are
         # held whole: what submit needs to see, in O(1), that a newcomer changes nothing.
@@ -495,6 +505,94 @@ class Scheduler:
         self._waiters.clear()
         self._waiting_priorities.clear()
         return failures
+
+    # ------------------------------------------------- state kept elsewhere
+
+    def adopt(
+        self,
+        allocation: GPUAllocation,
+        request: Resources,
+        granted_at: float,
+        *,
+        ticket: int | None = None,
+        pids: frozenset[int] = frozenset(),
+    ) -> None:
+        """Take in ``allocation``, granted earlier, as held (no decision is made).
+
+        For a shell that rebuilds the scheduler from state kept elsewhere. Its
+        fit is not checked again (memory used outside the pool may have grown
+        since the grant), but a holding that contradicts the others (an
+        exclusive GPU held twice, an unknown GPU, an id in use) is a
+        ``ValueError``, and the call then changes nothing.
+        """
+        if allocation.id in self._holdings:
+            raise ValueError(f"allocation id {allocation.id} is held already")
+        for index in allocation.gpu_indices:
+            gpu = self._gpu(index)
+            if gpu.exclusive_holder is not None or (allocation.exclusive and gpu.shared_holders):
+                raise ValueError(
+                    f"allocation {allocation.id} holds GPU {index}, which is held whole by "
+                    f"allocation {gpu.holder_ids()[0]}"
+                    if gpu.exclusive_holder is not None
+                    else f"allocation {allocation.id} holds GPU {index} whole, but it is shared"
+                )
+        ranks = (
+            None
+            if allocation.exclusive
+            else self._ranks_with_reserved(allocation.gpu_indices, allocation.memory_mb)
+        )
+        memory = allocation.memory_mb
+        for position, index in enumerate(allocation.gpu_indices):
+            gpu = self._gpus[index]
+            if ranks is None:
+                gpu.reserved_mb += memory
+                gpu.exclusive_holder = allocation.id
+                self._held_whole += 1
+                gpu.free_mb = max(0, gpu.free_mb - memory)
+            else:
+                gpu.shared_holders[allocation.id] = memory
+                gpu.take_reserved(gpu.reserved_mb + memory, ranks[position])
+            self._refresh_idle(gpu)
+        self._holdings[allocation.id] = Holding(allocation, request, ticket, granted_at, pids)
+        if ticket is not None:
+            self._ticket_to_allocation[ticket] = allocation.id
+
+    def requeue(self, waiter: Waiter) -> None:
+        """Queue ``waiter``, which was waiting before, without a scheduling pass.
+
+        Waiters go in the order they arrived (tickets grow with arrival).
+        """
+        if waiter.ticket in self._waiters or waiter.ticket in self._ticket_to_allocation:
+            raise ValueError(f"ticket {waiter.ticket} is in use already")
+        self._queue(waiter)
+
+    def keep_settling(self, index: int, settle: Settle) -> None:
+        """GPU ``index`` waits for a released job's processes to leave it (``settle``)."""
+        gpu = self._gpu(index)
+        gpu.settle = settle
+        self._settling.add(index)
+        self._refresh_idle(gpu)
+
+    def settling(self) -> dict[int, Settle]:
+        """The GPUs that wait for a released job's processes, by index."""
+        return {i: s for i in self._settling if (s := self._gpus[i].settle) is not None}
+
+    def holding(self, allocation_id: int) -> Holding | None:
+        """The live allocation with this id, or ``None``."""
+        return self._holdings.get(allocation_id)
+
+    def reschedule(self, now: float) -> list[Outcome]:
+        """Fail the waiters no GPU could ever serve now, then run a scheduling pass.
+
+        For a shell that changed the state through the calls above (a rebuilt
+        scheduler, whose waiters were requeued without a pass).
+        """
+        self._impossible_cache.clear()
+        return self._fail_impossible() + self._schedule(now)
+
+    def queued(self, ticket: int) -> bool:
+        """Whether ticket ``ticket`` still waits."""
+        return ticket in self._waiters
 
     # -------------------------------------- queries a policy makes (see _Pass)
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
@@ -27,12 +30,21 @@ import anyio.lowlevel
 from .._core.backfill import BackfillPolicy
 from .._core.checks import check_finite_seconds, check_int, check_seconds, is_async_callable, shown
 from .._core.decisions import Failure, Grant, Outcome
-from .._core.errors import AllocationNotHeld, PoolClosed, PoolTimeout, ProviderError, WouldBlock
+from .._core.errors import (
+    AllocationNotHeld,
+    GPUPoolError,
+    PoolClosed,
+    PoolTimeout,
+    ProviderError,
+    WouldBlock,
+)
 from .._core.model import GPUAllocation, GPUStats, PoolStatistics, StartedProcess
 from .._core.policy import SchedulingPolicy
 from .._core.request import ResourceOptions, Resources, check_experiment_id, request_of
 from .._core.scheduler import Scheduler
 from .._core.scoring import Scorer, default_score
+from .._ledger.location import DEFAULT, prepare_ledger_dir, resolve_ledger
+from .._ledger.machine import POLL_INTERVAL, MachineCore
 from ..providers import GPUProvider
 from ..providers.nvml import NVMLProvider
 from .monitor import GPUMonitor, snapshot_off_loop
@@ -46,6 +58,9 @@ __all__ = ["GPUResourcePool"]
 logger = logging.getLogger("gpupool")
 
 _pool_ids = itertools.count(1)
+
+#: What decides for a pool: its own scheduler, or the machine-wide one of a ledger.
+_Core = Scheduler | MachineCore
 
 
 @final
@@ -162,6 +177,15 @@ class GPUResourcePool:
     ``open_timeout`` bounds the wait for the provider's first snapshot on
     entry (``None``: no bound); a driver that does not answer in time is a
     :class:`ProviderError`.
+
+    ``ledger`` is the machine-wide ledger's directory, which every pool on
+    the machine given the same directory joins, so that independent
+    processes never double-book a GPU and share one fair queue
+    (docs/machine.md). By default pools on real GPUs (NVML) join
+    ``$GPUPOOL_LEDGER`` or ``/dev/shm/gpupool``, and pools on other
+    providers (fakes) join none; ``None`` opts out. With a ledger the
+    machine-wide queue is ordered by the default policy and scorer, the same
+    in every process, so ``policy`` and ``scorer`` need ``ledger=None``.
     """
 
     def __init__(
@@ -174,6 +198,7 @@ class GPUResourcePool:
         policy: SchedulingPolicy | None = None,
         scorer: Scorer = default_score,
         open_timeout: float | None = 60.0,
+        ledger: str | os.PathLike[str] | None | object = DEFAULT,
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
             raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
@@ -188,6 +213,15 @@ class GPUResourcePool:
                 "scorer must be a plain function of a GPU returning a finite number, "
                 f"got {shown(scorer)}"
             )
+        self._ledger_dir = resolve_ledger(
+            ledger, real_gpus=provider is None or isinstance(provider, NVMLProvider)
+        )
+        if self._ledger_dir is not None and (policy is not None or scorer is not default_score):
+            raise ValueError(
+                "policy= and scorer= order the requests of one process; with a machine-wide "
+                f"ledger ({self._ledger_dir}) every process orders the machine's queue the "
+                "same way, so pass ledger=None to use a policy or scorer of your own"
+            )
         self._provider = provider
         self._max_parallel = max_parallel
         self._refresh_interval = interval
@@ -195,10 +229,11 @@ class GPUResourcePool:
         self._policy = policy
         self._scorer = scorer
         self._id = next(_pool_ids)
-        self._core: Scheduler | None = None
+        self._core: _Core | None = None
         self._monitor: GPUMonitor | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
+        self._listener_scope = anyio.CancelScope()
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
         # The two halves of an acquire's schedule point (see Native.before/after).
@@ -237,18 +272,23 @@ class GPUResourcePool:
                 "a larger open_timeout, or None, to wait longer"
             )
         try:
-            core = Scheduler(
-                snapshot,
-                max_parallel=self._max_parallel,
-                scorer=self._scorer,
-                # The pool picks the default policy; the core takes whichever it is given.
-                policy=BackfillPolicy() if self._policy is None else self._policy,
-                settle_timeout=self._settle_timeout,
-                pool_id=self._id,
-                on_process_started=_ProcessAttribution(self),
-            )
+            core: _Core
+            if self._ledger_dir is not None:
+                core = await self._join_ledger(self._ledger_dir, snapshot)
+            else:
+                core = Scheduler(
+                    snapshot,
+                    max_parallel=self._max_parallel,
+                    scorer=self._scorer,
+                    # The pool picks the default policy; the core takes whichever it is given.
+                    policy=BackfillPolicy() if self._policy is None else self._policy,
+                    settle_timeout=self._settle_timeout,
+                    pool_id=self._id,
+                    on_process_started=_ProcessAttribution(self),
+                )
         except BaseException:
-            # A scorer that fails on the first snapshot: the pool never opens.
+            # A scorer that fails on the first snapshot, or a ledger that cannot be
+            # used: the pool never opens.
             self._closed = True
             self._close_owned_provider()
             raise
@@ -267,8 +307,12 @@ class GPUResourcePool:
         await task_group.__aenter__()
         try:
             await task_group.start(self._run_monitor, monitor, monitor_scope)
+            if isinstance(core, MachineCore):
+                await task_group.start(self._listen, core, self._listener_scope)
         except BaseException as exc:
             task_group.cancel_scope.cancel()
+            if isinstance(core, MachineCore):
+                core.close()
             await task_group.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         # The first snapshot counts as a refresh: acquires within refresh_interval reuse it.
@@ -304,6 +348,7 @@ class GPUResourcePool:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
             self._monitor_scope.cancel()
+        self._listener_scope.cancel()
         # A snapshot in flight may be stuck in a sick driver; its abandoned thread
         # holds the provider's lock until the driver answers.
         self._close_owned_provider(
@@ -356,6 +401,55 @@ class GPUResourcePool:
         return (
             f"<GPUResourcePool {closed}{held}/{len(stats.gpus)} GPUs held, {stats.waiters} waiting>"
         )
+
+    async def _join_ledger(self, directory: Path, snapshot: Sequence[GPUStats]) -> MachineCore:
+        """Join the machine-wide ledger in ``directory`` (file work: off the event loop)."""
+
+        def join() -> MachineCore:
+            return MachineCore(
+                prepare_ledger_dir(directory),
+                snapshot,
+                max_parallel=self._max_parallel,
+                settle_timeout=self._settle_timeout,
+                pool_id=self._id,
+                on_process_started=_ProcessAttribution(self),
+            )
+
+        return await anyio.to_thread.run_sync(join)
+
+    async def _listen(
+        self,
+        machine: MachineCore,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hand this pool's waiters what other processes decided for them.
+
+        Sleeps on the member's socket until another process sends a wake-up
+        (``gpupool._ledger.wakeup``); while this pool has waiters, it also
+        reads the ledger every ``POLL_INTERVAL`` seconds, which bounds a lost
+        wake-up and frees what dead processes held.
+        """
+        with scope:
+            machine.listening = True
+            task_status.started()
+            try:
+                while True:
+                    with anyio.move_on_after(
+                        POLL_INTERVAL if machine.waiting else math.inf
+                    ) as wait:
+                        await anyio.wait_readable(machine.membership.socket)
+                    machine.membership.drain()
+                    try:
+                        outcomes = machine.collect(poll=wait.cancelled_caught)
+                    except GPUPoolError as error:
+                        logger.error("gpupool: could not read the machine-wide ledger: %s", error)
+                        continue
+                    self._dispatch(outcomes)
+            finally:
+                machine.listening = False
+                machine.leave_if_done()
 
     @staticmethod
     async def _run_monitor(
@@ -573,7 +667,7 @@ class GPUResourcePool:
 
     # ------------------------------------------------------------ internals
 
-    def _require_open(self) -> tuple[Scheduler, GPUMonitor]:
+    def _require_open(self) -> tuple[_Core, GPUMonitor]:
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._core is None or self._monitor is None:
@@ -581,7 +675,7 @@ class GPUResourcePool:
         return self._core, self._monitor
 
     async def _wait(
-        self, core: Scheduler, ticket: int, request: Resources, limit: float | None
+        self, core: _Core, ticket: int, request: Resources, limit: float | None
     ) -> GPUAllocation:
         assert self._parked is not None  # set on enter, before any acquire
         waiter = self._waiters[ticket] = self._parked()

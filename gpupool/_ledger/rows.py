@@ -1,0 +1,426 @@
+"""The ledger's tables, as values: what is read at the start of a transaction and
+written back at its end.
+
+The schema is small and every transaction reads all of it (a machine has a
+handful of GPUs, holders and waiters), which is what lets each process run
+the scheduling core over the whole machine's state (``replica.py``). A row
+that does not decode (a damaged or tampered file) raises :class:`Damaged`,
+and the store rebuilds the ledger from the live members rather than trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, final
+
+import attrs
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Damaged",
+    "GPURow",
+    "HoldRow",
+    "LedgerState",
+    "MemberRow",
+    "SettleRow",
+    "WaiterRow",
+    "copy",
+    "load",
+    "save",
+]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE members (
+    id TEXT PRIMARY KEY, pid INTEGER NOT NULL, pid_namespace TEXT, uid INTEGER NOT NULL,
+    user TEXT NOT NULL, command TEXT NOT NULL, joined REAL NOT NULL, max_parallel INTEGER
+) WITHOUT ROWID;
+CREATE TABLE gpus (
+    uuid TEXT PRIMARY KEY, idx INTEGER NOT NULL, name TEXT NOT NULL,
+    memory_total_mb INTEGER NOT NULL, memory_used_mb INTEGER NOT NULL, utilization_pct REAL,
+    healthy INTEGER NOT NULL, health_detail TEXT, processes TEXT NOT NULL, reported REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE marks (
+    uuid TEXT NOT NULL, member TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (uuid, member)
+) WITHOUT ROWID;
+CREATE TABLE holds (
+    id INTEGER PRIMARY KEY, member TEXT NOT NULL, ticket INTEGER, gpus TEXT NOT NULL,
+    memory_mb INTEGER NOT NULL, exclusive INTEGER NOT NULL, priority INTEGER NOT NULL,
+    expected_duration REAL, experiment_id TEXT, granted_at REAL NOT NULL, since REAL NOT NULL,
+    jobs TEXT NOT NULL, kind TEXT NOT NULL, until REAL, orphaned INTEGER NOT NULL
+);
+CREATE TABLE waiters (
+    ticket INTEGER PRIMARY KEY, member TEXT NOT NULL, required_gpus INTEGER NOT NULL,
+    min_memory_mb INTEGER NOT NULL, exclusive INTEGER NOT NULL, priority INTEGER NOT NULL,
+    gpus TEXT NOT NULL, expected_duration REAL, experiment_id TEXT,
+    submitted_at REAL NOT NULL, since REAL NOT NULL,
+    front_at REAL, front_last INTEGER, reserved_start REAL,
+    state TEXT NOT NULL, hold INTEGER, error TEXT
+);
+CREATE TABLE settles (
+    uuid TEXT PRIMARY KEY, member TEXT NOT NULL, pids TEXT NOT NULL, epoch INTEGER NOT NULL,
+    deadline REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class Damaged(Exception):
+    """The ledger's content is not what gpupool writes: it is rebuilt, never trusted."""
+
+
+@final
+@attrs.frozen
+class MemberRow:
+    id: str
+    pid: int
+    pid_namespace: str | None
+    uid: int
+    user: str
+    command: str
+    #: Wall-clock time it joined.
+    joined: float
+    #: Its pool's ``max_parallel`` (``None``: no cap).
+    max_parallel: int | None
+
+
+@final
+@attrs.frozen
+class GPURow:
+    """A GPU as the last member to take a snapshot saw it."""
+
+    uuid: str
+    index: int
+    name: str
+    memory_total_mb: int
+    memory_used_mb: int
+    utilization_pct: float | None
+    healthy: bool
+    health_detail: str | None
+    #: (pid, used MB or None, session id or None) of each process on it.
+    processes: tuple[tuple[int, int | None, int | None], ...]
+    #: Wall-clock time of the snapshot.
+    reported: float
+
+
+@final
+@attrs.frozen
+class HoldRow:
+    """One allocation, machine-wide."""
+
+    id: int
+    member: str
+    #: The waiter's ticket, for a grant made to a waiter (a cancel takes it back).
+    ticket: int | None
+    gpus: tuple[str, ...]
+    memory_mb: int
+    exclusive: bool
+    priority: int
+    expected_duration: float | None
+    experiment_id: str | None
+    #: Machine monotonic time of the grant (for the backfilling plan).
+    granted_at: float
+    #: Wall-clock time of the grant (for people).
+    since: float
+    #: (pid, start time or None) of each job process registered for it.
+    jobs: tuple[tuple[int, int | None], ...]
+    kind: str
+    until: float | None
+    #: Its member died while jobs of it still ran.
+    orphaned: bool
+
+
+@final
+@attrs.frozen
+class WaiterRow:
+    """One request in the machine-wide queue, or decided and not yet collected."""
+
+    ticket: int
+    member: str
+    required_gpus: int
+    min_memory_mb: int
+    exclusive: bool
+    priority: int
+    #: The GPUs it may take (its member's GPUs, within its ``allowed_gpus``).
+    gpus: tuple[str, ...]
+    expected_duration: float | None
+    experiment_id: str | None
+    submitted_at: float
+    since: float
+    #: BackfillPolicy's promise, once it reached the front.
+    front_at: float | None
+    front_last: int | None
+    reserved_start: float | None
+    #: "waiting", "granted" (``hold`` is its allocation) or "failed" (``error``).
+    state: str
+    hold: int | None
+    error: str | None
+
+
+@final
+@attrs.frozen
+class SettleRow:
+    """A released GPU waiting for the released job's processes to leave it."""
+
+    uuid: str
+    #: The member that released it: only its snapshots can end the settle early.
+    member: str
+    pids: frozenset[int]
+    epoch: int
+    deadline: float
+
+
+@final
+@attrs.define
+class LedgerState:
+    """Everything in the ledger, read in one transaction."""
+
+    next_id: int
+    generation: str
+    rebuild_until: float | None
+    members: dict[str, MemberRow]
+    gpus: dict[str, GPURow]
+    marks: dict[tuple[str, str], str]
+    holds: dict[int, HoldRow]
+    waiters: dict[int, WaiterRow]
+    settles: dict[str, SettleRow]
+
+    def take_id(self) -> int:
+        value = self.next_id
+        self.next_id += 1
+        return value
+
+
+def _json(text: object) -> Any:
+    if not isinstance(text, str):
+        raise Damaged(f"expected JSON text, found {text!r}")
+    return json.loads(text)
+
+
+def _member(row: Sequence[Any]) -> MemberRow:
+    return MemberRow(
+        str(row[0]),
+        int(row[1]),
+        row[2],
+        int(row[3]),
+        str(row[4]),
+        str(row[5]),
+        float(row[6]),
+        None if row[7] is None else int(row[7]),
+    )
+
+
+def _gpu(row: Sequence[Any]) -> GPURow:
+    processes = tuple(
+        (int(p[0]), None if p[1] is None else int(p[1]), None if p[2] is None else int(p[2]))
+        for p in _json(row[8])
+    )
+    return GPURow(
+        str(row[0]),
+        int(row[1]),
+        str(row[2]),
+        int(row[3]),
+        int(row[4]),
+        None if row[5] is None else float(row[5]),
+        bool(row[6]),
+        row[7],
+        processes,
+        float(row[9]),
+    )
+
+
+def _hold(row: Sequence[Any]) -> HoldRow:
+    jobs = tuple((int(j[0]), None if j[1] is None else int(j[1])) for j in _json(row[11]))
+    return HoldRow(
+        int(row[0]),
+        str(row[1]),
+        None if row[2] is None else int(row[2]),
+        tuple(str(u) for u in _json(row[3])),
+        int(row[4]),
+        bool(row[5]),
+        int(row[6]),
+        None if row[7] is None else float(row[7]),
+        row[8],
+        float(row[9]),
+        float(row[10]),
+        jobs,
+        str(row[12]),
+        None if row[13] is None else float(row[13]),
+        bool(row[14]),
+    )
+
+
+def _waiter(row: Sequence[Any]) -> WaiterRow:
+    return WaiterRow(
+        int(row[0]),
+        str(row[1]),
+        int(row[2]),
+        int(row[3]),
+        bool(row[4]),
+        int(row[5]),
+        tuple(str(u) for u in _json(row[6])),
+        None if row[7] is None else float(row[7]),
+        row[8],
+        float(row[9]),
+        float(row[10]),
+        None if row[11] is None else float(row[11]),
+        None if row[12] is None else int(row[12]),
+        None if row[13] is None else float(row[13]),
+        str(row[14]),
+        None if row[15] is None else int(row[15]),
+        row[16],
+    )
+
+
+def _settle(row: Sequence[Any]) -> SettleRow:
+    pids = frozenset(int(p) for p in _json(row[2]))
+    return SettleRow(str(row[0]), str(row[1]), pids, int(row[3]), float(row[4]))
+
+
+def load(conn: sqlite3.Connection) -> LedgerState:
+    """Read the whole ledger; :class:`Damaged` if anything in it does not decode."""
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        state = LedgerState(
+            next_id=int(meta["next_id"]),
+            generation=str(meta["generation"]),
+            rebuild_until=None
+            if meta.get("rebuild_until") is None
+            else float(meta["rebuild_until"]),
+            members={m.id: m for m in map(_member, conn.execute("SELECT * FROM members"))},
+            gpus={g.uuid: g for g in map(_gpu, conn.execute("SELECT * FROM gpus"))},
+            marks={
+                (str(u), str(m)): str(d)
+                for u, m, d in conn.execute("SELECT uuid, member, detail FROM marks")
+            },
+            holds={h.id: h for h in map(_hold, conn.execute("SELECT * FROM holds ORDER BY id"))},
+            waiters={
+                w.ticket: w
+                for w in map(_waiter, conn.execute("SELECT * FROM waiters ORDER BY ticket"))
+            },
+            settles={s.uuid: s for s in map(_settle, conn.execute("SELECT * FROM settles"))},
+        )
+    except (KeyError, ValueError, TypeError, IndexError) as error:
+        raise Damaged(f"unreadable ledger content: {error!r}") from None
+    return state
+
+
+def copy(state: LedgerState) -> LedgerState:
+    """A copy whose tables can change without changing ``state`` (the rows are frozen)."""
+    return attrs.evolve(
+        state,
+        members=dict(state.members),
+        gpus=dict(state.gpus),
+        marks=dict(state.marks),
+        holds=dict(state.holds),
+        waiters=dict(state.waiters),
+        settles=dict(state.settles),
+    )
+
+
+def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | None = None) -> None:
+    """Write ``state`` back: each table that differs from ``before`` (all of them
+    without it) is rewritten in full; the tables are small, so that is the simple way."""
+
+    def changed(table: str) -> bool:
+        if before is None or getattr(before, table) != getattr(state, table):
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            return True
+        return False
+
+    if before is None or before.next_id != state.next_id:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (state.next_id,))
+    if before is None or before.rebuild_until != state.rebuild_until:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'rebuild_until'", (state.rebuild_until,)
+        )
+    if changed("members"):
+        conn.executemany(
+            "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [attrs.astuple(m) for m in state.members.values()],
+        )
+    if changed("gpus"):
+        conn.executemany(
+            "INSERT INTO gpus VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    g.uuid,
+                    g.index,
+                    g.name,
+                    g.memory_total_mb,
+                    g.memory_used_mb,
+                    g.utilization_pct,
+                    g.healthy,
+                    g.health_detail,
+                    json.dumps(g.processes),
+                    g.reported,
+                )
+                for g in state.gpus.values()
+            ],
+        )
+    if changed("marks"):
+        conn.executemany(
+            "INSERT INTO marks VALUES (?, ?, ?)", [(u, m, d) for (u, m), d in state.marks.items()]
+        )
+    if changed("holds"):
+        conn.executemany(
+            "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    h.id,
+                    h.member,
+                    h.ticket,
+                    json.dumps(h.gpus),
+                    h.memory_mb,
+                    h.exclusive,
+                    h.priority,
+                    h.expected_duration,
+                    h.experiment_id,
+                    h.granted_at,
+                    h.since,
+                    json.dumps(h.jobs),
+                    h.kind,
+                    h.until,
+                    h.orphaned,
+                )
+                for h in state.holds.values()
+            ],
+        )
+    if changed("waiters"):
+        conn.executemany(
+            "INSERT INTO waiters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    w.ticket,
+                    w.member,
+                    w.required_gpus,
+                    w.min_memory_mb,
+                    w.exclusive,
+                    w.priority,
+                    json.dumps(w.gpus),
+                    w.expected_duration,
+                    w.experiment_id,
+                    w.submitted_at,
+                    w.since,
+                    w.front_at,
+                    w.front_last,
+                    w.reserved_start,
+                    w.state,
+                    w.hold,
+                    w.error,
+                )
+                for w in state.waiters.values()
+            ],
+        )
+    if changed("settles"):
+        conn.executemany(
+            "INSERT INTO settles VALUES (?, ?, ?, ?, ?)",
+            [
+                (s.uuid, s.member, json.dumps(sorted(s.pids)), s.epoch, s.deadline)
+                for s in state.settles.values()
+            ],
+        )
