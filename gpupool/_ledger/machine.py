@@ -14,6 +14,7 @@ allocations a user holds must not change under them).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -685,8 +686,6 @@ def _kill_jobs(jobs: tuple[tuple[int, int | None], ...]) -> bool:
         if info is None or not info.alive:
             continue
         alive = True
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     return alive

@@ -328,7 +328,7 @@ def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | Non
 
     def changed(table: str) -> bool:
         if before is None or getattr(before, table) != getattr(state, table):
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            conn.execute(f"DELETE FROM {table}")
             return True
         return False
 

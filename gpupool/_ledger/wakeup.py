@@ -10,6 +10,7 @@ wake-up, or a dead member nobody has noticed yet, can delay it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterable
@@ -47,10 +48,8 @@ def wake(ledger: Path, members: Iterable[str]) -> None:
     """
     sender = _socket()
     for member in members:
-        try:
+        with contextlib.suppress(OSError):
             sender.sendto(b"!", os.fsdecode(socket_path(ledger, member)))
-        except OSError:
-            pass
 
 
 def wake_all(ledger: Path) -> None:

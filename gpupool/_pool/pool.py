@@ -198,7 +198,7 @@ class GPUResourcePool:
         policy: SchedulingPolicy | None = None,
         scorer: Scorer = default_score,
         open_timeout: float | None = 60.0,
-        ledger: str | os.PathLike[str] | None | object = DEFAULT,
+        ledger: str | os.PathLike[str] | object | None = DEFAULT,
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
             raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
