@@ -137,6 +137,7 @@ class MachineCore:
         #: True while the pool's listener waits on the membership's socket: leaving
         #: the ledger (which closes it) then waits for the listener to end.
         self.listening = False
+        self._replica_cache: Replica | None = None
         self._store = LedgerStore(directory, clock=clock)
         self.membership = Membership(directory)
         uid = os.getuid()
@@ -150,7 +151,7 @@ class MachineCore:
             self._write(lambda state: self._reap(state) and None)
         except BaseException:
             self.membership.leave()
-            self._store.close_connection()
+            self._store.close()
             raise
 
     # ------------------------------------------------------------ queries
@@ -241,8 +242,8 @@ class MachineCore:
 
         def change(state: LedgerState) -> tuple[int, dict[int, Outcome], set[str]]:
             t = self._clock()
-            self._reap(state)
-            replica = self._replica(state, t)
+            reaped = self._reap(state)
+            replica = self._replica(state, t, reuse=not reaped)
             asked = attrs.evolve(
                 request,
                 allowed_gpus=frozenset(
@@ -293,7 +294,7 @@ class MachineCore:
         def change(state: LedgerState) -> tuple[dict[int, Outcome], set[str]]:
             t = self._clock()
             row = state.waiters.get(machine_ticket)
-            replica = self._replica(state, t)
+            replica = self._replica(state, t, reuse=True)
             outcomes = replica.core.cancel(machine_ticket, t)
             state.waiters.pop(machine_ticket, None)
             if row is not None and row.state != "waiting":
@@ -321,7 +322,7 @@ class MachineCore:
 
         def change(state: LedgerState) -> tuple[dict[int, Outcome], set[str]]:
             t = self._clock()
-            replica = self._replica(state, t)
+            replica = self._replica(state, t, reuse=True)
             holding = replica.core.holding(mine.hold_id)
             outcomes = [] if holding is None else replica.core.release(holding.allocation, t)
             return self._record(replica, outcomes, {})
@@ -493,16 +494,36 @@ class MachineCore:
         replica = self._replica(state, now)
         return self._record(replica, replica.core.reschedule(now), {})
 
-    def _replica(self, state: LedgerState, now: float) -> Replica:
+    def _replica(self, state: LedgerState, now: float, *, reuse: bool = False) -> Replica:
+        """The core over ``state``; ``reuse``: the caller has not changed ``state`` yet.
+
+        While no other process has written since this one's last transaction
+        and nobody waits, the store hands back the state this process left
+        (``LedgerStore.cached_state``), and the core built for it then is still
+        its exact image: it is used again rather than rebuilt. Measured on an
+        uncontended acquire + release pair: (see docs/benchmarks.md).
+        """
+        cached = self._replica_cache
+        if (
+            reuse
+            and cached is not None
+            and cached.state is state
+            and not state.waiters
+            and not state.settles
+            and state.rebuild_until is None
+        ):
+            cached.visible = {}
+            return cached
         grants_allowed = True
         if state.rebuild_until is not None:
             if now >= state.rebuild_until or live_members(self.directory) <= state.members.keys():
                 state.rebuild_until = None
             else:
                 grants_allowed = False
-        return Replica(
+        replica = self._replica_cache = Replica(
             state, now, settle_timeout=self._settle_timeout, grants_allowed=grants_allowed
         )
+        return replica
 
     def _record(
         self, replica: Replica, outcomes: list[Outcome], new: dict[int, WaiterRow]
@@ -660,7 +681,7 @@ class MachineCore:
             self._write(change)
         finally:
             self.membership.leave()
-            self._store.close_connection()
+            self._store.close()
 
 
 def _allocation_of(hold: HoldRow) -> GPUAllocation:

@@ -30,6 +30,8 @@ __all__ = [
     "copy",
     "load",
     "save",
+    "set_version",
+    "version",
 ]
 
 SCHEMA_VERSION = 1
@@ -322,19 +324,35 @@ def copy(state: LedgerState) -> LedgerState:
     )
 
 
-def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | None = None) -> None:
+def version(conn: sqlite3.Connection) -> int:
+    """How many transactions have changed the ledger (each one that does adds one)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def set_version(conn: sqlite3.Connection, value: int) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (value,))
+
+
+def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | None = None) -> bool:
     """Write ``state`` back: each table that differs from ``before`` (all of them
-    without it) is rewritten in full; the tables are small, so that is the simple way."""
+    without it) is rewritten in full; the tables are small, so that is the simple way.
+    Returns whether anything was written."""
+    written = False
 
     def changed(table: str) -> bool:
+        nonlocal written
         if before is None or getattr(before, table) != getattr(state, table):
             conn.execute(f"DELETE FROM {table}")
+            written = True
             return True
         return False
 
     if before is None or before.next_id != state.next_id:
+        written = True
         conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (state.next_id,))
     if before is None or before.rebuild_until != state.rebuild_until:
+        written = True
         conn.execute(
             "UPDATE meta SET value = ? WHERE key = 'rebuild_until'", (state.rebuild_until,)
         )
@@ -424,3 +442,4 @@ def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | Non
                 for s in state.settles.values()
             ],
         )
+    return written
