@@ -240,7 +240,7 @@ class MachineCore:
         allowed = self._allowed(request)
         wall = time.time()
 
-        def change(state: LedgerState) -> tuple[int, dict[int, Outcome], set[str]]:
+        def change(state: LedgerState) -> tuple[int, bool, dict[int, Outcome], set[str]]:
             t = self._clock()
             reaped = self._reap(state)
             replica = self._replica(state, t, reuse=not reaped)
@@ -265,12 +265,12 @@ class MachineCore:
                     "waiting", None, None,
                 )  # fmt: skip
             own, woken = self._record(replica, outcomes, new)
-            return submission.ticket, own, woken
+            return submission.ticket, bool(new), own, woken
 
-        machine_ticket, own, woken = self._write(change)
+        machine_ticket, queued, own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
         outcome = own.pop(machine_ticket, None)
-        if outcome is None:
+        if queued:
             self._waiting[ticket] = _Waiting(
                 request, experiment_id, machine_ticket, self._clock(), wall
             )
