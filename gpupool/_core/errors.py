@@ -13,6 +13,7 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "LedgerError",
     "PoolClosed",
     "PoolTimeout",
     "ProviderError",
@@ -59,3 +60,7 @@ class JournalInUse(JournalError):
 
 class JournalEncodingError(JournalError, TypeError):
     """A value has no canonical JSON form, so it cannot key a task or be stored."""
+
+
+class LedgerError(GPUPoolError):
+    """The machine-wide ledger cannot be used here; the message says why and what to do."""
