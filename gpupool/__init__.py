@@ -6,6 +6,7 @@ from ._core.errors import GPUPoolError as GPUPoolError
 from ._core.errors import JournalEncodingError as JournalEncodingError
 from ._core.errors import JournalError as JournalError
 from ._core.errors import JournalInUse as JournalInUse
+from ._core.errors import LedgerError as LedgerError
 from ._core.errors import PoolClosed as PoolClosed
 from ._core.errors import PoolTimeout as PoolTimeout
 from ._core.errors import ProviderError as ProviderError
@@ -67,6 +68,7 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "LedgerError",
     "NVMLProvider",
     "OptimizeResult",
     "ParallelRunner",

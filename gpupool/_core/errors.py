@@ -46,10 +46,6 @@ class ProviderError(GPUPoolError):
     """The GPU provider (NVML, usually) cannot be used; the message says what to do."""
 
 
-class LedgerError(GPUPoolError):
-    """The machine-wide ledger cannot be used here; the message says why and what to do."""
-
-
 class WouldBlock(GPUPoolError):
     """``acquire_nowait`` could not grant at once (GPUs busy, or others queued first)."""
 
@@ -64,3 +60,7 @@ class JournalInUse(JournalError):
 
 class JournalEncodingError(JournalError, TypeError):
     """A value has no canonical JSON form, so it cannot key a task or be stored."""
+
+
+class LedgerError(GPUPoolError):
+    """The machine-wide ledger cannot be used here; the message says why and what to do."""

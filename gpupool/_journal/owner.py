@@ -10,20 +10,20 @@ which errs on the side of "still alive".
 
 Process groups of subprocess jobs are recorded the same way, so a restarted
 runner can end the leftovers of a crashed one before it hands their GPUs out
-again.
+again; the killer itself, :func:`kill_process_groups`, lives in
+``gpupool._system.groups`` (the machine-wide ledger needs it too, and sits
+below the journal), and is re-exported here for the journal's store.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import time
-from collections.abc import Iterable
 
 import attrs
 
 from .._system import procfs
+from .._system.groups import LeftoverProcessGroup, kill_process_groups
 
 __all__ = [
     "LeftoverProcessGroup",
@@ -76,67 +76,3 @@ def is_alive(owner: ProcessIdentity) -> bool | None:
     if owner.start_time is not None and me.start_time is not None:
         return procfs.start_time(owner.pid) == owner.start_time
     return _pid_exists(owner.pid)
-
-
-@attrs.frozen
-class LeftoverProcessGroup:
-    """A subprocess job's process group recorded by a runner that died."""
-
-    key: str
-    pgid: int
-    #: Start time of the group leader (pid == pgid) when it was recorded.
-    leader_start_time: int | None
-    boot_id: str | None
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in process group ``pgid``."""
-    members = []
-    for pid in procfs.list_pids():
-        info = procfs.read_stat(pid)
-        if info is not None and info.pgid == pgid and info.alive:
-            members.append(pid)
-    return members
-
-
-def _still_ours(group: LeftoverProcessGroup) -> bool:
-    """Whether processes in ``group.pgid`` can still be the recorded job's.
-
-    If the leader is alive its start time must match. If it is gone, Linux
-    never gives out a pid that is still some group's id, so surviving members
-    belong to the recorded group unless the whole group died and the number
-    was reused since, which needs a full wrap of the pid space: accepted.
-    """
-    if group.boot_id is not None and group.boot_id != procfs.boot_id():
-        return False
-    leader_start = procfs.start_time(group.pgid)
-    if leader_start is not None and group.leader_start_time is not None:
-        return leader_start == group.leader_start_time
-    return True
-
-
-def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float = 5.0) -> list[int]:
-    """SIGKILL every leftover group that still has processes; return their pgids.
-
-    The runner that started them is dead, so there is nobody to shut them down
-    gracefully for; what matters is that they stop holding GPU memory before
-    the GPUs are granted again. So this waits (up to ``wait`` seconds) until
-    the killed processes have exited: a signal is delivered asynchronously.
-    """
-    killed = []
-    for group in groups:
-        if not _still_ours(group):
-            continue
-        if procfs.has_proc() and not _group_members(group.pgid):
-            continue
-        try:
-            os.killpg(group.pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
-        killed.append(group.pgid)
-    deadline = time.monotonic() + wait
-    pending = killed if procfs.has_proc() else []
-    while pending and time.monotonic() < deadline:
-        time.sleep(0.005)
-        pending = [pgid for pgid in pending if _group_members(pgid)]
-    return killed

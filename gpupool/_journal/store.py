@@ -52,14 +52,9 @@ from .._core.checks import check_bool, check_choice, check_int
 from .._core.errors import JournalEncodingError, JournalError, JournalInUse
 from .._core.results import TaskResult, TaskStatus
 from .._system import procfs
+from .._system.groups import LeftoverProcessGroup, kill_process_groups
 from .codec import canonical_json, check_key
-from .owner import (
-    LeftoverProcessGroup,
-    ProcessIdentity,
-    current_identity,
-    is_alive,
-    kill_process_groups,
-)
+from .owner import ProcessIdentity, current_identity, is_alive
 from .schema import (
     SCHEMA,
     TaskRecord,

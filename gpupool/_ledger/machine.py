@@ -52,21 +52,6 @@ POLL_INTERVAL = 0.5
 T = TypeVar("T")
 
 
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def _command() -> str:
-    try:
-        with open("/proc/self/cmdline", "rb") as file:
-            return file.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -142,7 +127,7 @@ class MachineCore:
         self.membership = Membership(directory)
         uid = os.getuid()
         self._member = MemberRow(
-            self.membership.id, os.getpid(), _pid_namespace(), uid, _user(uid), _command(),
+            self.membership.id, os.getpid(), procfs.pid_namespace(), uid, _user(uid), (procfs.cmdline("self") or "?"),
             time.time(), max_parallel,
         )  # fmt: skip
         self._store.on_rebuilt = self._write_myself
@@ -645,7 +630,7 @@ class MachineCore:
         """
         changed = False
         dead = [m for m in state.members if m != self.member_id and not is_alive(self.directory, m)]
-        here = _pid_namespace()
+        here = procfs.pid_namespace()
         for member in dead:
             row = state.members.pop(member)
             remove_files(self.directory, member)

@@ -11,6 +11,7 @@ wake-up, or a dead member nobody has noticed yet, can delay it.
 from __future__ import annotations
 
 import contextlib
+import atexit
 import os
 import socket
 from collections.abc import Iterable
@@ -30,6 +31,16 @@ def _socket() -> socket.socket:
         sender.setblocking(False)
         _sender = sender
     return _sender
+
+
+def _close_sender() -> None:
+    global _sender
+    sender, _sender = _sender, None
+    if sender is not None:
+        sender.close()
+
+
+atexit.register(_close_sender)
 
 
 def _forget_sender() -> None:

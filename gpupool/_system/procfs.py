@@ -20,7 +20,8 @@ The parser follows proc(5):
   identifies a process across pid reuse, and with the boot id across reboots.
 
 Where ``/proc`` does not exist (macOS) every reader returns ``None`` or an
-empty list: callers decide what not knowing means for them.
+empty list: callers decide what not knowing means for them. The same holds
+for a process that is gone, or one whose files this user may not read.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ __all__ = [
     "PROC",
     "ProcInfo",
     "boot_id",
+    "cmdline",
+    "comm",
     "has_proc",
     "list_pids",
     "parse_stat",
+    "pid_namespace",
     "read_environ",
     "read_stat",
     "start_time",
@@ -132,6 +136,46 @@ def read_environ(pid: int, *, proc: Path = PROC) -> list[bytes] | None:
     except OSError:
         return None
     return raw.split(b"\0")
+
+
+def cmdline(pid: int | str, *, proc: Path = PROC) -> str | None:
+    """The command line of ``pid``, its arguments joined by spaces; ``None`` if unreadable.
+
+    The kernel keeps the arguments NUL-separated; they are joined with spaces
+    for people to read (``gpupool status``), so argument boundaries are lost.
+    A kernel thread or a zombie has an empty command line: ``""``, not
+    ``None``, since the file was read (fall back to :func:`comm` to name it).
+    """
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+def comm(pid: int | str, *, proc: Path = PROC) -> str | None:
+    """The command name of ``pid`` (at most 15 bytes, as in ``stat``); ``None`` if unreadable."""
+    try:
+        raw = (proc / str(pid) / "comm").read_bytes()
+    except OSError:
+        return None
+    return raw.removesuffix(b"\n").decode("utf-8", "replace")
+
+
+def pid_namespace(pid: int | str = "self", *, proc: Path = PROC) -> str | None:
+    """The PID namespace ``pid`` is in, as the kernel names it (``pid:[4026531836]``).
+
+    Two processes see each other's pids only when this is equal, so a pid
+    recorded by a process in another namespace (a container sharing a
+    directory) names some other process here, or none. Reading another
+    user's process needs ptrace access (root, or the same user): otherwise
+    this is ``None``, so a process should record its own (``"self"``) rather
+    than have others read it.
+    """
+    try:
+        return os.readlink(proc / str(pid) / "ns" / "pid")
+    except OSError:
+        return None
 
 
 def boot_id(*, proc: Path = PROC) -> str | None:
