@@ -131,6 +131,7 @@ class MachineCore:
             time.time(), max_parallel,
         )  # fmt: skip
         self._store.on_rebuilt = self._write_myself
+        self._store.member = self.membership.id
         try:
             self._store.check_boot()
             self._write(lambda state: self._reap(state) and None)
@@ -594,8 +595,14 @@ class MachineCore:
             )  # fmt: skip
 
     def _write_myself(self, state: LedgerState) -> None:
-        """Join a ledger this pool is not in yet (the first, or a rebuilt one)."""
-        state.members[self.member_id] = self._member
+        """Join a ledger this pool is not in yet: the first, a rebuilt one, or one that
+        lost this member's row (written from what the pool itself knows it holds)."""
+        me = self.member_id
+        for hold_id in [h for h, row in state.holds.items() if row.member == me]:
+            del state.holds[hold_id]
+        for ticket in [t for t, row in state.waiters.items() if row.member == me]:
+            del state.waiters[ticket]
+        state.members[me] = self._member
         self._report(state, time.time())
         now = self._clock()
         for mine in self._mine.values():

@@ -69,6 +69,8 @@ class LedgerStore:
         #: made by someone else: the member writes itself back into ``state``.
         self.on_rebuilt: Callable[[rows.LedgerState], None] | None = None
         self.generation: str | None = None
+        #: This process's member id: a ledger without its row is written into again.
+        self.member: str | None = None
         # The state as this process last committed it, with the ledger's version then:
         # while nobody else has written since, the next transaction starts from it
         # instead of reading every table (what keeps an uncontended acquire cheap).
@@ -126,7 +128,9 @@ class LedgerStore:
                 state = cached[1]
             else:
                 state = rows.load(conn)
-            if state.generation != self.generation:
+            if state.generation != self.generation or (
+                self.member is not None and self.member not in state.members
+            ):
                 # A ledger made since this process last looked (a rebuild, or the file was
                 # replaced): write this member back before anything is decided in it.
                 self.generation = state.generation
@@ -163,7 +167,15 @@ class LedgerStore:
         if inode is None:
             if self._lock_fd is None:
                 raise rows.Damaged("the ledger file is missing")  # made under the lock
-            self._create()
+            if self._create():
+                # Deleted under running pools (a cleaner, a user): they write themselves
+                # back into the new file when woken, before anything is granted in it.
+                logger.warning(
+                    "gpupool: the ledger file %s was deleted while pools used it; started a "
+                    "fresh one, which the live pools fill in again with what they hold",
+                    self.path,
+                )
+                wakeup.wake_all(self.directory)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -178,8 +190,11 @@ class LedgerStore:
         self._conn, self._inode = conn, (stat.st_dev, stat.st_ino)
         return conn
 
-    def _create(self) -> None:
-        """Make a fresh ledger file (under the lock), readable and writable by every user."""
+    def _create(self) -> bool:
+        """Make a fresh ledger file (under the lock), readable and writable by every user.
+
+        Returns whether other live members exist (then it replaces a lost ledger).
+        """
         draft = self.directory / f".{DB_NAME}.{secrets.token_hex(4)}"
         fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         os.fchmod(fd, 0o666)  # whatever the umask: every user's pools share it
@@ -213,6 +228,7 @@ class LedgerStore:
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.unlink(f"{self.path}{suffix}")
+        return bool(others)
 
     def _rebuild(self, error: BaseException) -> None:
         """Move the damaged file aside and start a fresh ledger (under the lock)."""
