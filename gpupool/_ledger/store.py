@@ -205,7 +205,7 @@ class LedgerStore:
                 conn.execute("PRAGMA journal_mode = DELETE")
                 conn.executescript(rows.SCHEMA)
                 now = self._clock()
-                others = live_members(self.directory)
+                others = live_members(self.directory) - {self.member}
                 conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
                     [

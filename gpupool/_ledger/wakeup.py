@@ -10,8 +10,8 @@ wake-up, or a dead member nobody has noticed yet, can delay it.
 
 from __future__ import annotations
 
-import contextlib
 import atexit
+import contextlib
 import os
 import socket
 from collections.abc import Iterable
