@@ -43,11 +43,13 @@ from .replica import Replica, error_from_text
 from .rows import GPURow, HoldRow, LedgerState, MemberRow, WaiterRow
 from .store import LedgerStore
 
-__all__ = ["POLL_INTERVAL", "MachineCore"]
+__all__ = ["KEEPALIVE_INTERVAL", "POLL_INTERVAL", "MachineCore"]
 
 #: How often a pool with waiters reads the ledger without being woken: what bounds
 #: a lost wake-up, and how soon a dead member nobody else noticed is freed.
 POLL_INTERVAL = 0.5
+#: How often an idle member checks that its lock file is still in place (``Membership.ensure``).
+KEEPALIVE_INTERVAL = 10.0
 
 T = TypeVar("T")
 
@@ -419,6 +421,7 @@ class MachineCore:
         """
         if self.membership.joined is False:
             return []
+        self.membership.ensure()
         if not poll:
             state = self._store.read()
             if (
@@ -442,6 +445,7 @@ class MachineCore:
     # ------------------------------------------------------------ internals
 
     def _write(self, change: Callable[[LedgerState], T]) -> T:
+        self.membership.ensure()
         return self._store.write(change)
 
     def _decide(
@@ -470,7 +474,7 @@ class MachineCore:
                     collected.append((ticket, Failure(ticket, error_from_text(row.error))))
             return own, woken
 
-        own, woken = self._store.write(run)
+        own, woken = self._write(run)
         wakeup.wake(self.directory, woken)
         for ticket, outcome in collected:
             own[ticket] = outcome

@@ -112,6 +112,34 @@ class Membership:
         self.socket.close()
         os.close(fd)
 
+    def ensure(self) -> bool:
+        """Make sure the lock file in the directory is still the one this process holds.
+
+        A cleaner (systemd-logind's ``RemoveIPC``, a ``tmpfiles`` age limit, a user)
+        may delete it, and then the others would take this member for dead: a
+        new one is made, locked, and put in its place. Returns whether it had to.
+        """
+        fd = self._lock_fd
+        if fd is None:
+            return False
+        path = lock_path(self.ledger, self.id)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            pass
+        draft = members_dir(self.ledger) / f".{self.id}.joining"
+        try:
+            new = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.fchmod(new, 0o644)
+            os.rename(draft, path)
+        except OSError:
+            return False  # the directory is gone too: the next transaction says so
+        self._lock_fd = new
+        os.close(fd)
+        return True
+
     def drain(self) -> int:
         """Read every pending wake-up; return how many there were."""
         count = 0

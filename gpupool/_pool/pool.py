@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import threading
 import warnings
@@ -44,7 +43,7 @@ from .._core.request import ResourceOptions, Resources, check_experiment_id, req
 from .._core.scheduler import Scheduler
 from .._core.scoring import Scorer, default_score
 from .._ledger.location import DEFAULT, prepare_ledger_dir, resolve_ledger
-from .._ledger.machine import POLL_INTERVAL, MachineCore
+from .._ledger.machine import KEEPALIVE_INTERVAL, POLL_INTERVAL, MachineCore
 from ..providers import GPUProvider
 from ..providers.nvml import NVMLProvider
 from .monitor import GPUMonitor, snapshot_off_loop
@@ -436,13 +435,15 @@ class GPUResourcePool:
             task_status.started()
             try:
                 while True:
-                    with anyio.move_on_after(
-                        POLL_INTERVAL if machine.waiting else math.inf
-                    ) as wait:
+                    # Idle, it still looks every KEEPALIVE_INTERVAL that its lock file
+                    # is in place (docs/machine.md: cleaners of /dev/shm).
+                    waiting = machine.waiting > 0
+                    interval = POLL_INTERVAL if waiting else KEEPALIVE_INTERVAL
+                    with anyio.move_on_after(interval) as wait:
                         await anyio.wait_readable(machine.membership.socket)
                     machine.membership.drain()
                     try:
-                        outcomes = machine.collect(poll=wait.cancelled_caught)
+                        outcomes = machine.collect(poll=wait.cancelled_caught and waiting)
                     except GPUPoolError as error:
                         logger.error("gpupool: could not read the machine-wide ledger: %s", error)
                         continue
