@@ -1,0 +1,1 @@
+"""The machine-wide ledger: one SQLite file and a lock per member, shared by every pool on the machine."""
