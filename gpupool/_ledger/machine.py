@@ -242,7 +242,9 @@ class MachineCore:
         def change(state: LedgerState) -> tuple[int, dict[int, Outcome], set[str]]:
             t = self._clock()
             self._reap(state)
-            replica = self._replica(state, t)
+            # The core caps the machine's allocations, not this pool's: while this pool's
+            # holdings and waiters fill its max_parallel, the request may only queue.
+            replica = self._replica(state, t, grants_allowed=self._has_room(state))
             asked = attrs.evolve(
                 request,
                 allowed_gpus=frozenset(
@@ -300,7 +302,7 @@ class MachineCore:
                 # Decided for us by another process and not yet collected: a grant is
                 # taken back (core.cancel released it above), a failure is dropped.
                 pass
-            return self._record(replica, outcomes, {})
+            return self._record_freed(replica, outcomes, state, t)
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
@@ -324,7 +326,7 @@ class MachineCore:
             replica = self._replica(state, t)
             holding = replica.core.holding(mine.hold_id)
             outcomes = [] if holding is None else replica.core.release(holding.allocation, t)
-            return self._record(replica, outcomes, {})
+            return self._record_freed(replica, outcomes, state, t)
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
@@ -493,8 +495,23 @@ class MachineCore:
         replica = self._replica(state, now)
         return self._record(replica, replica.core.reschedule(now), {})
 
-    def _replica(self, state: LedgerState, now: float) -> Replica:
-        grants_allowed = True
+    def _has_room(self, state: LedgerState) -> bool:
+        """Whether a new request of this pool may be granted without passing its cap.
+
+        Its waiting requests come first (``Replica._serviceable`` serves a member's
+        waiters up to its cap), so they count against the cap as its holdings do.
+        """
+        cap = self._max_parallel
+        if cap is None:
+            return True
+        mine = self.member_id
+        held = sum(1 for h in state.holds.values() if h.member == mine)
+        waiting = sum(
+            1 for w in state.waiters.values() if w.member == mine and w.state == "waiting"
+        )
+        return held + waiting < cap
+
+    def _replica(self, state: LedgerState, now: float, *, grants_allowed: bool = True) -> Replica:
         if state.rebuild_until is not None:
             if now >= state.rebuild_until or live_members(self.directory) <= state.members.keys():
                 state.rebuild_until = None
@@ -518,6 +535,23 @@ class MachineCore:
         settles = replica.state.settles.values()
         self._settling = any(s.member == self.member_id for s in settles)
         self._next_deadline = min((s.deadline for s in settles), default=None)
+        return own, woken
+
+    def _record_freed(
+        self, replica: Replica, outcomes: list[Outcome], state: LedgerState, now: float
+    ) -> tuple[dict[int, Outcome], set[str]]:
+        """:meth:`_record` after a holding of this pool ended (a release, a grant taken back).
+
+        ``replica`` was built while the holding still counted against this pool's
+        ``max_parallel``, so it left out the waiters of this pool that the cap
+        held back (``Replica._serviceable``): a pass over the state as it is now
+        serves them, rather than the next wake-up or poll.
+        """
+        own, woken = self._record(replica, outcomes, {})
+        if self._max_parallel is not None:
+            more, also = self._pass(state, now)
+            own.update(more)
+            woken |= also
         return own, woken
 
     def _localize(self, own: dict[int, Outcome], state: LedgerState | None) -> list[Outcome]:
