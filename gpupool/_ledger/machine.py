@@ -231,7 +231,11 @@ class MachineCore:
         def change(state: LedgerState) -> tuple[int, bool, dict[int, Outcome], set[str]]:
             t = self._clock()
             reaped = self._reap(state)
-            replica = self._replica(state, t, reuse=not reaped)
+            # The core caps the machine's allocations, not this pool's: while this pool's
+            # holdings and waiters fill its max_parallel, the request may only queue.
+            replica = self._replica(
+                state, t, reuse=not reaped, grants_allowed=self._has_room(state)
+            )
             asked = attrs.evolve(
                 request,
                 allowed_gpus=frozenset(
@@ -262,10 +266,6 @@ class MachineCore:
             self._waiting[ticket] = _Waiting(
                 request, experiment_id, machine_ticket, self._clock(), wall
             )
-            if len(self._waiting) == 1:
-                # The pool's listener, which had no waiter, sleeps until its keep-alive:
-                # wake it, so that it polls (and frees dead members) while this waits.
-                wakeup.wake(self.directory, [self.member_id])
         others = self._localize(own, state=None)
         if isinstance(outcome, Grant):
             allocation = self._take(outcome.allocation, request, machine_ticket=None)
@@ -293,7 +293,7 @@ class MachineCore:
                 # Decided for us by another process and not yet collected: a grant is
                 # taken back (core.cancel released it above), a failure is dropped.
                 pass
-            return self._record(replica, outcomes, {})
+            return self._record_freed(replica, outcomes, state, t)
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
@@ -317,7 +317,7 @@ class MachineCore:
             replica = self._replica(state, t, reuse=True)
             holding = replica.core.holding(mine.hold_id)
             outcomes = [] if holding is None else replica.core.release(holding.allocation, t)
-            return self._record(replica, outcomes, {})
+            return self._record_freed(replica, outcomes, state, t)
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
@@ -488,7 +488,25 @@ class MachineCore:
         replica = self._replica(state, now)
         return self._record(replica, replica.core.reschedule(now), {})
 
-    def _replica(self, state: LedgerState, now: float, *, reuse: bool = False) -> Replica:
+    def _has_room(self, state: LedgerState) -> bool:
+        """Whether a new request of this pool may be granted without passing its cap.
+
+        Its waiting requests come first (``Replica._serviceable`` serves a member's
+        waiters up to its cap), so they count against the cap as its holdings do.
+        """
+        cap = self._max_parallel
+        if cap is None:
+            return True
+        mine = self.member_id
+        held = sum(1 for h in state.holds.values() if h.member == mine)
+        waiting = sum(
+            1 for w in state.waiters.values() if w.member == mine and w.state == "waiting"
+        )
+        return held + waiting < cap
+
+    def _replica(
+        self, state: LedgerState, now: float, *, reuse: bool = False, grants_allowed: bool = True
+    ) -> Replica:
         """The core over ``state``; ``reuse``: the caller has not changed ``state`` yet.
 
         While no other process has written since this one's last transaction
@@ -500,6 +518,7 @@ class MachineCore:
         cached = self._replica_cache
         if (
             reuse
+            and grants_allowed
             and cached is not None
             and cached.state is state
             and not state.waiters
@@ -508,15 +527,16 @@ class MachineCore:
         ):
             cached.visible = {}
             return cached
-        grants_allowed = True
         if state.rebuild_until is not None:
             if now >= state.rebuild_until or live_members(self.directory) <= state.members.keys():
                 state.rebuild_until = None
             else:
                 grants_allowed = False
-        replica = self._replica_cache = Replica(
+        replica = Replica(
             state, now, settle_timeout=self._settle_timeout, grants_allowed=grants_allowed
         )
+        # Only a core that may grant is worth keeping (its cap is the machine's).
+        self._replica_cache = replica if grants_allowed else None
         return replica
 
     def _record(
@@ -533,6 +553,23 @@ class MachineCore:
         settles = replica.state.settles.values()
         self._settling = any(s.member == self.member_id for s in settles)
         self._next_deadline = min((s.deadline for s in settles), default=None)
+        return own, woken
+
+    def _record_freed(
+        self, replica: Replica, outcomes: list[Outcome], state: LedgerState, now: float
+    ) -> tuple[dict[int, Outcome], set[str]]:
+        """:meth:`_record` after a holding of this pool ended (a release, a grant taken back).
+
+        ``replica`` was built while the holding still counted against this pool's
+        ``max_parallel``, so it left out the waiters of this pool that the cap
+        held back (``Replica._serviceable``): a pass over the state as it is now
+        serves them, rather than the next wake-up or poll.
+        """
+        own, woken = self._record(replica, outcomes, {})
+        if self._max_parallel is not None:
+            more, also = self._pass(state, now)
+            own.update(more)
+            woken |= also
         return own, woken
 
     def _localize(self, own: dict[int, Outcome], state: LedgerState | None) -> list[Outcome]:

@@ -232,7 +232,12 @@ class GPUResourcePool:
         self._monitor: GPUMonitor | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
-        self._listener_scope = anyio.CancelScope()
+        # Made on entry, as the monitor's is: a CancelScope needs a running event loop,
+        # and a pool may be constructed outside one.
+        self._listener_scope: anyio.CancelScope | None = None
+        #: The listener's current sleep on its socket (with a ledger): a new waiter
+        #: brings its deadline in to the slow poll's (see _wait).
+        self._listener_sleep: anyio.CancelScope | None = None
         self._owned_provider: NVMLProvider | None = None
         self._clock: Callable[[], float] = anyio.current_time
         # The two halves of an acquire's schedule point (see Native.before/after).
@@ -307,6 +312,7 @@ class GPUResourcePool:
         try:
             await task_group.start(self._run_monitor, monitor, monitor_scope)
             if isinstance(core, MachineCore):
+                self._listener_scope = anyio.CancelScope()
                 await task_group.start(self._listen, core, self._listener_scope)
         except BaseException as exc:
             task_group.cancel_scope.cancel()
@@ -347,7 +353,8 @@ class GPUResourcePool:
             self._dispatch(self._core.close())
         if self._monitor_scope is not None:
             self._monitor_scope.cancel()
-        self._listener_scope.cancel()
+        if self._listener_scope is not None:
+            self._listener_scope.cancel()
         # A snapshot in flight may be stuck in a sick driver; its abandoned thread
         # holds the provider's lock until the driver answers.
         self._close_owned_provider(
@@ -440,7 +447,9 @@ class GPUResourcePool:
                     waiting = machine.waiting > 0
                     interval = POLL_INTERVAL if waiting else KEEPALIVE_INTERVAL
                     with anyio.move_on_after(interval) as wait:
+                        self._listener_sleep = wait
                         await anyio.wait_readable(machine.membership.socket)
+                    self._listener_sleep = None
                     machine.membership.drain()
                     try:
                         outcomes = machine.collect(poll=wait.cancelled_caught and waiting)
@@ -449,6 +458,7 @@ class GPUResourcePool:
                         continue
                     self._dispatch(outcomes)
             finally:
+                self._listener_sleep = None
                 machine.listening = False
                 machine.leave_if_done()
 
@@ -682,6 +692,11 @@ class GPUResourcePool:
         waiter = self._waiters[ticket] = self._parked()
         if self._monitor is not None:
             self._monitor.wake()
+        sleep = self._listener_sleep
+        if sleep is not None:
+            # The listener may have gone to sleep with no waiter, and so only until its
+            # keep-alive: a lost wake-up or a dead holder would go unnoticed that long.
+            sleep.deadline = min(sleep.deadline, anyio.current_time() + POLL_INTERVAL)
         try:
             if limit is None:
                 outcome = await waiter.wait()
