@@ -46,8 +46,9 @@ print("import gpupool: ok,", len(sys.modules), "modules")
         "$venv/bin/gpupool" status --fake-gpus 2 --json >"$venv/status.json"
         "$venv/bin/python" -c '
 import json, sys
-gpus = json.load(open(sys.argv[1]))
-assert [g["index"] for g in gpus] == [0, 1], gpus
+status = json.load(open(sys.argv[1]))
+assert status["schema"] == 1, status
+assert [g["index"] for g in status["gpus"]] == [0, 1], status
 print("gpupool status --fake-gpus 2 --json: ok")
 ' "$venv/status.json"
         "$venv/bin/python" "$repo/.ci/smoke_acquire.py" asyncio

@@ -1,116 +1,191 @@
-"""``gpupool status``: the GPUs this process may use, as the pool would see them."""
+"""``gpupool status``: the machine, as the ledger and NVML see it.
+
+Per GPU, NVML's numbers and every process that holds it through gpupool (any
+process on the machine that shares the ledger), then the machine-wide queue,
+and the memory of processes gpupool does not manage. ``--json`` prints the
+same as one object (:mod:`gpupool._cli.status_json`, schema in
+docs/machine.md); ``--watch`` redraws it every ``--interval`` seconds until
+Ctrl-C, which ends it normally (exit 0).
+
+The view comes from one function, :func:`_machine_status`, so that tests put
+any :class:`MachineStatus` in front of the real tables. A ``GPUPoolError`` it
+raises (no usable provider, a ledger that cannot be read) is printed as one
+``gpupool: error:`` line with exit code 2, the code of every "cannot even
+start" error of the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-from collections.abc import Sequence
-from typing import Any
+import sys
+import time
+from collections.abc import Callable
 
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.text import Text
 
-from .._core.model import GPUStats
-from ..providers import FakeGPUProvider, NVMLProvider
+from .._core.errors import GPUPoolError
+from .._ledger.view import MachineStatus
+from ..providers import FakeGPUProvider
 from .args import fake_gpus_arg
 from .console import OutputConsole
+from .status_json import SCHEMA, status_to_json
+from .status_view import machine_view
 
-__all__ = ["add_parser", "gpu_to_json", "run"]
+__all__ = ["SCHEMA", "add_parser", "run", "status_to_json"]
 
-#: Processes listed per GPU in the table before "+N more".
-_MAX_PROCESSES = 4
+#: The shortest ``--interval``: a display refreshed faster is unreadable, and
+#: each refresh reads the ledger and asks NVML.
+MIN_INTERVAL_S = 0.1
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="show the GPUs: memory, utilization, health, processes",
+        help="show who uses the GPUs: holders, the queue, other processes",
         description=(
-            "Show the GPUs this process may use (after CUDA_VISIBLE_DEVICES), as NVML "
-            "reports them: memory used/total in MiB, utilization, health and the compute "
-            "processes on each."
+            "Show the machine: per GPU, NVML's memory, utilization and health, every "
+            "process holding it through gpupool (user, pid, command, since when), the "
+            "machine-wide queue, and memory used by processes gpupool does not manage."
         ),
     )
     parser.add_argument(
-        "--json", action="store_true", help="print a JSON array, one object per GPU"
+        "--ledger",
+        metavar="PATH",
+        help="the ledger directory (default: $GPUPOOL_LEDGER, else the machine's default)",
     )
     parser.add_argument(
         "--fake-gpus",
         type=fake_gpus_arg(1, label="N"),
         metavar="N",
-        help="show N idle fake GPUs instead of asking NVML (for machines without GPUs)",
+        help="show N fake GPUs instead of asking NVML (for machines without GPUs)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (schema in docs/machine.md); with --watch, one a line",
+    )
+    parser.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="SECONDS",
+        help="seconds between refreshes with --watch (default 1)",
     )
     parser.set_defaults(handler=run)
 
 
-def gpu_to_json(gpu: GPUStats) -> dict[str, Any]:
-    """One GPU as a JSON object (the ``--json`` format; sizes in MiB)."""
-    return {
-        "index": gpu.index,
-        "uuid": gpu.uuid,
-        "name": gpu.name,
-        "pci_bus_id": gpu.pci_bus_id,
-        "memory_total_mb": gpu.memory_total_mb,
-        "memory_used_mb": gpu.memory_used_mb,
-        "memory_free_mb": gpu.memory_free_mb,
-        "utilization_pct": gpu.utilization_pct,
-        "healthy": gpu.healthy,
-        "health_detail": gpu.health_detail,
-        "processes": [{"pid": p.pid, "used_memory_mb": p.used_memory_mb} for p in gpu.processes],
-    }
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= MIN_INTERVAL_S):
+        raise argparse.ArgumentTypeError(
+            f"SECONDS must be a number of seconds >= {MIN_INTERVAL_S}, got {text!r}"
+        )
+    return seconds
+
+
+def _machine_status(args: argparse.Namespace) -> MachineStatus:
+    """The one place the command gets its view (tests replace it)."""
+    # Imported here: the ledger (SQLite, /proc) is only loaded by the command that needs it.
+    from .._ledger.status import machine_status  # type: ignore[import-not-found]  # lands with the ledger
+
+    provider = None if args.fake_gpus is None else FakeGPUProvider(count=args.fake_gpus)
+    status: MachineStatus = machine_status(args.ledger, provider=provider)
+    return status
 
 
 def run(args: argparse.Namespace) -> int:
-    caption: list[str] = []
-    if args.fake_gpus is not None:
-        gpus: Sequence[GPUStats] = FakeGPUProvider(count=args.fake_gpus).snapshot()
-        caption.append(f"{args.fake_gpus} fake GPU(s) (--fake-gpus)")
-    else:
-        with NVMLProvider() as nvml:
-            gpus = nvml.snapshot()
-            caption.append(f"NVIDIA driver {nvml.driver_version or 'version unknown'}")
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            caption.append(f"CUDA_VISIBLE_DEVICES={visible}")
+    if args.interval is not None and not args.watch:
+        print("gpupool status: error: --interval SECONDS needs --watch", file=sys.stderr)
+        return 2
+    interval = 1.0 if args.interval is None else args.interval
+    try:
+        status = _machine_status(args)
+    except GPUPoolError as error:
+        print(f"gpupool: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps([gpu_to_json(gpu) for gpu in gpus], indent=2))
+        print(json.dumps(status_to_json(status), indent=None if args.watch else 2), flush=True)
+        if args.watch:
+            _watch_json(args, interval)
         return 0
     console = OutputConsole(highlight=False)
-    if not gpus:
-        console.print(f"No GPUs visible to this process ({'; '.join(caption)}).")
+    notes = _notes(args)
+    if not args.watch:
+        console.print(machine_view(status, console.width, notes))
         return 0
-    console.print(_table(gpus, caption))
+    notes.append(f"refreshed every {interval:g}s, Ctrl-C to stop")
+    first = machine_view(status, console.width, notes)
+    _watch(console, lambda: _view(args, console.width, notes), first, interval)
     return 0
 
 
-def _table(gpus: Sequence[GPUStats], caption: list[str]) -> Table:
-    table = Table(title="GPUs", caption="; ".join(caption), caption_justify="left")
-    table.add_column("GPU", justify="right")
-    table.add_column("Name")
-    table.add_column("Memory used / total (MiB)", justify="right")
-    table.add_column("Util", justify="right")
-    table.add_column("Health")
-    table.add_column("Processes (pid: MiB)")
-    for gpu in gpus:
-        percent = (
-            round(100 * gpu.memory_used_mb / gpu.memory_total_mb) if gpu.memory_total_mb else 0
+def _notes(args: argparse.Namespace) -> list[str]:
+    """What the reader should know about where the numbers come from."""
+    notes = []
+    if args.fake_gpus is not None:
+        notes.append(f"{args.fake_gpus} fake GPU(s) (--fake-gpus)")
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            notes.append(f"CUDA_VISIBLE_DEVICES={visible}")
+    return notes
+
+
+def _view(args: argparse.Namespace, width: int, notes: list[str]) -> RenderableType:
+    """A fresh view, or the error that kept it from being taken (the watch goes on)."""
+    try:
+        return machine_view(_machine_status(args), width, notes)
+    except GPUPoolError as error:
+        when = time.strftime("%H:%M:%S")
+        return Group(
+            Text(f"{when}: could not read the machine's status: {error}", style="bold red"),
+            Text("; ".join([*notes, "retrying"]), style="dim"),
         )
-        memory = f"{gpu.memory_used_mb:,} / {gpu.memory_total_mb:,} ({percent}%)"
-        util = "n/a" if gpu.utilization_pct is None else f"{gpu.utilization_pct:.0f}%"
-        if gpu.healthy:
-            health = Text("ok", style="green")
+
+
+def _watch(
+    console: Console, view: Callable[[], RenderableType], first: RenderableType, interval: float
+) -> None:
+    """Redraw ``view()`` every ``interval`` seconds until Ctrl-C.
+
+    On a terminal, in place (rich Live, refreshed only when a new view is in:
+    no refresh thread); elsewhere (a pipe, a file) each view is printed in
+    turn, since there is no place to redraw. Between views the process sleeps.
+    """
+    try:
+        if console.is_terminal:
+            with Live(first, console=console, auto_refresh=False, redirect_stderr=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(view(), refresh=True)
         else:
-            health = Text(f"UNHEALTHY: {gpu.health_detail or 'unknown'}", style="bold red")
-        table.add_row(str(gpu.index), gpu.name, memory, util, health, _processes(gpu))
-    return table
+            console.print(first)
+            while True:
+                time.sleep(interval)
+                console.print()
+                console.print(view())
+    except KeyboardInterrupt:
+        return
 
 
-def _processes(gpu: GPUStats) -> str:
-    shown = [
-        f"{p.pid}: {'?' if p.used_memory_mb is None else f'{p.used_memory_mb:,}'}"
-        for p in gpu.processes[:_MAX_PROCESSES]
-    ]
-    if len(gpu.processes) > _MAX_PROCESSES:
-        shown.append(f"+{len(gpu.processes) - _MAX_PROCESSES} more")
-    return ", ".join(shown) or "-"
+def _watch_json(args: argparse.Namespace, interval: float) -> None:
+    """``--json --watch``: one object a line (JSON Lines) every ``interval`` seconds."""
+    try:
+        while True:
+            time.sleep(interval)
+            try:
+                status = _machine_status(args)
+            except GPUPoolError as error:
+                print(f"gpupool: error: {' '.join(str(error).split())}", file=sys.stderr)
+                continue
+            print(json.dumps(status_to_json(status)), flush=True)
+    except KeyboardInterrupt:
+        return

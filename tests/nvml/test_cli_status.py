@@ -1,7 +1,12 @@
-"""``gpupool status`` through real subprocesses (``python -m gpupool``)."""
+"""``gpupool status`` through real subprocesses (``python -m gpupool``).
+
+The tables and ``--json`` over hand-made views are tested in
+``tests/test_cli_status.py``; here the view is the real one, over the fake NVML.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from collections.abc import Callable
@@ -29,14 +34,22 @@ def gpupool(
     )
 
 
+#: The command's view comes from gpupool._ledger.status.machine_status.
+needs_machine_status = pytest.mark.skipif(
+    importlib.util.find_spec("gpupool._ledger.status") is None,
+    reason="gpupool._ledger.status (machine_status) is not in this tree yet",
+)
+
+
 @pytest.fixture
 def fake_machine(fake_nvml_build: Callable[..., Path], tmp_path: Path) -> tuple[Path, FakeMachine]:
     """A fake libnvidia-ml directory (for LD_LIBRARY_PATH) and the machine it reports."""
     return fake_nvml_build(), FakeMachine(tmp_path / "nvml-state")
 
 
-def test_fake_gpus_table() -> None:
-    done = gpupool("status", "--fake-gpus", "4")
+@needs_machine_status
+def test_fake_gpus_table(tmp_path: Path) -> None:
+    done = gpupool("status", "--fake-gpus", "4", "--ledger", str(tmp_path / "ledger"))
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "Fake GPU" in line]
     assert len(rows) == 4
@@ -44,66 +57,83 @@ def test_fake_gpus_table() -> None:
     assert "4 fake GPU(s)" in done.stdout
 
 
-def test_fake_gpus_json() -> None:
-    done = gpupool("status", "--fake-gpus", "2", "--json")
+@needs_machine_status
+def test_fake_gpus_json(tmp_path: Path) -> None:
+    done = gpupool("status", "--fake-gpus", "2", "--json", "--ledger", str(tmp_path / "ledger"))
     assert done.returncode == 0, done.stderr
-    gpus = json.loads(done.stdout)
+    status = json.loads(done.stdout)
+    assert status["schema"] == 1
+    gpus = status["gpus"]
     assert [g["index"] for g in gpus] == [0, 1]
     assert gpus[0]["memory_free_mb"] == gpus[0]["memory_total_mb"] == 24_576
     assert gpus[1]["healthy"] is True
-    assert gpus[1]["processes"] == []
+    assert gpus[1]["holders"] == gpus[1]["other_processes"] == []
 
 
-def test_nvml_table_and_json(fake_machine: tuple[Path, FakeMachine]) -> None:
+@needs_machine_status
+def test_nvml_table_and_json(fake_machine: tuple[Path, FakeMachine], tmp_path: Path) -> None:
     library, machine = fake_machine
     machine.add_gpu(name="NVIDIA A100-SXM4-80GB", total_mb=81_920, used_mb=20_000,
                     utilization=63, processes={4242: 19_000, 5151: None})  # fmt: skip
     machine.add_gpu(name="NVIDIA A100-SXM4-80GB", errors={"error": GPU_IS_LOST})
-    table = gpupool("status", library_dir=library, state=machine)
+    ledger = str(tmp_path / "ledger")
+    table = gpupool("status", "--ledger", ledger, library_dir=library, state=machine, COLUMNS="140")
     assert table.returncode == 0, table.stderr
-    first, second = [line for line in table.stdout.splitlines() if line.startswith("│")]
-    assert "20,000 / 81,920" in first
+    rows = [line for line in table.stdout.splitlines() if line.startswith("│")]
+    first = next(row for row in rows if "20,000 / 81,920" in row)
     assert "63%" in first
-    assert "4242: 19,000, 5151: ?" in first
     # Lost from the start, so NVML could not even tell its name or UUID.
-    assert "unidentified GPU" in second
+    second = next(row for row in rows if "unidentified GPU" in row)
     assert "UNHEALTHY: GPU is lost" in second
-    assert "NVIDIA driver 550.54.15" in table.stdout
+    # Neither process is in the ledger: both are listed as not managed by gpupool.
+    managed = table.stdout[table.stdout.index("Not managed by gpupool") :]
+    assert "4242" in managed
+    assert "19,000 MiB" in managed
+    assert "5151" in managed
+    assert "? MiB" in managed
 
-    as_json = gpupool("status", "--json", library_dir=library, state=machine)
+    as_json = gpupool("status", "--json", "--ledger", ledger, library_dir=library, state=machine)
     assert as_json.returncode == 0, as_json.stderr
-    gpus = json.loads(as_json.stdout)
+    gpus = json.loads(as_json.stdout)["gpus"]
     assert len(gpus) == 2
     assert gpus[0]["uuid"] == gpu_uuid(0)
-    assert gpus[0]["processes"] == [
-        {"pid": 4242, "used_memory_mb": 19_000},
-        {"pid": 5151, "used_memory_mb": None},
+    assert [(p["pid"], p["memory_mb"]) for p in gpus[0]["other_processes"]] == [
+        (4242, 19_000),
+        (5151, None),
     ]
+    assert gpus[0]["holders"] == []
     assert gpus[1]["healthy"] is False
     assert "lost" in gpus[1]["health_detail"].lower()
 
 
-def test_nvml_honours_cuda_visible_devices(fake_machine: tuple[Path, FakeMachine]) -> None:
+@needs_machine_status
+def test_nvml_honours_cuda_visible_devices(
+    fake_machine: tuple[Path, FakeMachine], tmp_path: Path
+) -> None:
     library, machine = fake_machine
     for _ in range(3):
         machine.add_gpu()
+    ledger = ("--ledger", str(tmp_path / "ledger"))
     done = gpupool(
-        "status", "--json", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
+        "status", "--json", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
     )
     assert done.returncode == 0, done.stderr
-    assert [g["uuid"] for g in json.loads(done.stdout)] == [gpu_uuid(0), gpu_uuid(2)]
-    table = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0")
+    assert [g["uuid"] for g in json.loads(done.stdout)["gpus"]] == [gpu_uuid(0), gpu_uuid(2)]
+    table = gpupool(
+        "status", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
+    )
     assert table.returncode == 0, table.stderr
     assert [line.split("│")[1].strip() for line in table.stdout.splitlines() if "│" in line] == [
         "0",
         "2",
     ]
     assert "CUDA_VISIBLE_DEVICES=2,0" in table.stdout
-    none = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="")
+    none = gpupool("status", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="")
     assert none.returncode == 0, none.stderr
     assert "No GPUs visible" in none.stdout
 
 
+@needs_machine_status
 def test_no_nvml_driver_is_a_clear_error(fake_machine: tuple[Path, FakeMachine]) -> None:
     library, machine = fake_machine
     machine.init_error = DRIVER_NOT_LOADED
@@ -116,6 +146,7 @@ def test_no_nvml_driver_is_a_clear_error(fake_machine: tuple[Path, FakeMachine])
     assert "Traceback" not in done.stderr
 
 
+@needs_machine_status
 def test_no_nvml_library_is_a_clear_error(tmp_path: Path) -> None:
     import ctypes.util
 
@@ -127,6 +158,7 @@ def test_no_nvml_library_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@needs_machine_status
 def test_bad_cuda_visible_devices_is_a_clear_error(
     fake_machine: tuple[Path, FakeMachine],
 ) -> None:
