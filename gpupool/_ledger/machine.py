@@ -273,6 +273,10 @@ class MachineCore:
             self._waiting[ticket] = _Waiting(
                 request, experiment_id, machine_ticket, self._clock(), wall
             )
+            if len(self._waiting) == 1:
+                # The pool's listener, which had no waiter, sleeps with no deadline:
+                # wake it, so that it polls (and frees dead members) while this waits.
+                wakeup.wake(self.directory, [self.member_id])
         others = self._localize(own, state=None)
         if isinstance(outcome, Grant):
             allocation = self._take(outcome.allocation, request, machine_ticket=None)
