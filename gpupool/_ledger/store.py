@@ -167,9 +167,14 @@ class LedgerStore:
         if inode is None:
             if self._lock_fd is None:
                 raise rows.Damaged("the ledger file is missing")  # made under the lock
+            if any(os.path.lexists(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")):
+                # Deleted while pools use it (SQLite's files outlive an `rm`): damage,
+                # rebuilt (and reported) like any other.
+                raise rows.Damaged("the ledger file was deleted while in use")
             if self._create():
-                # Deleted under running pools (a cleaner, a user): they write themselves
-                # back into the new file when woken, before anything is granted in it.
+                # Every file removed under running pools (a cleaner, a user): members
+                # that hold GPUs may be idle, with no transaction to come that would find
+                # the new file; woken, they write themselves back (see _rebuild).
                 logger.warning(
                     "gpupool: the ledger file %s was deleted while pools used it; started a "
                     "fresh one, which the live pools fill in again with what they hold",
@@ -234,18 +239,21 @@ class LedgerStore:
         """Move the damaged file aside and start a fresh ledger (under the lock)."""
         self.close_connection()
         aside = self.directory / f"{DB_NAME}.damaged"
-        with contextlib.suppress(OSError):
+        try:
             os.replace(self.path, aside)
+            kept = f" (the damaged file is kept as {aside})"
+        except OSError:
+            kept = ""  # deleted, not damaged in place
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.unlink(f"{self.path}{suffix}")
         self._create()
         logger.warning(
             "gpupool: the ledger at %s was damaged (%s); started a fresh one, which the live "
-            "pools fill in again with what they hold (the damaged file is kept as %s)",
+            "pools fill in again with what they hold%s",
             self.path,
             error,
-            aside,
+            kept,
         )
         wakeup.wake_all(self.directory)
 
