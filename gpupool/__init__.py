@@ -28,6 +28,12 @@ from ._core.scoring import ScoredGPU as ScoredGPU
 from ._core.scoring import Scorer as Scorer
 from ._core.waiters import Waiter as Waiter
 from ._journal.store import Journal as Journal
+from ._ledger.status import machine_status as machine_status
+from ._ledger.view import LedgerHolder as LedgerHolder
+from ._ledger.view import LedgerWaiter as LedgerWaiter
+from ._ledger.view import MachineGPU as MachineGPU
+from ._ledger.view import MachineStatus as MachineStatus
+from ._ledger.view import OtherProcess as OtherProcess
 from ._pool.pool import GPUResourcePool as GPUResourcePool
 from ._process.run import ProcessFailed as ProcessFailed
 from ._process.run import ProcessResult as ProcessResult
@@ -67,8 +73,13 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "LedgerHolder",
+    "LedgerWaiter",
+    "MachineGPU",
+    "MachineStatus",
     "NVMLProvider",
     "OptimizeResult",
+    "OtherProcess",
     "ParallelRunner",
     "PoolClosed",
     "PoolStatistics",
@@ -94,6 +105,7 @@ __all__ = [
     "Waiter",
     "WouldBlock",
     "estimate_memory_mb",
+    "machine_status",
     "run_blocking",
     "run_process",
 ]
