@@ -29,6 +29,12 @@ from ._core.scoring import ScoredGPU as ScoredGPU
 from ._core.scoring import Scorer as Scorer
 from ._core.waiters import Waiter as Waiter
 from ._journal.store import Journal as Journal
+from ._ledger.status import machine_status as machine_status
+from ._ledger.view import LedgerHolder as LedgerHolder
+from ._ledger.view import LedgerWaiter as LedgerWaiter
+from ._ledger.view import MachineGPU as MachineGPU
+from ._ledger.view import MachineStatus as MachineStatus
+from ._ledger.view import OtherProcess as OtherProcess
 from ._pool.pool import GPUResourcePool as GPUResourcePool
 from ._process.run import ProcessFailed as ProcessFailed
 from ._process.run import ProcessResult as ProcessResult
@@ -69,8 +75,13 @@ __all__ = [
     "JournalError",
     "JournalInUse",
     "LedgerError",
+    "LedgerHolder",
+    "LedgerWaiter",
+    "MachineGPU",
+    "MachineStatus",
     "NVMLProvider",
     "OptimizeResult",
+    "OtherProcess",
     "ParallelRunner",
     "PoolClosed",
     "PoolStatistics",
@@ -96,6 +107,7 @@ __all__ = [
     "Waiter",
     "WouldBlock",
     "estimate_memory_mb",
+    "machine_status",
     "run_blocking",
     "run_process",
 ]

@@ -4,9 +4,23 @@ and the argument types they share."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["fake_gpus_arg", "int_arg"]
+from .._core.errors import LedgerError
+from .._ledger.location import DEFAULT, LEDGER_ENV, resolve_ledger
+from .jobs_file import parse_duration, parse_memory_mb
+
+__all__ = [
+    "duration_arg",
+    "fake_gpus_arg",
+    "int_arg",
+    "ledger_dir",
+    "memory_arg",
+    "seconds_arg",
+    "size_text",
+]
 
 
 def int_arg(minimum: int, *, maximum: int | None = None, label: str = "") -> Callable[[str], int]:
@@ -38,3 +52,61 @@ def fake_gpus_arg(minimum: int, *, label: str = "") -> Callable[[str], int]:
     from ..providers.fake import MAX_FAKE_GPUS
 
     return int_arg(minimum, maximum=MAX_FAKE_GPUS, label=label)
+
+
+def duration_arg(name: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for ``--timeout`` and ``--for``: ``90``, ``90s``, ``30m``,
+    ``2h``, ``1h30m`` as seconds > 0; ``name`` is what the message calls it."""
+
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, name=name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def memory_arg(text: str) -> int:
+    """``--mem``: ``8G``, ``512M`` or ``8000`` (MB) as MB (binary units, as NVML counts)."""
+    try:
+        return parse_memory_mb(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def seconds_arg(text: str) -> float:
+    """``--grace``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def ledger_dir(given: Path | None) -> Path:
+    """The ledger directory a command that only reads or signals uses (``gpupool release``).
+
+    ``--ledger PATH`` if given, else the machine's default (``$GPUPOOL_LEDGER``,
+    else ``/dev/shm/gpupool``); :class:`~gpupool.LedgerError` when the ledger
+    is turned off and no path was given.
+    """
+    path = resolve_ledger(DEFAULT if given is None else given, real_gpus=True)
+    if path is None:
+        raise LedgerError(
+            f"the machine-wide ledger is turned off (${LEDGER_ENV}="
+            f"{os.environ.get(LEDGER_ENV, '')}): give its directory with --ledger PATH, "
+            f"or unset ${LEDGER_ENV}"
+        )
+    return Path(os.path.abspath(path))
+
+
+def size_text(mb: int) -> str:
+    """Megabytes as the jobs file and ``--mem`` write them: ``24G``, ``1T`` where whole,
+    else ``1500M``."""
+    for unit, scale in (("T", 1024 * 1024), ("G", 1024)):
+        if mb >= scale and mb % scale == 0:
+            return f"{mb // scale}{unit}"
+    return f"{mb}M"

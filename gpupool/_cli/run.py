@@ -45,11 +45,12 @@ import anyio.to_thread
 import attrs
 from rich.console import Console
 
-from .._core.errors import GPUPoolError, JournalError, ProviderError
+from .._core.errors import GPUPoolError, JournalError, LedgerError, ProviderError
 from .._core.model import GPUAllocation, GPUStatistics
 from .._core.results import TaskStatus
 from .._journal.adapter import RunnerJournal
 from .._journal.store import Journal
+from .._ledger.location import DEFAULT
 from .._pool.pool import GPUResourcePool
 from .._process.proctree import killpg_quietly
 from .._process.run import DEFAULT_GRACE_PERIOD, run_process
@@ -57,7 +58,7 @@ from .._runner.events import TaskEvent
 from .._runner.runner import ParallelRunner
 from .._runner.task import TaskHandle
 from ..providers import FakeGPUProvider
-from .args import fake_gpus_arg, int_arg
+from .args import duration_arg, fake_gpus_arg, int_arg, memory_arg, seconds_arg, size_text
 from .jobs_file import (
     JobCheck,
     JobDefaults,
@@ -65,8 +66,6 @@ from .jobs_file import (
     JobsFileReader,
     JobSpec,
     LineProblem,
-    parse_duration,
-    parse_memory_mb,
 )
 from .progress import JobsProgress
 
@@ -95,6 +94,9 @@ class RunOptions:
     gpus: int = 1
     memory_mb: int = 0
     fake_gpus: int | None = None
+    #: The machine-wide ledger to join (``None``: the default one for real GPUs,
+    #: none for fake GPUs).
+    ledger: Path | None = None
     journal: Path | None = None
     log_dir: Path | None = None
     retries: int = 0
@@ -123,30 +125,6 @@ class RunOptions:
 
 
 # -- the command line ---------------------------------------------------------
-
-
-def _duration_arg(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _memory_arg(text: str) -> int:
-    try:
-        return parse_memory_mb(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -185,7 +163,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mem",
-        type=_memory_arg,
+        type=memory_arg,
         default=0,
         metavar="SIZE",
         help="free memory each GPU must have, for a line without mem= (e.g. 8G)",
@@ -195,6 +173,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=fake_gpus_arg(1),
         metavar="N",
         help="pretend the machine has N GPUs (no NVML needed; for trying things out)",
+    )
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="PATH",
+        help=(
+            "the machine-wide ledger's directory, shared with every other gpupool process "
+            "given it (default: $GPUPOOL_LEDGER or /dev/shm/gpupool for real GPUs; "
+            "none for --fake-gpus unless given)"
+        ),
     )
     parser.add_argument(
         "--journal",
@@ -217,13 +205,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_duration_arg,
+        type=duration_arg("timeout"),
         metavar="DURATION",
         help="time limit per attempt for a line without timeout= (e.g. 90s, 30m, 2h)",
     )
     parser.add_argument(
         "--grace",
-        type=_seconds_arg,
+        type=seconds_arg,
         default=DEFAULT_GRACE_PERIOD,
         metavar="SECONDS",
         help=f"seconds between SIGTERM and SIGKILL (default {DEFAULT_GRACE_PERIOD:g})",
@@ -251,6 +239,7 @@ def command(args: argparse.Namespace) -> int:
             gpus=args.gpus,
             memory_mb=args.mem,
             fake_gpus=args.fake_gpus,
+            ledger=args.ledger,
             journal=args.journal,
             log_dir=args.log_dir,
             retries=args.retries,
@@ -348,17 +337,23 @@ class _Session:
     ) -> None:
         """Open the pool; if there are no GPUs to use, say so along with ``problems``."""
         fake = self.options.fake_gpus
-        pool = GPUResourcePool(
-            None if fake is None else FakeGPUProvider(count=fake),
-            refresh_interval=0.25 if fake else 1.0,
-        )
+        ledger = self.options.ledger
         try:
+            pool = GPUResourcePool(
+                None if fake is None else FakeGPUProvider(count=fake),
+                refresh_interval=0.25 if fake else 1.0,
+                # Fake GPUs join a ledger only when one is named; real ones the default.
+                ledger=DEFAULT if ledger is None else ledger,
+            )
             self.pool = await stack.enter_async_context(pool)
         except (ProviderError, ImportError) as error:
             no_gpus = (
                 f"cannot use the GPUs: {error} (to try gpupool without GPUs, add --fake-gpus N)"
             )
             raise _UsageError("\n".join([*map(str, problems), no_gpus])) from None
+        except LedgerError as error:
+            reason = f"cannot use the machine-wide ledger: {error}"
+            raise _UsageError("\n".join([*map(str, problems), reason])) from None
 
     async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
         """Make the log directory, open the journal and take over a dead run's."""
@@ -599,25 +594,17 @@ def capacity_problem(job: JobSpec, gpus: Sequence[GPUStatistics]) -> str | None:
     big_enough = sum(1 for gpu in healthy if gpu.memory_total_mb >= job.memory_mb)
     if big_enough >= job.gpus:
         return None
-    largest = _size(max(gpu.memory_total_mb for gpu in healthy))
+    largest = size_text(max(gpu.memory_total_mb for gpu in healthy))
     if job.gpus == 1:
         return (
-            f"mem={_size(job.memory_mb)} but no GPU has that much memory "
+            f"mem={size_text(job.memory_mb)} but no GPU has that much memory "
             f"(the largest has {largest})"
         )
     return (
-        f"gpus={job.gpus} mem={_size(job.memory_mb)} but only {big_enough} "
+        f"gpus={job.gpus} mem={size_text(job.memory_mb)} but only {big_enough} "
         f"GPU{'' if big_enough == 1 else 's'} {'has' if big_enough == 1 else 'have'} "
         f"that much memory (the largest has {largest})"
     )
-
-
-def _size(mb: int) -> str:
-    """Megabytes as the jobs file writes them: ``24G``, ``1T`` where whole, else ``1500M``."""
-    for unit, scale in (("T", 1024 * 1024), ("G", 1024)):
-        if mb >= scale and mb % scale == 0:
-            return f"{mb // scale}{unit}"
-    return f"{mb}M"
 
 
 # -- files ----------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _interval(text: str) -> float:
 def _machine_status(args: argparse.Namespace) -> MachineStatus:
     """The one place the command gets its view (tests replace it)."""
     # Imported here: the ledger (SQLite, /proc) is only loaded by the command that needs it.
-    from .._ledger.status import machine_status  # type: ignore[import-not-found]  # lands with the ledger
+    from .._ledger.status import machine_status
 
     provider = None if args.fake_gpus is None else FakeGPUProvider(count=args.fake_gpus)
     status: MachineStatus = machine_status(args.ledger, provider=provider)
@@ -119,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
     console = OutputConsole(highlight=False)
     notes = _notes(args)
     if not args.watch:
-        console.print(machine_view(status, console.width, notes))
+        console.print(machine_view(status, console.width, [*notes, *status.notes]))
         return 0
     notes.append(f"refreshed every {interval:g}s, Ctrl-C to stop")
-    first = machine_view(status, console.width, notes)
+    first = machine_view(status, console.width, [*notes, *status.notes])
     _watch(console, lambda: _view(args, console.width, notes), first, interval)
     return 0
 
@@ -142,7 +142,8 @@ def _notes(args: argparse.Namespace) -> list[str]:
 def _view(args: argparse.Namespace, width: int, notes: list[str]) -> RenderableType:
     """A fresh view, or the error that kept it from being taken (the watch goes on)."""
     try:
-        return machine_view(_machine_status(args), width, notes)
+        status = _machine_status(args)
+        return machine_view(status, width, [*notes, *status.notes])
     except GPUPoolError as error:
         when = time.strftime("%H:%M:%S")
         return Group(

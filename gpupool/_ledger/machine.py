@@ -71,6 +71,8 @@ class _Mine:
     request: Resources
     ticket: int | None
     jobs: tuple[tuple[int, int | None], ...] = ()
+    #: When a reservation ends (wall clock), as its hold row says.
+    until: float | None = None
 
 
 @final
@@ -338,6 +340,31 @@ class MachineCore:
 
         self._write(change)
 
+    def hold_id(self, allocation: GPUAllocation) -> int:
+        """The machine-wide id of ``allocation``'s hold: what ``gpupool status`` shows
+        and ``gpupool release`` takes (a rebuilt ledger renumbers it)."""
+        if not self.holds(allocation):
+            raise AllocationNotHeld(f"allocation {allocation.id} is not held by this pool")
+        return self._mine[allocation.id].hold_id
+
+    def set_until(self, allocation: GPUAllocation, until: float | None) -> None:
+        """Record in ``allocation``'s hold when it ends (wall clock; ``gpupool reserve --for``).
+
+        Only shown to people (``gpupool status``); the reservation's own
+        process ends it. Kept across a rebuild of the ledger.
+        """
+        if not self.holds(allocation):
+            raise AllocationNotHeld(f"allocation {allocation.id} is not held by this pool")
+        mine = self._mine[allocation.id]
+        mine.until = until
+
+        def change(state: LedgerState) -> None:
+            hold = state.holds.get(mine.hold_id)
+            if hold is not None:
+                state.holds[mine.hold_id] = attrs.evolve(hold, until=until)
+
+        self._write(change)
+
     def update(
         self,
         snapshot: Sequence[GPUStats],
@@ -473,6 +500,9 @@ class MachineCore:
                     continue
                 if row.state == "granted" and row.hold in state.holds:
                     hold = state.holds[row.hold]
+                    if hold.kind != self._kind:
+                        # Granted by another process, which wrote its own kind of grant.
+                        hold = state.holds[row.hold] = attrs.evolve(hold, kind=self._kind)
                     collected.append((ticket, Grant(ticket, _allocation_of(hold))))
                 else:
                     collected.append((ticket, Failure(ticket, error_from_text(row.error))))
@@ -657,7 +687,7 @@ class MachineCore:
             state.holds[hold_id] = HoldRow(
                 hold_id, self.member_id, None, a.gpu_uuids, a.memory_mb, a.exclusive, r.priority,
                 r.expected_duration, a.experiment_id, now, time.time(), mine.jobs, self._kind,
-                None, False,
+                mine.until, False,
             )  # fmt: skip
         for waiting in sorted(self._waiting.values(), key=lambda w: w.submitted_at):
             machine_ticket = state.take_id()

@@ -125,3 +125,6 @@ class MachineStatus:
     holders: tuple[LedgerHolder, ...]
     #: The machine-wide queue, in order of service.
     waiters: tuple[LedgerWaiter, ...]
+    #: Remarks on how the view was made, for people (for example that NVML could
+    #: not be used, so the GPUs are as a pool last recorded them in the ledger).
+    notes: tuple[str, ...] = ()

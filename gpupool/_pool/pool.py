@@ -198,6 +198,10 @@ class GPUResourcePool:
         scorer: Scorer = default_score,
         open_timeout: float | None = 60.0,
         ledger: str | os.PathLike[str] | object | None = DEFAULT,
+        # Private, for `gpupool reserve`: how this pool's holds are labelled in the
+        # ledger ("reservation" lets `gpupool release` end them). Not a user's choice,
+        # so it stays out of the docs; the machine core stores whatever it is given.
+        _ledger_kind: str = "allocation",
     ) -> None:
         if provider is not None and not callable(getattr(provider, "snapshot", None)):
             raise TypeError(f"provider must have a snapshot() method, got {shown(provider)}")
@@ -221,6 +225,11 @@ class GPUResourcePool:
                 f"ledger ({self._ledger_dir}) every process orders the machine's queue the "
                 "same way, so pass ledger=None to use a policy or scorer of your own"
             )
+        if _ledger_kind not in ("allocation", "reservation"):
+            raise ValueError(
+                f"_ledger_kind must be 'allocation' or 'reservation', got {shown(_ledger_kind)}"
+            )
+        self._ledger_kind = _ledger_kind
         self._provider = provider
         self._max_parallel = max_parallel
         self._refresh_interval = interval
@@ -419,6 +428,7 @@ class GPUResourcePool:
                 settle_timeout=self._settle_timeout,
                 pool_id=self._id,
                 on_process_started=_ProcessAttribution(self),
+                kind=self._ledger_kind,
             )
 
         return await anyio.to_thread.run_sync(join)
@@ -633,6 +643,17 @@ class GPUResourcePool:
         check_int("pid", pid, minimum=1)
         core, _ = self._require_open()
         core.attach_process(allocation, pid)
+
+    def _ledger_hold(self, allocation: GPUAllocation, *, until: float | None = None) -> int:
+        """The machine-wide id of ``allocation``'s hold in the ledger (what ``gpupool
+        status`` shows and ``gpupool release`` takes), recording ``until`` (wall
+        clock) as when it ends where given. Private: for ``gpupool reserve``."""
+        core, _ = self._require_open()
+        if not isinstance(core, MachineCore):
+            raise ValueError("this pool joined no machine-wide ledger (ledger=None)")
+        if until is not None:
+            core.set_until(allocation, until)
+        return core.hold_id(allocation)
 
     def mark_unhealthy(
         self,
