@@ -268,7 +268,7 @@ class MachineCore:
             self._waiting[ticket] = _Waiting(
                 request, experiment_id, machine_ticket, self._clock(), wall
             )
-        others = self._localize(own, state=None)
+        others = self._localize(own)
         if isinstance(outcome, Grant):
             allocation = self._take(outcome.allocation, request, machine_ticket=None)
             return Submission(ticket, allocation, others)
@@ -287,19 +287,17 @@ class MachineCore:
 
         def change(state: LedgerState) -> tuple[dict[int, Outcome], set[str]]:
             t = self._clock()
-            row = state.waiters.get(machine_ticket)
             replica = self._replica(state, t, reuse=True)
+            # A grant another process made for it and this one has not collected yet is
+            # taken back by the core's cancel (its hold carries the ticket); a failure
+            # decided for it goes with its row.
             outcomes = replica.core.cancel(machine_ticket, t)
             state.waiters.pop(machine_ticket, None)
-            if row is not None and row.state != "waiting":
-                # Decided for us by another process and not yet collected: a grant is
-                # taken back (core.cancel released it above), a failure is dropped.
-                pass
             return self._record_freed(replica, outcomes, state, t)
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
-        return self._localize(own, state=None)
+        return self._localize(own)
 
     def release(self, allocation: GPUAllocation, now: float) -> list[Outcome]:
         if not isinstance(allocation, GPUAllocation):
@@ -323,7 +321,7 @@ class MachineCore:
 
         own, woken = self._write(change)
         wakeup.wake(self.directory, woken)
-        outcomes = self._localize(own, state=None)
+        outcomes = self._localize(own)
         self.leave_if_done()
         return outcomes
 
@@ -512,7 +510,7 @@ class MachineCore:
         wakeup.wake(self.directory, woken)
         for ticket, outcome in collected:
             own[ticket] = outcome
-        return self._localize(own, state=None)
+        return self._localize(own)
 
     def _pass(self, state: LedgerState, now: float) -> tuple[dict[int, Outcome], set[str]]:
         replica = self._replica(state, now)
@@ -602,7 +600,7 @@ class MachineCore:
             woken |= also
         return own, woken
 
-    def _localize(self, own: dict[int, Outcome], state: LedgerState | None) -> list[Outcome]:
+    def _localize(self, own: dict[int, Outcome]) -> list[Outcome]:
         """This pool's outcomes, from machine tickets to its own tickets and allocations."""
         by_machine = {w.machine_ticket: t for t, w in self._waiting.items()}
         local: list[Outcome] = []

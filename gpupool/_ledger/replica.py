@@ -203,6 +203,7 @@ class Replica:
         woken: set[str] = set()
         decided = {o.ticket: o for o in outcomes}
         waiters_of = {**self.visible, **new_waiters}
+        promises = self.policy.promises()
         # Holdings: drop the released, add the granted.
         for hold_id in [h for h in state.holds if core.holding(h) is None]:
             del state.holds[hold_id]
@@ -235,7 +236,7 @@ class Replica:
         for ticket, waiter in waiters_of.items():
             if core.queued(ticket):
                 row = state.waiters.get(ticket, waiter)
-                promise = self.policy.promises().get(ticket)
+                promise = promises.get(ticket)
                 if promise is not None:
                     row = attrs.evolve(
                         row, front_at=promise[0], front_last=promise[1], reserved_start=promise[2]
