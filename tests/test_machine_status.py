@@ -276,19 +276,18 @@ def test_without_nvml_the_gpus_are_the_ones_the_ledger_recorded(
     assert "as a pool last recorded them" in note
 
 
-def test_without_nvml_or_a_ledger_there_are_no_gpus_and_a_note_says_why(
+def test_without_nvml_or_gpus_in_the_ledger_the_providers_error_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Nothing to show: an empty view would hide why, so NVML's own error is raised."""
     from gpupool.providers import nvml
 
     def no_nvml(self: object) -> list[gpupool.GPUStats]:
         raise ProviderError("cannot use NVML: not here")
 
     monkeypatch.setattr(nvml.NVMLProvider, "snapshot", no_nvml)
-    status = machine_status(tmp_path)
-    assert status.gpus == ()
-    assert status.holders == ()
-    assert "records no GPUs" in status.notes[0]
+    with pytest.raises(ProviderError, match="cannot use NVML: not here"):
+        machine_status(tmp_path)
 
 
 def test_a_holder_on_a_gpu_the_provider_does_not_list_is_still_shown(

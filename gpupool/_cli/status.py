@@ -135,7 +135,8 @@ def _notes(args: argparse.Namespace) -> list[str]:
     else:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
-            notes.append(f"CUDA_VISIBLE_DEVICES={visible}")
+            # machine_status shows the machine, so the mask is not applied: say so.
+            notes.append(f"every GPU of the machine (CUDA_VISIBLE_DEVICES={visible} not applied)")
     return notes
 
 

@@ -157,7 +157,7 @@ def _gpus(
                 f"recorded them in the ledger (at {when})"
             )
         else:
-            notes.append(f"NVML cannot be used here ({error}), and the ledger records no GPUs")
+            raise  # nothing to show: the provider's own message says what to do
         return [_stats_of(row) for row in sorted(recorded, key=lambda g: (g.index, g.uuid))]
 
 

@@ -49,6 +49,7 @@ def fake_machine(fake_nvml_build: Callable[..., Path], tmp_path: Path) -> tuple[
 
 @needs_machine_status
 def test_fake_gpus_table(tmp_path: Path) -> None:
+    (tmp_path / "ledger").mkdir()
     done = gpupool("status", "--fake-gpus", "4", "--ledger", str(tmp_path / "ledger"))
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "Fake GPU" in line]
@@ -59,6 +60,7 @@ def test_fake_gpus_table(tmp_path: Path) -> None:
 
 @needs_machine_status
 def test_fake_gpus_json(tmp_path: Path) -> None:
+    (tmp_path / "ledger").mkdir()
     done = gpupool("status", "--fake-gpus", "2", "--json", "--ledger", str(tmp_path / "ledger"))
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
@@ -76,6 +78,7 @@ def test_nvml_table_and_json(fake_machine: tuple[Path, FakeMachine], tmp_path: P
     machine.add_gpu(name="NVIDIA A100-SXM4-80GB", total_mb=81_920, used_mb=20_000,
                     utilization=63, processes={4242: 19_000, 5151: None})  # fmt: skip
     machine.add_gpu(name="NVIDIA A100-SXM4-80GB", errors={"error": GPU_IS_LOST})
+    (tmp_path / "ledger").mkdir()
     ledger = str(tmp_path / "ledger")
     table = gpupool("status", "--ledger", ledger, library_dir=library, state=machine, COLUMNS="140")
     assert table.returncode == 0, table.stderr
@@ -107,30 +110,38 @@ def test_nvml_table_and_json(fake_machine: tuple[Path, FakeMachine], tmp_path: P
 
 
 @needs_machine_status
-def test_nvml_honours_cuda_visible_devices(
+def test_the_machine_view_shows_every_gpu_whatever_the_mask(
     fake_machine: tuple[Path, FakeMachine], tmp_path: Path
 ) -> None:
+    """The view is the machine's: this shell's CUDA_VISIBLE_DEVICES (even a malformed
+    one) is not applied, and the table says so."""
     library, machine = fake_machine
     for _ in range(3):
         machine.add_gpu()
+    (tmp_path / "ledger").mkdir()
     ledger = ("--ledger", str(tmp_path / "ledger"))
-    done = gpupool(
-        "status", "--json", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
-    )
-    assert done.returncode == 0, done.stderr
-    assert [g["uuid"] for g in json.loads(done.stdout)["gpus"]] == [gpu_uuid(0), gpu_uuid(2)]
+    for mask in ("2,0", "", "0,gpu0"):
+        done = gpupool(
+            "status",
+            "--json",
+            *ledger,
+            library_dir=library,
+            state=machine,
+            CUDA_VISIBLE_DEVICES=mask,
+        )
+        assert done.returncode == 0, done.stderr
+        uuids = [g["uuid"] for g in json.loads(done.stdout)["gpus"]]
+        assert uuids == [gpu_uuid(0), gpu_uuid(1), gpu_uuid(2)]
     table = gpupool(
-        "status", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="2,0"
+        "status",
+        *ledger,
+        library_dir=library,
+        state=machine,
+        CUDA_VISIBLE_DEVICES="2,0",
+        COLUMNS="140",
     )
     assert table.returncode == 0, table.stderr
-    assert [line.split("│")[1].strip() for line in table.stdout.splitlines() if "│" in line] == [
-        "0",
-        "2",
-    ]
-    assert "CUDA_VISIBLE_DEVICES=2,0" in table.stdout
-    none = gpupool("status", *ledger, library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="")
-    assert none.returncode == 0, none.stderr
-    assert "No GPUs visible" in none.stdout
+    assert "CUDA_VISIBLE_DEVICES=2,0 not applied" in table.stdout
 
 
 @needs_machine_status
@@ -155,18 +166,6 @@ def test_no_nvml_library_is_a_clear_error(tmp_path: Path) -> None:
     done = gpupool("status", "--json", library_dir=tmp_path)
     assert done.returncode == 2
     assert "libnvidia-ml.so.1) was not found" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-@needs_machine_status
-def test_bad_cuda_visible_devices_is_a_clear_error(
-    fake_machine: tuple[Path, FakeMachine],
-) -> None:
-    library, machine = fake_machine
-    machine.add_gpu()
-    done = gpupool("status", library_dir=library, state=machine, CUDA_VISIBLE_DEVICES="0,gpu0")
-    assert done.returncode == 2
-    assert "CUDA_VISIBLE_DEVICES='0,gpu0' has entry 'gpu0'" in done.stderr
     assert "Traceback" not in done.stderr
 
 
