@@ -37,6 +37,7 @@ from .._core.model import (
 )
 from .._core.request import Resources
 from .._system import procfs
+from .._system.groups import LeftoverProcessGroup, still_running
 from . import wakeup
 from .members import Membership, is_alive, live_members, remove_files
 from .replica import Replica, error_from_text
@@ -722,12 +723,12 @@ class MachineCore:
             for hold_id, hold in list(state.holds.items()):
                 if hold.member != member:
                     continue
-                if hold.jobs and row.pid_namespace == here and _kill_jobs(hold.jobs):
+                if hold.jobs and row.pid_namespace == here and _kill_jobs(hold):
                     state.holds[hold_id] = attrs.evolve(hold, orphaned=True)
                 else:
                     del state.holds[hold_id]
         for hold_id, hold in list(state.holds.items()):
-            if hold.orphaned and not _kill_jobs(hold.jobs):
+            if hold.orphaned and not _kill_jobs(hold):
                 del state.holds[hold_id]
                 changed = True
         return changed
@@ -756,22 +757,24 @@ def _allocation_of(hold: HoldRow) -> GPUAllocation:
     )  # fmt: skip
 
 
-def _kill_jobs(jobs: tuple[tuple[int, int | None], ...]) -> bool:
-    """SIGKILL the process groups of a dead member's jobs; True while any still lives.
+def _kill_jobs(hold: HoldRow) -> bool:
+    """SIGKILL the process groups of a dead member's jobs, without waiting; True while
+    any still has processes (another user's cannot be killed from here: they count
+    until they end).
 
-    A job is recorded as (pid, start time); ``run_process`` makes it a session
-    and process group leader, so its pid is its group's id. A leader whose
-    start time differs is someone else who got the pid: left alone.
+    A job is recorded as (pid, start time); ``run_process`` makes it a session and
+    process group leader, so its pid is its group's id, and the group is judged as
+    the journal's takeover judges a dead run's (``gpupool._system.groups``): a
+    reused pid is left alone, survivors of a leader that exited are not.
     """
-    alive = False
-    for pid, started in jobs:
-        now_started = procfs.start_time(pid)
-        if now_started is None or (started is not None and now_started != started):
-            continue
-        info = procfs.read_stat(pid)
-        if info is None or not info.alive:
-            continue
-        alive = True
+    running = [
+        group
+        for pid, started in hold.jobs
+        if still_running(
+            group := LeftoverProcessGroup(f"allocation {hold.id}", pid, started, procfs.boot_id())
+        )
+    ]
+    for group in running:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    return alive
+            os.killpg(group.pgid, signal.SIGKILL)
+    return bool(running)

@@ -26,7 +26,7 @@ import attrs
 
 from . import procfs
 
-__all__ = ["LeftoverProcessGroup", "kill_process_groups"]
+__all__ = ["LeftoverProcessGroup", "kill_process_groups", "still_running"]
 
 
 @attrs.frozen
@@ -66,6 +66,11 @@ def _still_ours(group: LeftoverProcessGroup) -> bool:
     return True
 
 
+def still_running(group: LeftoverProcessGroup) -> bool:
+    """Whether processes of the recorded job still run in ``group.pgid``."""
+    return _still_ours(group) and (not procfs.has_proc() or bool(_group_members(group.pgid)))
+
+
 def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float = 5.0) -> list[int]:
     """SIGKILL every leftover group that still has processes; return their pgids.
 
@@ -76,9 +81,7 @@ def kill_process_groups(groups: Iterable[LeftoverProcessGroup], *, wait: float =
     """
     killed = []
     for group in groups:
-        if not _still_ours(group):
-            continue
-        if procfs.has_proc() and not _group_members(group.pgid):
+        if not still_running(group):
             continue
         try:
             os.killpg(group.pgid, signal.SIGKILL)
