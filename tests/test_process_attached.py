@@ -71,8 +71,10 @@ async def test_cancelling_ends_the_command_with_sigterm_then_sigkill(tmp_path: P
             tg.cancel_scope.cancel()
 
         tg.start_soon(stop_when_ready)
+        # The grace must outlast the trap (sh runs it once its `sleep` has died): on a
+        # loaded 2-core CI machine 0.5 s was once too short, and the SIGKILL cut the echo.
         await run_attached(
-            ["sh", "-c", script], allocation=allocation, grace_period=0.5, on_start=started.append
+            ["sh", "-c", script], allocation=allocation, grace_period=3.0, on_start=started.append
         )
     assert got.read_text() == "TERM\n"
     assert gone(started[0])  # it ignored SIGTERM (the trap): SIGKILL after the grace
