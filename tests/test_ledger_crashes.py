@@ -289,8 +289,8 @@ async def test_kill_9_of_a_holder_frees_its_gpu_for_a_waiting_process(
             state = state_of(ledger)
             assert member not in state.members
             assert [h.member for h in state.holds.values()] == [me]
-            assert not lock_path(ledger, member).exists()
-            assert not socket_path(ledger, member).exists()
+            assert not os.path.exists(lock_path(ledger, member))
+            assert not os.path.exists(socket_path(ledger, member))
             await pool.release(allocation)
 
 
@@ -517,7 +517,7 @@ def test_a_live_pid_whose_lock_is_free_is_a_dead_member(
     worker = spawn(ledger, backend, 2)
     worker.expect("ready")
     forge(ledger, os.getpid(), waiter=True)
-    lock_path(ledger, FORGED).touch()  # its lock file is there, but nobody holds it
+    Path(lock_path(ledger, FORGED)).touch()  # its lock file is there, but nobody holds it
     assert holders(ledger)[fake_uuid(0)] == FORGED
     worker.send("acquire", "x", 1, BOUND, "0")
     assert worker.expect("granted", "x")[3] == fake_uuid(0)
@@ -525,7 +525,7 @@ def test_a_live_pid_whose_lock_is_free_is_a_dead_member(
     assert FORGED not in state.members
     assert not any(h.member == FORGED for h in state.holds.values())
     assert not any(w.member == FORGED for w in state.waiters.values())
-    assert not lock_path(ledger, FORGED).exists()
+    assert not os.path.exists(lock_path(ledger, FORGED))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -749,7 +749,7 @@ def test_two_users_share_one_ledger(ledger: Path, spawn: Callable[..., Worker]) 
     (root_gpu,) = rooted.granted("r")
     nobody = spawn(ledger, "trio", 2, "--uid", str(NOBODY))
     nobody_id = nobody.expect("ready")[2]
-    assert lock_path(ledger, nobody_id).stat().st_uid == NOBODY
+    assert os.stat(lock_path(ledger, nobody_id)).st_uid == NOBODY
     (nobody_gpu,) = nobody.granted("n")
     assert nobody_gpu != root_gpu  # no double-booking, either way
     nobody.send("acquire", "n2", 1, 1.0)

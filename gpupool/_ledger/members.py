@@ -26,12 +26,13 @@ import os
 import secrets
 import socket
 import weakref
+from collections.abc import Collection
 from pathlib import Path
 from typing import final
 
 from .._core.errors import LedgerError
 
-__all__ = ["MAX_SOCKET_PATH", "Membership", "is_alive", "lock_path", "members_dir", "socket_path"]
+__all__ = ["MAX_SOCKET_PATH", "Liveness", "Membership", "is_alive", "lock_path", "members_dir", "socket_path"]
 
 #: The longest path an AF_UNIX socket can be bound to on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
@@ -43,12 +44,14 @@ def members_dir(ledger: Path) -> Path:
     return ledger / "members"
 
 
-def lock_path(ledger: Path, member: str) -> Path:
-    return members_dir(ledger) / f"{member}.lock"
+# Strings, not Paths: these are built for every member in every transaction, and
+# pathlib's joins were 7% of the CPU of 8 contending processes (docs/benchmarks.md).
+def lock_path(ledger: Path | str, member: str) -> str:
+    return f"{os.fspath(ledger)}/members/{member}.lock"
 
 
-def socket_path(ledger: Path, member: str) -> Path:
-    return members_dir(ledger) / f"{member}.sock"
+def socket_path(ledger: Path | str, member: str) -> str:
+    return f"{os.fspath(ledger)}/members/{member}.sock"
 
 
 @final
@@ -80,7 +83,7 @@ class Membership:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.socket.setblocking(False)
             try:
-                self.socket.bind(os.fsdecode(sock_file))
+                self.socket.bind(sock_file)
                 # Any member may wake any other: a wake-up only makes it read the ledger.
                 os.chmod(sock_file, 0o666)
             except OSError:
@@ -176,19 +179,70 @@ def is_alive(ledger: Path, member: str) -> bool:
     only a live process could have made it unreadable, and freeing a live
     member's GPUs would double-book them.
     """
+    alive, fd = _check(lock_path(ledger, member))
+    if fd is not None:
+        os.close(fd)
+    return alive
+
+
+def _check(path: str) -> tuple[bool, int | None]:
+    """Whether the lock file at ``path`` is held, and a descriptor of it if it is."""
     try:
-        fd = os.open(lock_path(ledger, member), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return False, None
     except OSError:
-        return True
+        return True, None  # unreadable: see is_alive
+    if _locked(fd):
+        return True, fd
+    os.close(fd)
+    return False, None
+
+
+def _locked(fd: int) -> bool:
+    """Whether another process holds the file's lock (a shared lock taken here is dropped)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    finally:
-        os.close(fd)  # also drops the shared lock, if it was taken
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+@final
+class Liveness:
+    """:func:`is_alive` for one process's transactions, with the lock files it found
+    held kept open: asking again is then one ``flock`` call, not an open, a lock
+    and a close (the liveness checks of every submit, with 8 members, cost more
+    than the scheduling; docs/benchmarks.md)."""
+
+    def __init__(self, ledger: Path) -> None:
+        self.ledger = ledger
+        self._open: dict[str, int] = {}  # by member id
+
+    def is_alive(self, member: str) -> bool:
+        fd = self._open.pop(member, None)
+        if fd is not None:
+            if _locked(fd):
+                # Only its member holds this file's lock for longer than an instant
+                # (checks like this one share it), so the file is still held.
+                self._open[member] = fd
+                return True
+            # Free: the member died, or replaced a deleted file with a new one under
+            # the same name (Membership.ensure). Look at the file there now.
+            os.close(fd)
+        alive, fd = _check(lock_path(self.ledger, member))
+        if fd is not None:
+            self._open[member] = fd
+        return alive
+
+    def keep_only(self, members: Collection[str]) -> None:
+        """Close the files of members no longer in the ledger."""
+        for member in [m for m in self._open if m not in members]:
+            os.close(self._open.pop(member))
+
+    def close(self) -> None:
+        self.keep_only(())
 
 
 def remove_files(ledger: Path, member: str) -> None:

@@ -23,7 +23,6 @@ treated the same way.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -36,6 +35,7 @@ from typing import TypeVar, final
 from .._core.errors import LedgerError
 from .._system import procfs
 from . import rows, wakeup
+from .lock import LedgerLock
 from .members import live_members
 
 __all__ = ["LOCK_TIMEOUT", "REBUILD_GRACE", "LedgerStore"]
@@ -63,18 +63,17 @@ class LedgerStore:
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
-        self._lock_fd: int | None = None  # the lock file while the lock is held
-        self._lock_file: int | None = None  # the lock file, open between transactions
+        self._lock = LedgerLock(directory / LOCK_NAME, LOCK_TIMEOUT)
         #: Called inside the transaction that made a fresh ledger, or that found one
         #: made by someone else: the member writes itself back into ``state``.
         self.on_rebuilt: Callable[[rows.LedgerState], None] | None = None
         self.generation: str | None = None
         #: This process's member id: a ledger without its row is written into again.
         self.member: str | None = None
-        # The state as this process last committed it, with the ledger's version then:
-        # while nobody else has written since, the next transaction starts from it
-        # instead of reading every table (what keeps an uncontended acquire cheap).
-        self._cached: tuple[int, rows.LedgerState] | None = None
+        # The state as this process last committed it: the next transaction reads only
+        # the tables others have changed since (rows.load), and while nobody has, it
+        # starts from this very object (what keeps an uncontended acquire cheap).
+        self._cached: rows.LedgerState | None = None
 
     # ------------------------------------------------------------ transactions
 
@@ -85,7 +84,7 @@ class LedgerStore:
         place; it may run twice (again after the ledger was found damaged and
         rebuilt), so it must not have effects outside the state.
         """
-        self._lock()
+        self._lock.acquire()
         try:
             for attempt in (1, 2):
                 try:
@@ -102,32 +101,26 @@ class LedgerStore:
                     self._rebuild(error)
             raise AssertionError("unreachable")
         finally:
-            self._unlock()
+            self._lock.release()
 
     def read(self) -> rows.LedgerState:
         """The ledger's state, read without the lock (WAL: a consistent snapshot)."""
         try:
             conn = self._connection()
             with _read_transaction(conn):
-                return rows.load(conn)
+                state = rows.load(conn, self._cached)
+            # The cached state is the next transaction's to change, not the caller's.
+            return rows.copy(state) if state is self._cached else state
         except (sqlite3.DatabaseError, rows.Damaged):
             # Repaired under the lock; the write returns the state it saw.
             return self.write(lambda state: rows.copy(state))
-
-    def cached_state(self) -> rows.LedgerState | None:
-        """The state object the current transaction reuses from the last one, if any."""
-        return None if self._cached is None else self._cached[1]
 
     def _write_once(self, change: Callable[[rows.LedgerState], T]) -> T:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = rows.version(conn)
             cached, self._cached = self._cached, None
-            if cached is not None and cached[0] == version:
-                state = cached[1]
-            else:
-                state = rows.load(conn)
+            state = rows.load(conn, cached)
             if state.generation != self.generation or (
                 self.member is not None and self.member not in state.members
             ):
@@ -137,15 +130,11 @@ class LedgerStore:
                 if self.on_rebuilt is not None:
                     self.on_rebuilt(state)
                     rows.save(conn, state)
-                    version += 1
-                    rows.set_version(conn, version)
             before = rows.copy(state)
             result = change(state)
-            if rows.save(conn, state, before):
-                version += 1
-                rows.set_version(conn, version)
+            rows.save(conn, state, before)
             conn.execute("COMMIT")
-            self._cached = (version, state)
+            self._cached = state
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -165,7 +154,7 @@ class LedgerStore:
             return self._conn
         self.close_connection()
         if inode is None:
-            if self._lock_fd is None:
+            if not self._lock.held:
                 raise rows.Damaged("the ledger file is missing")  # made under the lock
             if any(os.path.lexists(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")):
                 # Deleted while pools use it (SQLite's files outlive an `rm`): damage,
@@ -218,6 +207,7 @@ class LedgerStore:
                         ("boot_id", procfs.boot_id()),
                         ("generation", secrets.token_hex(8)),
                         ("next_id", 1),
+                        *((f"v:{table}", 0) for table in rows.TABLES),
                         # Live members (a rebuild, not a first start) write themselves back
                         # first; nothing is granted until they have, or the grace is over.
                         ("rebuild_until", now + REBUILD_GRACE if others else None),
@@ -259,7 +249,7 @@ class LedgerStore:
 
     def check_boot(self) -> None:
         """Start afresh if the ledger was written before the machine last booted."""
-        self._lock()
+        self._lock.acquire()
         try:
             conn = self._connection()
             row = conn.execute("SELECT value FROM meta WHERE key = 'boot_id'").fetchone()
@@ -269,7 +259,7 @@ class LedgerStore:
         except (sqlite3.DatabaseError, rows.Damaged) as error:
             self._rebuild(error)
         finally:
-            self._unlock()
+            self._lock.release()
 
     def close_connection(self) -> None:
         self._cached = None
@@ -278,57 +268,10 @@ class LedgerStore:
         if conn is not None:
             conn.close()
 
-    # ------------------------------------------------------------ the lock
-
-    def _lock(self) -> None:
-        """Take the ledger's lock, waiting at most :data:`LOCK_TIMEOUT` seconds.
-
-        The lock file stays open between transactions (one ``flock`` call to
-        take it, not an open and a close as well); it is checked to still be
-        the file in the directory each time, and reopened if it was replaced.
-        """
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        pause = 0.0
-        path = self.directory / LOCK_NAME
-        while True:
-            fd = self._lock_file
-            if fd is None:
-                fd = self._lock_file = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LedgerError(
-                        f"the ledger's lock {path} was held by another process for over "
-                        f"{LOCK_TIMEOUT:g} s (`fuser -v` names it); a transaction takes well "
-                        "under a millisecond"
-                    ) from None
-                # Transactions take ~0.1 ms: spin briefly, then back off to 1 ms.
-                pause = min(0.001, pause * 2 or 0.00005)
-                time.sleep(pause)
-                continue
-            # The file may have been replaced since it was opened: lock the one in place.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._lock_fd = fd
-                return
-            self._lock_file = None
-            os.close(fd)
-
-    def _unlock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
     def close(self) -> None:
         """Close the database and the lock file."""
         self.close_connection()
-        fd, self._lock_file = self._lock_file, None
-        if fd is not None:
-            os.close(fd)
+        self._lock.close()
 
 
 def _is_io_error(error: sqlite3.OperationalError) -> bool:

@@ -60,7 +60,7 @@ def wake(ledger: Path, members: Iterable[str]) -> None:
     sender = _socket()
     for member in members:
         with contextlib.suppress(OSError):
-            sender.sendto(b"!", os.fsdecode(socket_path(ledger, member)))
+            sender.sendto(b"!", socket_path(ledger, member))
 
 
 def wake_all(ledger: Path) -> None:
