@@ -32,7 +32,15 @@ from typing import final
 
 from .._core.errors import LedgerError
 
-__all__ = ["MAX_SOCKET_PATH", "Liveness", "Membership", "is_alive", "lock_path", "members_dir", "socket_path"]
+__all__ = [
+    "MAX_SOCKET_PATH",
+    "Liveness",
+    "Membership",
+    "is_alive",
+    "lock_path",
+    "members_dir",
+    "socket_path",
+]
 
 #: The longest path an AF_UNIX socket can be bound to on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107

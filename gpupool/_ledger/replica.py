@@ -12,6 +12,7 @@ is written into the ledger for that process to collect. No I/O here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import final
 
@@ -25,7 +26,7 @@ from .._core.model import GPUAllocation, GPUProcess, GPUStats
 from .._core.request import Resources
 from .._core.scheduler import Scheduler
 from .._core.waiters import Waiter
-from .rows import Damaged, HoldRow, LedgerState, SettleRow, WaiterRow
+from .rows import Damaged, GPURow, HoldRow, LedgerState, SettleRow, WaiterRow
 
 __all__ = ["Replica", "error_from_text", "error_to_text"]
 
@@ -60,20 +61,8 @@ class Replica:
         order = sorted(state.gpus.values(), key=lambda g: (g.index, g.uuid))
         self.index_of = {g.uuid: i for i, g in enumerate(order)}
         self.uuids = [g.uuid for g in order]
-        snapshot = [
-            GPUStats(
-                index=i,
-                uuid=g.uuid,
-                name=g.name,
-                memory_total_mb=g.memory_total_mb,
-                memory_used_mb=g.memory_used_mb,
-                utilization_pct=g.utilization_pct,
-                healthy=g.healthy,
-                health_detail=g.health_detail,
-                processes=tuple(GPUProcess(pid, used) for pid, used, _ in g.processes),
-            )
-            for i, g in enumerate(order)
-        ]
+        self._order = tuple(self.uuids)
+        snapshot = [_stats(g, i) for i, g in enumerate(order)]
         self.policy = BackfillPolicy()
         self.core = Scheduler(
             snapshot,
@@ -92,12 +81,13 @@ class Replica:
             for hold in state.holds.values():
                 core.adopt(
                     self.allocation_of(hold),
-                    Resources(
+                    _request(
                         len(hold.gpus),
-                        min_memory_mb=hold.memory_mb,
-                        exclusive=hold.exclusive,
-                        priority=hold.priority,
-                        expected_duration=hold.expected_duration,
+                        hold.memory_mb,
+                        hold.exclusive,
+                        hold.priority,
+                        None,
+                        hold.expected_duration,
                     ),
                     hold.granted_at,
                     ticket=hold.ticket,
@@ -145,13 +135,13 @@ class Replica:
         )
 
     def request_of(self, waiter: WaiterRow) -> Resources:
-        return Resources(
+        return _request(
             waiter.required_gpus,
-            min_memory_mb=waiter.min_memory_mb,
-            exclusive=waiter.exclusive,
-            priority=waiter.priority,
-            allowed_gpus=frozenset(self.index_of[u] for u in waiter.gpus if u in self.index_of),
-            expected_duration=waiter.expected_duration,
+            waiter.min_memory_mb,
+            waiter.exclusive,
+            waiter.priority,
+            _indices(waiter.gpus, self._order),
+            waiter.expected_duration,
         )
 
     def _serviceable(self) -> list[WaiterRow]:
@@ -276,6 +266,52 @@ class Replica:
                 kept[uuid] = SettleRow(uuid, member, settle.pids, member_epoch, settle.deadline)
         state.settles = kept
         return own, woken
+
+
+# Every transaction rebuilds the core from rows that mostly did not change since the
+# last one: the values built from them are kept (they are frozen, so sharing is safe).
+# With 8 processes contending, building them afresh was a quarter of the Replica's
+# cost (docs/benchmarks.md).
+
+
+@functools.lru_cache(maxsize=256)
+def _stats(row: GPURow, index: int) -> GPUStats:
+    return GPUStats(
+        index=index,
+        uuid=row.uuid,
+        name=row.name,
+        memory_total_mb=row.memory_total_mb,
+        memory_used_mb=row.memory_used_mb,
+        utilization_pct=row.utilization_pct,
+        healthy=row.healthy,
+        health_detail=row.health_detail,
+        processes=tuple(GPUProcess(pid, used) for pid, used, _ in row.processes),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _request(
+    required_gpus: int,
+    min_memory_mb: int,
+    exclusive: bool,
+    priority: int,
+    allowed_gpus: frozenset[int] | None,
+    expected_duration: float | None,
+) -> Resources:
+    return Resources(
+        required_gpus,
+        min_memory_mb=min_memory_mb,
+        exclusive=exclusive,
+        priority=priority,
+        allowed_gpus=allowed_gpus,
+        expected_duration=expected_duration,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _indices(uuids: tuple[str, ...], order: tuple[str, ...]) -> frozenset[int]:
+    """The machine indices of ``uuids`` where ``order`` lists the machine's GPUs."""
+    return frozenset(order.index(u) for u in uuids if u in order)
 
 
 def error_to_text(error: Exception) -> str:
