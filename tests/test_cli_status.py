@@ -502,15 +502,15 @@ def test_interval_needs_watch(
     ("args", "ledger", "fake_count"),
     [
         ((), None, None),
-        (("--ledger", "/tmp/some-ledger"), "/tmp/some-ledger", None),
-        (("--fake-gpus", "3", "--ledger", "L"), "L", 3),
+        (("--ledger", "/tmp/some-ledger"), Path("/tmp/some-ledger"), None),
+        (("--fake-gpus", "3", "--ledger", "L"), Path("L"), 3),
     ],
 )
 def test_the_view_comes_from_machine_status(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     args: tuple[str, ...],
-    ledger: str | None,
+    ledger: Path | None,
     fake_count: int | None,
 ) -> None:
     """``_machine_status`` calls ``gpupool._ledger.status.machine_status(ledger, provider=...)``."""

@@ -414,6 +414,24 @@ def test_fake_gpus_on_the_command_line_is_bounded(
     assert f"must be an int in [{lowest}, 1024], got '100000000'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["status", "reserve", "release", "run"])
+def test_an_empty_ledger_path_is_refused(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Regression: `--ledger ""` was the current directory (`Path("")`), where `reserve`
+    and `run` made a ledger nobody meant; `status` failed with a traceback."""
+    args = {
+        "status": ["status"],
+        "reserve": ["reserve", "--gpus", "1", "--fake-gpus", "1"],
+        "release": ["release", "1"],
+        "run": ["run", str(tmp_path / "jobs.txt")],
+    }
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args[command], "--ledger", ""])
+    assert exit_info.value.code == 2
+    assert "argument --ledger: PATH must be a directory, got ''" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- other entry points
 
 

@@ -13,10 +13,13 @@ from .._ledger.location import DEFAULT, LEDGER_ENV, resolve_ledger
 from .jobs_file import parse_duration, parse_memory_mb
 
 __all__ = [
+    "add_fake_gpus_option",
+    "add_ledger_option",
     "duration_arg",
     "fake_gpus_arg",
     "int_arg",
     "ledger_dir",
+    "ledger_path_arg",
     "memory_arg",
     "seconds_arg",
     "size_text",
@@ -52,6 +55,54 @@ def fake_gpus_arg(minimum: int, *, label: str = "") -> Callable[[str], int]:
     from ..providers.fake import MAX_FAKE_GPUS
 
     return int_arg(minimum, maximum=MAX_FAKE_GPUS, label=label)
+
+
+def add_fake_gpus_option(parser: argparse.ArgumentParser, *, use: str) -> None:
+    """Declare ``--fake-gpus N`` (``args.fake_gpus``: an int, or None when not given).
+
+    One declaration for every command where it means "pretend the machine has
+    N GPUs" (``status``, ``reserve``, ``run``), so the bound, the error line and
+    the help agree; ``use`` is the command's own note, shown in parentheses.
+    ``gpupool demo`` declares its own: there it is the demo's size (at least 2,
+    default 4), not a stand-in for NVML.
+    """
+    parser.add_argument(
+        "--fake-gpus",
+        type=fake_gpus_arg(1, label="N"),
+        metavar="N",
+        help=f"pretend the machine has N GPUs, without asking NVML ({use})",
+    )
+
+
+def ledger_path_arg(text: str) -> Path:
+    """``--ledger PATH`` as a :class:`~pathlib.Path`; an empty ``PATH`` is refused.
+
+    ``Path("")`` is the current directory, so ``--ledger "$UNSET_VAR"`` would
+    otherwise read (or, for ``reserve`` and ``run``, create) a ledger nobody meant.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError(f"PATH must be a directory, got {text!r}")
+    return Path(text)
+
+
+def add_ledger_option(parser: argparse.ArgumentParser, *, note: str | None = None) -> None:
+    """Declare ``--ledger PATH`` (``args.ledger``: a :class:`~pathlib.Path`, or None).
+
+    Every command that touches the machine-wide ledger takes it the same way;
+    None means the machine's default, which each command resolves itself
+    (:func:`ledger_dir`, or the pool's ``ledger=DEFAULT``). ``note`` adds what
+    differs for one command after the default (``gpupool run``: none with
+    ``--fake-gpus``).
+    """
+    default = f"${LEDGER_ENV} or /dev/shm/gpupool"
+    if note is not None:
+        default += f"; {note}"
+    parser.add_argument(
+        "--ledger",
+        type=ledger_path_arg,
+        metavar="PATH",
+        help=f"the machine-wide ledger's directory (default: {default})",
+    )
 
 
 def duration_arg(name: str) -> Callable[[str], float]:

@@ -29,7 +29,7 @@ from .._core.errors import LedgerError
 from .._ledger.members import is_alive
 from .._ledger.rows import HoldRow, LedgerState, MemberRow
 from .._ledger.store import DB_NAME, LedgerStore
-from .args import int_arg, ledger_dir
+from .args import add_ledger_option, int_arg, ledger_dir
 
 __all__ = ["RELEASE_WAIT", "add_parser", "release"]
 
@@ -56,12 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog="exit codes: 0 released (or gone already), 1 refused, unknown or still held.",
     )
     parser.add_argument("id", type=int_arg(1, label="ID"), metavar="ID")
-    parser.add_argument(
-        "--ledger",
-        type=Path,
-        metavar="PATH",
-        help="the ledger's directory (default: $GPUPOOL_LEDGER or /dev/shm/gpupool)",
-    )
+    add_ledger_option(parser)
     parser.set_defaults(handler=command)
     return parser
 

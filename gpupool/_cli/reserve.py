@@ -65,7 +65,15 @@ from .._process.attached import run_attached
 from .._process.proctree import killpg_quietly
 from .._process.run import DEFAULT_GRACE_PERIOD
 from ..providers import FakeGPUProvider
-from .args import duration_arg, fake_gpus_arg, int_arg, memory_arg, seconds_arg, size_text
+from .args import (
+    add_fake_gpus_option,
+    add_ledger_option,
+    duration_arg,
+    int_arg,
+    memory_arg,
+    seconds_arg,
+    size_text,
+)
 
 __all__ = ["ReserveOptions", "add_parser", "reserve"]
 
@@ -150,18 +158,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"seconds between SIGTERM and SIGKILL for COMMAND (default {DEFAULT_GRACE_PERIOD:g})",
     )
-    parser.add_argument(
-        "--fake-gpus",
-        type=fake_gpus_arg(1),
-        metavar="N",
-        help="pretend the machine has N GPUs (needs --ledger: for trying things out)",
-    )
-    parser.add_argument(
-        "--ledger",
-        type=Path,
-        metavar="PATH",
-        help="the ledger's directory (default: $GPUPOOL_LEDGER or /dev/shm/gpupool)",
-    )
+    add_fake_gpus_option(parser, use="needs --ledger; for trying things out")
+    add_ledger_option(parser)
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,

@@ -58,7 +58,15 @@ from .._runner.events import TaskEvent
 from .._runner.runner import ParallelRunner
 from .._runner.task import TaskHandle
 from ..providers import FakeGPUProvider
-from .args import duration_arg, fake_gpus_arg, int_arg, memory_arg, seconds_arg, size_text
+from .args import (
+    add_fake_gpus_option,
+    add_ledger_option,
+    duration_arg,
+    int_arg,
+    memory_arg,
+    seconds_arg,
+    size_text,
+)
 from .jobs_file import (
     JobCheck,
     JobDefaults,
@@ -168,22 +176,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SIZE",
         help="free memory each GPU must have, for a line without mem= (e.g. 8G)",
     )
-    parser.add_argument(
-        "--fake-gpus",
-        type=fake_gpus_arg(1),
-        metavar="N",
-        help="pretend the machine has N GPUs (no NVML needed; for trying things out)",
-    )
-    parser.add_argument(
-        "--ledger",
-        type=Path,
-        metavar="PATH",
-        help=(
-            "the machine-wide ledger's directory, shared with every other gpupool process "
-            "given it (default: $GPUPOOL_LEDGER or /dev/shm/gpupool for real GPUs; "
-            "none for --fake-gpus unless given)"
-        ),
-    )
+    add_fake_gpus_option(parser, use="for trying things out")
+    add_ledger_option(parser, note="none for --fake-gpus unless given")
     parser.add_argument(
         "--journal",
         type=Path,

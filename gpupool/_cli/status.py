@@ -31,7 +31,7 @@ from rich.text import Text
 from .._core.errors import GPUPoolError
 from .._ledger.view import MachineStatus
 from ..providers import FakeGPUProvider
-from .args import fake_gpus_arg
+from .args import add_fake_gpus_option, add_ledger_option
 from .console import OutputConsole
 from .status_json import SCHEMA, status_to_json
 from .status_view import machine_view
@@ -53,17 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "machine-wide queue, and memory used by processes gpupool does not manage."
         ),
     )
-    parser.add_argument(
-        "--ledger",
-        metavar="PATH",
-        help="the ledger directory (default: $GPUPOOL_LEDGER, else the machine's default)",
-    )
-    parser.add_argument(
-        "--fake-gpus",
-        type=fake_gpus_arg(1, label="N"),
-        metavar="N",
-        help="show N fake GPUs instead of asking NVML (for machines without GPUs)",
-    )
+    add_ledger_option(parser)
+    add_fake_gpus_option(parser, use="for machines without GPUs")
     parser.add_argument(
         "--json",
         action="store_true",

@@ -39,6 +39,7 @@ from .._core.errors import (
 )
 from .._core.model import GPUAllocation, GPUStats, PoolStatistics, StartedProcess
 from .._core.policy import SchedulingPolicy
+from .._core.pool_core import PoolCore
 from .._core.request import ResourceOptions, Resources, check_experiment_id, request_of
 from .._core.scheduler import Scheduler
 from .._core.scoring import Scorer, default_score
@@ -57,9 +58,6 @@ __all__ = ["GPUResourcePool"]
 logger = logging.getLogger("gpupool")
 
 _pool_ids = itertools.count(1)
-
-#: What decides for a pool: its own scheduler, or the machine-wide one of a ledger.
-_Core = Scheduler | MachineCore
 
 
 @final
@@ -237,7 +235,9 @@ class GPUResourcePool:
         self._policy = policy
         self._scorer = scorer
         self._id = next(_pool_ids)
-        self._core: _Core | None = None
+        #: What decides for the pool (set on entry): its own Scheduler, or the ledger's
+        #: MachineCore; the pool uses only the PoolCore calls on either.
+        self._core: PoolCore | None = None
         self._monitor: GPUMonitor | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._monitor_scope: anyio.CancelScope | None = None
@@ -285,7 +285,7 @@ class GPUResourcePool:
                 "a larger open_timeout, or None, to wait longer"
             )
         try:
-            core: _Core
+            core: PoolCore
             if self._ledger_dir is not None:
                 core = await self._join_ledger(self._ledger_dir, snapshot)
             else:
@@ -699,7 +699,7 @@ class GPUResourcePool:
 
     # ------------------------------------------------------------ internals
 
-    def _require_open(self) -> tuple[_Core, GPUMonitor]:
+    def _require_open(self) -> tuple[PoolCore, GPUMonitor]:
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._core is None or self._monitor is None:
@@ -707,7 +707,7 @@ class GPUResourcePool:
         return self._core, self._monitor
 
     async def _wait(
-        self, core: _Core, ticket: int, request: Resources, limit: float | None
+        self, core: PoolCore, ticket: int, request: Resources, limit: float | None
     ) -> GPUAllocation:
         assert self._parked is not None  # set on enter, before any acquire
         waiter = self._waiters[ticket] = self._parked()
