@@ -255,6 +255,12 @@ class Timed:
         return self.allocation, self.at
 
 
+def member_files_gone(ledger: Path, member: str) -> bool:
+    return not any(
+        os.path.exists(p) for p in (lock_path(ledger, member), socket_path(ledger, member))
+    )
+
+
 def fake_pool(ledger: Path, gpus: int) -> GPUResourcePool:
     return GPUResourcePool(FakeGPUProvider(count=gpus), ledger=ledger)
 
@@ -289,8 +295,7 @@ async def test_kill_9_of_a_holder_frees_its_gpu_for_a_waiting_process(
             state = state_of(ledger)
             assert member not in state.members
             assert [h.member for h in state.holds.values()] == [me]
-            assert not os.path.exists(lock_path(ledger, member))
-            assert not os.path.exists(socket_path(ledger, member))
+            assert member_files_gone(ledger, member)
             await pool.release(allocation)
 
 
@@ -354,6 +359,58 @@ def holds_ledger_lock(pid: int, ledger: Path) -> bool:
         ):
             return True
     return False
+
+
+HOLD_LOCK = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)  # a process stopped inside a transaction
+"""
+
+
+@contextlib.contextmanager
+def stopped_holder_of_the_lock(ledger: Path) -> Iterator[int]:
+    """A process that took the ledger's lock and stopped; yields its pid, killed after."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(ledger / "ledger.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        wait_until(lambda: holds_ledger_lock(holder.pid, ledger))
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+@pytest.mark.anyio
+async def test_a_lock_held_by_a_stopped_process_fails_the_call_clearly_never_hangs(
+    ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stopped (``kill -STOP``) while it holds the ledger's lock: each call
+    fails with LedgerError after the lock's timeout, naming the lock; once that
+    process is gone, the pool works again, with nothing lost."""
+    monkeypatch.setattr("gpupool._ledger.store.LOCK_TIMEOUT", 0.5)
+    async with fake_pool(ledger, 2) as pool:
+        kept = await pool.acquire(1)
+        with stopped_holder_of_the_lock(ledger):
+            for call in (lambda: pool.acquire(1), lambda: pool.release(kept)):
+                started = time.monotonic()
+                with pytest.raises(LedgerError, match=r"ledger\.lock was held by another process"):
+                    with anyio.fail_after(BOUND):
+                        await call()
+                assert time.monotonic() - started >= 0.5
+        # The failed release left the allocation held; both calls now go through.
+        other = await pool.acquire(1)
+        await pool.release(kept)
+        await pool.release(other)
+        assert state_of(ledger).holds == {}
 
 
 @pytest.mark.timeout(300)

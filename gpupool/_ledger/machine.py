@@ -313,9 +313,7 @@ class MachineCore:
                 f"allocation {allocation.id} (GPUs {list(allocation.gpu_indices)}) is not held "
                 "by this pool: it was released already, or another pool granted it"
             )
-        mine = self._mine.pop(allocation.id)
-        if mine.ticket is not None:
-            self._granted_tickets.pop(mine.ticket, None)
+        mine = self._mine[allocation.id]
         self._epoch += 1
 
         def change(state: LedgerState) -> tuple[dict[int, Outcome], set[str]]:
@@ -325,7 +323,12 @@ class MachineCore:
             outcomes = [] if holding is None else replica.core.release(holding.allocation, t)
             return self._record_freed(replica, outcomes, state, t)
 
+        # Forgotten only once the ledger has it: a release that cannot reach the ledger
+        # (LedgerError) leaves the allocation held, to be released again.
         own, woken = self._write(change)
+        del self._mine[allocation.id]
+        if mine.ticket is not None:
+            self._granted_tickets.pop(mine.ticket, None)
         wakeup.wake(self.directory, woken)
         outcomes = self._localize(own)
         self.leave_if_done()
@@ -455,8 +458,9 @@ class MachineCore:
         decisions are read without the lock: the grant is in the ledger
         already (the granter wrote the hold), so only the waiter's row is
         left to remove, and that waits for this pool's next transaction
-        (``_write``). Measured with 8 processes contending for 4 GPUs, this
-        took a third of the transactions off the lock (docs/benchmarks.md).
+        (``_write``). With 8 processes contending for 4 GPUs, this took a
+        third of the transactions off the lock (12,084 for 4,000 grants
+        before, 8,208 after).
         """
         if self.membership.joined is False:
             return []
@@ -578,9 +582,10 @@ class MachineCore:
 
         While no other process has written since this one's last transaction
         and nobody waits, the store hands back the state this process left
-        (``rows.load`` given the state it committed last), and the core built for it then is still
-        its exact image: it is used again rather than rebuilt. Measured on an
-        uncontended acquire + release pair: (see docs/benchmarks.md).
+        (``rows.load`` given the state it committed last), and the core built
+        for it then is still its exact image: it is used again rather than
+        rebuilt. Measured on an uncontended acquire + release pair: see
+        docs/benchmarks.md.
         """
         cached = self._replica_cache
         if (

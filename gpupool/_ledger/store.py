@@ -1,9 +1,9 @@
 """The ledger file: one SQLite database, one lock, and what happens when either is damaged.
 
-Mutual exclusion is an ``flock`` on ``ledger.lock``, not SQLite's own locking:
-the kernel drops it when its holder dies (a process killed mid-transaction
-blocks nobody), and a waiter for it is woken when it is free, where SQLite's
-busy handler sleeps in steps of up to 100 ms. Inside the lock, a transaction
+Mutual exclusion is an ``flock`` on ``ledger.lock`` (``lock.py``), not
+SQLite's own locking: the kernel drops it when its holder dies (a process
+killed mid-transaction blocks nobody), and its waits are short, where
+SQLite's busy handler sleeps in steps of up to 100 ms. Inside the lock, a transaction
 is ``BEGIN IMMEDIATE`` ... ``COMMIT`` in WAL mode, so a process killed
 mid-transaction leaves the last committed state (SQLite's journal does
 that), and readers (``gpupool status``) never block the writers.
