@@ -397,7 +397,10 @@ async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float
         return process.returncode is None or any(p.pgid == leader for p in members)
 
     def send(members: list[ProcInfo], signum: int, *, only_new: bool) -> None:
-        if group_exists(members):
+        # The group is signalled once per signal: a job that handles SIGTERM (to save
+        # a checkpoint, say) must not get it again each time it starts a process
+        # during the grace (a shell's trap, interrupted that way, lost its write).
+        if not only_new and group_exists(members):
             killpg_quietly(leader, signum)
         todo = [p for p in members if not (only_new and p.identity in signalled)]
         signal_all(todo, signum)
