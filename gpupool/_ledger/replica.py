@@ -28,7 +28,7 @@ from .._core.scheduler import Scheduler
 from .._core.waiters import Waiter
 from .rows import Damaged, GPURow, HoldRow, LedgerState, SettleRow, WaiterRow
 
-__all__ = ["Replica", "error_from_text", "error_to_text"]
+__all__ = ["Replica", "error_from_text", "error_to_text", "stats_of"]
 
 
 @final
@@ -62,7 +62,7 @@ class Replica:
         self.index_of = {g.uuid: i for i, g in enumerate(order)}
         self.uuids = [g.uuid for g in order]
         self._order = tuple(self.uuids)
-        snapshot = [_stats(g, i) for i, g in enumerate(order)]
+        snapshot = [stats_of(g, i) for i, g in enumerate(order)]
         self.policy = BackfillPolicy()
         self.core = Scheduler(
             snapshot,
@@ -275,7 +275,8 @@ class Replica:
 
 
 @functools.lru_cache(maxsize=256)
-def _stats(row: GPURow, index: int) -> GPUStats:
+def stats_of(row: GPURow, index: int) -> GPUStats:
+    """The GPU as a snapshot gives it, from its row, under the index ``index``."""
     return GPUStats(
         index=index,
         uuid=row.uuid,

@@ -36,7 +36,8 @@ from .._core.model import GPUProcess, GPUStats
 from .._system import procfs
 from . import location
 from .members import is_alive
-from .rows import GPURow, HoldRow, LedgerState, MemberRow, WaiterRow
+from .replica import stats_of
+from .rows import HoldRow, LedgerState, MemberRow, WaiterRow
 from .store import DB_NAME, LedgerStore
 from .view import (
     HolderKind,
@@ -158,21 +159,9 @@ def _gpus(
             )
         else:
             raise  # nothing to show: the provider's own message says what to do
-        return [_stats_of(row) for row in sorted(recorded, key=lambda g: (g.index, g.uuid))]
-
-
-def _stats_of(row: GPURow) -> GPUStats:
-    return GPUStats(
-        index=row.index,
-        uuid=row.uuid,
-        name=row.name,
-        memory_total_mb=row.memory_total_mb,
-        memory_used_mb=row.memory_used_mb,
-        utilization_pct=row.utilization_pct,
-        healthy=row.healthy,
-        health_detail=row.health_detail,
-        processes=tuple(GPUProcess(pid, used) for pid, used, _ in row.processes),
-    )
+        return [
+            stats_of(row, row.index) for row in sorted(recorded, key=lambda g: (g.index, g.uuid))
+        ]
 
 
 # -- the view --------------------------------------------------------------------------
@@ -218,7 +207,7 @@ def _build(
         for uuid in sorted(held - listed):
             row = state.gpus.get(uuid)
             if row is not None:
-                shown_gpus.append(_stats_of(row))
+                shown_gpus.append(stats_of(row, row.index))
     machine_gpus = tuple(
         _machine_gpu(g, [h for h in holders if g.uuid in h.gpu_uuids], managed, job_groups)
         for g in shown_gpus
