@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_ledger.py              # both backends, the sizes (~2.5 min)
+    python benchmarks/bench_ledger.py              # both backends, the sizes (~1.5 min)
     python benchmarks/bench_ledger.py --quick      # smaller, for a smoke run
     python benchmarks/bench_ledger.py --profile pairs   # cProfile of the uncontended pair only
     python benchmarks/bench_ledger.py --profile load    # ... of the 8 load processes, summed
