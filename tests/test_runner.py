@@ -540,7 +540,7 @@ async def test_nesting_three_deep_on_one_worker_executors() -> None:
         ({"high_level_workers": 0}, "high_level_workers must be an int >= 1, got 0"),
         ({"low_level_workers": 2.5}, "low_level_workers must be an int >= 1, got 2.5"),
         ({"journal": 42}, "journal must be None, a path"),
-        ({"pool": "gpu0"}, "pool must be a GPUResourcePool or None"),
+        ({"pool": "gpu0"}, "pool must be a GPUResourcePool, a cluster"),
     ],
 )
 def test_constructor_arguments_are_validated(kwargs: dict[str, Any], match: str) -> None:

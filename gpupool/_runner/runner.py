@@ -73,6 +73,7 @@ from .._process.started import observe as observe_processes
 from .._process.started import stop_observing
 from .events import EventHub, TaskEvent, TaskJournal
 from .executors import _EXECUTORS, Executors, ExecutorStatistics
+from .remote import RemoteGPUs
 from .retry import RetryOn, backoff_delay, check_retry_on, should_retry
 from .slots import Slots
 from .task import (
@@ -148,16 +149,21 @@ class ParallelRunner:
 
     def __init__(
         self,
-        pool: GPUResourcePool | None = None,
+        pool: GPUResourcePool | RemoteGPUs | None = None,
         *,
         max_parallel: int | None = None,
         high_level_workers: int = 4,
         low_level_workers: int = 4,
         journal: TaskJournal | Journal | str | os.PathLike[str] | None = None,
     ) -> None:
-        if pool is not None and not isinstance(pool, GPUResourcePool):
-            raise TypeError(f"pool must be a GPUResourcePool or None, got {pool!r}")
+        if pool is not None and not isinstance(pool, (GPUResourcePool, RemoteGPUs)):
+            raise TypeError(
+                f"pool must be a GPUResourcePool, a cluster (gpupool.integrations.ray."
+                f"RayCluster) or None, got {pool!r}"
+            )
         self._pool = pool
+        #: Where GPU tasks run when it is not here (a cluster's nodes).
+        self._remote = pool if isinstance(pool, RemoteGPUs) else None
         self._executors = Executors(high_level_workers, low_level_workers)
         if max_parallel is not None:
             check_int("max_parallel", max_parallel, 1)
@@ -227,7 +233,7 @@ class ParallelRunner:
         return self._max_parallel
 
     @property
-    def pool(self) -> GPUResourcePool | None:
+    def pool(self) -> GPUResourcePool | RemoteGPUs | None:
         return self._pool
 
     # -- lifetime ---------------------------------------------------------
@@ -400,6 +406,8 @@ class ParallelRunner:
     def _submit(self, spec: TaskSpec, item: ItemT, key: str | None) -> TaskHandle[ItemT]:
         """Start a task for a validated ``spec``; see :meth:`submit`."""
         assert self._task_group is not None
+        if self._remote is not None and spec.resources.required_gpus:
+            self._remote.check_task(spec.fn)  # a TypeError now, not at the node
         numbered = False
         if key is None and self._default_key is not None:
             key = self._default_key(spec.fn, item)
@@ -767,7 +775,11 @@ class ParallelRunner:
                     # The journal records the process group of every job the task starts.
                     observing = observe_processes(self._process_groups(task.key))
                 outcome.started = self._clock()
-                if spec.is_async and spec.timeout is None:
+                if (
+                    spec.is_async
+                    and spec.timeout is None
+                    and (self._remote is None or allocation is None)
+                ):
                     outcome.value = await spec.fn(task.item, allocation)
                 else:
                     outcome.value = await self._call(spec, task.item, allocation)
@@ -793,7 +805,7 @@ class ParallelRunner:
         return outcome
 
     async def _call(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
-        if spec.is_async:
+        if spec.is_async or (self._remote is not None and allocation is not None):
             return await self._timed(spec, item, allocation)
         # A plain function's timeout starts once it has a high-level worker.
         async with self._executors.high.slot():
@@ -811,6 +823,9 @@ class ParallelRunner:
         )  # pragma: no cover
 
     async def _invoke(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
+        if self._remote is not None and allocation is not None:
+            # Runs on the node that granted the GPUs (gpupool._runner.remote).
+            return await self._remote.call(spec.fn, item, allocation, is_async=spec.is_async)
         if spec.is_async:
             return await spec.fn(item, allocation)
         value = await self._executors.high.run(
@@ -919,7 +934,7 @@ def _explain_no_allocation(exc: BaseException) -> str | None:
     return _NO_ALLOCATION_HINT
 
 
-def _what_the_pool_can_serve(pool: GPUResourcePool) -> int | None:
+def _what_the_pool_can_serve(pool: GPUResourcePool | RemoteGPUs) -> int | None:
     """The default ``max_parallel`` of a runner on ``pool``: the pool's own cap, else its GPUs.
 
     ``None`` while the pool is not open (its GPUs are not known yet). The GPU

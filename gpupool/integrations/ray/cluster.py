@@ -1,0 +1,382 @@
+"""RayCluster: a Ray cluster's GPUs, each node's under a gpupool pool, for a ParallelRunner.
+
+What runs where (docs/ray.md):
+
+- **The driver** (this process) runs the :class:`~gpupool.ParallelRunner`:
+  its queue, journal, timeouts, retries, events and progress, as on one
+  box. :class:`RayCluster` is what the runner acquires from and releases to.
+- **One agent per node** (``agent.py``), pinned to its node, owns a
+  :class:`~gpupool.GPUResourcePool` over that node's GPUs. The driver picks
+  the node (``placement.py``); the node's pool picks the GPUs.
+- **Worker actors** on the node (``worker.py``) run the task functions, one
+  task at a time each, reused across tasks on the same GPUs.
+
+So a task costs the driver three calls: the agent's ``acquire``, the
+worker's ``call``, and the agent's ``release`` (sent, never awaited).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, final
+
+import anyio
+import attrs
+import ray
+import ray.cloudpickle
+import ray.exceptions
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..._core.checks import (
+    check_callable,
+    check_finite_seconds,
+    check_int,
+    check_seconds,
+    shown,
+)
+from ..._core.errors import AllocationNotHeld, PoolClosed
+from ..._core.model import GPUAllocation, PoolStatistics
+from ..._core.request import Resources
+from ..._ledger.location import DEFAULT
+from ..._runner.remote import RemoteGPUs
+from ...providers import GPUProvider
+from .agent import NodeAgent
+from .placement import choose_node
+from .refs import resolved
+
+__all__ = ["RayCluster"]
+
+_log = logging.getLogger("gpupool.ray")
+
+_cluster_ids = itertools.count(1)
+
+
+@final
+@attrs.define
+class _Held:
+    """One of the driver's allocations: where it is and who runs its task."""
+
+    node: str
+    remote: GPUAllocation  # as the node's pool granted it
+    worker: Any
+    #: False once the driver ended the worker (a timeout, a cancellation, a crash).
+    worker_ok: bool = True
+
+
+@final
+class RayCluster(RemoteGPUs):
+    """A Ray cluster with a gpupool agent on every node; give it to a ParallelRunner.
+
+    ``address`` is what ``ray.init`` takes (``"auto"``, ``"ray://host:10001"``,
+    ``"127.0.0.1:6379"``); ``None`` starts a local Ray instance for this
+    process (``ray.init(address="local")``). If this process is connected to
+    Ray already, that connection is used and left open.
+
+    ``provider`` is a picklable zero-argument callable that each agent calls
+    on its node to get its GPU provider; ``None`` is NVML on every node.
+    ``max_parallel``, ``ledger``, ``refresh_interval`` and ``settle_timeout``
+    are each node pool's own (``GPUResourcePool``'s arguments of those names;
+    every node's pool joins that node's machine-wide ledger by default). ``init_options`` go to
+    ``ray.init`` as they are.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        provider: Callable[[], GPUProvider] | None = None,
+        max_parallel: int | None = None,
+        ledger: str | os.PathLike[str] | object | None = DEFAULT,
+        refresh_interval: float = 1.0,
+        settle_timeout: float = 30.0,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(
+                f"address must be a str (as ray.init takes it) or None, got {shown(address)}"
+            )
+        if provider is not None:
+            check_callable("provider", provider, allowed="a zero-argument callable or None")
+        if max_parallel is not None:
+            check_int("max_parallel", max_parallel, minimum=1)
+        if init_options is not None and not isinstance(init_options, Mapping):
+            raise TypeError(f"init_options must be a mapping or None, got {shown(init_options)}")
+        self._address = address
+        self._provider = provider
+        self._pool_options: dict[str, Any] = {
+            "max_parallel": max_parallel,
+            "refresh_interval": check_finite_seconds(
+                "refresh_interval", refresh_interval, allow_zero=False
+            ),
+            "settle_timeout": check_seconds("settle_timeout", settle_timeout),
+        }
+        if ledger is not DEFAULT:
+            self._pool_options["ledger"] = ledger
+        self._init_options = dict(init_options or {})
+        self._id = next(_cluster_ids)
+        self._agents: dict[str, Any] = {}
+        self._stats: dict[str, PoolStatistics] = {}
+        self._waiting: dict[str, int] = {}
+        self._held: dict[int, _Held] = {}
+        self._ids = itertools.count(1)
+        self._checked: dict[int, Callable[..., Any]] = {}
+        self._started_ray = False
+        self._opened = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> RayCluster:
+        if self._opened:
+            raise RuntimeError("a RayCluster can be entered only once")
+        self._opened = True
+        agents: dict[str, Any] = {}
+        try:
+            await anyio.to_thread.run_sync(self._connect)
+            nodes = await anyio.to_thread.run_sync(_alive_nodes)
+            try:
+                for node in nodes:
+                    agents[node] = self._start_agent(node)
+            except TypeError as error:
+                raise TypeError(
+                    f"provider {shown(self._provider)} cannot be sent to the cluster's nodes "
+                    f"(Ray pickles it): {error}"
+                ) from error
+            stats: dict[str, PoolStatistics] = {}
+            failures: dict[str, Exception] = {}
+
+            async def ask(node: str) -> None:
+                try:
+                    stats[node] = await resolved(agents[node].statistics.remote())
+                except Exception as error:
+                    failures[node] = error
+
+            async with anyio.create_task_group() as group:
+                for node in agents:
+                    group.start_soon(ask, node)
+            # A node without GPUs (a CPU-only head, say) or whose provider fails takes
+            # no GPU tasks; the cluster fails to open only if no node has a pool.
+            for node, failure in failures.items():
+                _log.warning("gpupool: no agent on node %s: its pool failed: %r", node, failure)
+            for node in [n for n, s in stats.items() if not s.gpus]:
+                del stats[node]
+            for node in set(agents) - set(stats):
+                ray.kill(agents.pop(node))
+            if failures and not agents:
+                raise next(iter(failures.values()))
+        except BaseException:
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                for agent in agents.values():
+                    ray.kill(agent)
+                await self._disconnect()
+            raise
+        self._agents, self._stats = agents, stats
+        self._waiting = dict.fromkeys(agents, 0)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every node's pool (what the driver still holds is given back) and the agents."""
+        if self._closed:
+            return
+        self._closed = True
+        agents, self._agents = self._agents, {}
+        with anyio.CancelScope(shield=True):
+
+            async def close(agent: Any) -> None:
+                # A node that is gone took its pool with it.
+                with anyio.move_on_after(10), contextlib.suppress(ray.exceptions.RayError):
+                    await resolved(agent.close.remote())
+                ray.kill(agent)
+
+            async with anyio.create_task_group() as group:
+                for agent in agents.values():
+                    group.start_soon(close, agent)
+            self._held.clear()
+            await self._disconnect()
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        options = {"log_to_driver": False, "logging_level": logging.WARNING, **self._init_options}
+        ray.init(address="local" if self._address is None else self._address, **options)
+        self._started_ray = True
+
+    async def _disconnect(self) -> None:
+        if self._started_ray:
+            self._started_ray = False
+            await anyio.to_thread.run_sync(ray.shutdown)
+
+    def _start_agent(self, node: str) -> Any:
+        strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+        actor = ray.remote(NodeAgent).options(num_cpus=0, scheduling_strategy=strategy)
+        return actor.remote(node, self._provider, self._pool_options)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The ids of the nodes with a live agent."""
+        return tuple(self._agents)
+
+    # ------------------------------------------------------------ what the runner calls
+
+    async def acquire(
+        self, resources: Resources, *, experiment_id: str | None = None
+    ) -> GPUAllocation:
+        if not isinstance(resources, Resources):
+            raise TypeError(f"resources must be a gpupool.Resources, got {shown(resources)}")
+        if resources.allowed_gpus is not None:
+            raise ValueError(
+                "allowed_gpus names GPUs of one machine; a cluster's requests cannot use it, "
+                f"got {sorted(resources.allowed_gpus)}"
+            )
+        if self._closed or not self._opened:
+            raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
+        node = choose_node(resources, self._stats, self._waiting)
+        agent = self._agents[node]
+        ref = agent.acquire.remote(resources, experiment_id)
+        self._waiting[node] += 1
+        try:
+            granted, worker, stats = await resolved(
+                ref, abandoned=lambda value: agent.release.remote(value[0].id, True)
+            )
+        except anyio.get_cancelled_exc_class():
+            ray.cancel(ref)  # its place in the node's queue goes too
+            raise
+        except ray.exceptions.RayActorError:
+            self._lost(node)
+            raise
+        finally:
+            if node in self._waiting:
+                self._waiting[node] -= 1
+        self._stats[node] = stats
+        allocation = GPUAllocation(
+            next(self._ids),
+            granted.gpu_indices,
+            granted.gpu_uuids,
+            granted.memory_mb,
+            granted.exclusive,
+            granted.experiment_id,
+            self._id,
+        )
+        self._held[allocation.id] = _Held(node, granted, worker)
+        return allocation
+
+    async def release(self, allocation: GPUAllocation) -> None:
+        held = self._held.pop(allocation.id, None) if allocation.pool_id == self._id else None
+        if held is None:
+            raise AllocationNotHeld(
+                f"allocation {allocation.id} is not held from this RayCluster: it was released "
+                "already, or another pool granted it"
+            )
+        agent = self._agents.get(held.node)
+        if agent is None:
+            return  # the node is gone, and its pool with it
+        # Sent, not awaited: a release never yields. The node's new state comes back
+        # on Ray's thread (a dict assignment, atomic).
+        future = agent.release.remote(held.remote.id, held.worker_ok).future()
+        future.add_done_callback(lambda f: self._noted(held.node, f))
+
+    def _noted(self, node: str, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        stats = future.result()
+        if stats is not None and node in self._agents:
+            self._stats[node] = stats
+
+    async def call(
+        self,
+        fn: Callable[..., Any],
+        item: object,
+        allocation: GPUAllocation,
+        *,
+        is_async: bool,
+    ) -> Any:
+        held = self._held.get(allocation.id) if allocation.pool_id == self._id else None
+        if held is None:
+            raise AllocationNotHeld(f"allocation {allocation.id} is not held from this RayCluster")
+        try:
+            ref = held.worker.call.remote(fn, item, held.remote, is_async)
+        except TypeError as error:
+            raise TypeError(
+                f"the task's item {shown(item)} cannot be sent to the cluster's nodes "
+                f"(Ray pickles it): {error}"
+            ) from error
+        try:
+            return await resolved(ref)
+        except anyio.get_cancelled_exc_class():
+            # A running function is stopped only with its process (ray.cancel cannot stop
+            # a sync call); its GPUs are freed by the release that follows.
+            held.worker_ok = False
+            ray.kill(held.worker)
+            raise
+        except ray.exceptions.RayTaskError as error:
+            cause = error.cause
+            if isinstance(cause, Exception):
+                raise cause from error
+            raise
+        except ray.exceptions.RayActorError:
+            held.worker_ok = False
+            if not await anyio.to_thread.run_sync(_is_alive, held.node):
+                self._lost(held.node)
+            raise
+
+    def check_task(self, fn: Callable[..., Any]) -> None:
+        if id(fn) in self._checked:
+            return
+        try:
+            ray.cloudpickle.dumps(fn)  # type: ignore[no-untyped-call]
+        except Exception as error:
+            name = getattr(fn, "__qualname__", None) or shown(fn)
+            raise TypeError(
+                f"the task function {name} cannot be sent to the cluster's nodes (Ray "
+                f"pickles it): {error}"
+            ) from error
+        if len(self._checked) > 1024:
+            self._checked.clear()
+        self._checked[id(fn)] = fn  # kept, so that its id is not reused meanwhile
+
+    def statistics(self) -> PoolStatistics:
+        if not self._opened:
+            raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
+        nodes = list(self._stats.values())
+        caps = [s.max_parallel for s in nodes]
+        return PoolStatistics(
+            gpus=tuple(g for s in nodes for g in s.gpus),
+            holder_count=sum(s.holder_count for s in nodes),
+            waiters=sum(s.waiters for s in nodes),
+            max_parallel=None if None in caps else sum(c for c in caps if c is not None),
+            grants_total=sum(s.grants_total for s in nodes),
+        )
+
+    def node_statistics(self) -> dict[str, PoolStatistics]:
+        """Each node's pool as it last reported (after a grant or a release there)."""
+        return dict(self._stats)
+
+    def _lost(self, node: str) -> None:
+        """Forget a node that died: no more requests go there."""
+        if self._agents.pop(node, None) is not None:
+            _log.warning("gpupool: node %s left the Ray cluster; its tasks go elsewhere", node)
+        self._stats.pop(node, None)
+        self._waiting.pop(node, None)
+
+
+def _alive_nodes() -> list[str]:
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [str(n["NodeID"]) for n in nodes if n.get("Alive")]
+
+
+def _is_alive(node: str) -> bool:
+    return node in _alive_nodes()

@@ -1,0 +1,215 @@
+"""ParallelRunner(RayCluster(...)) on a real two-node Ray cluster (tests/ray/conftest.py),
+on both anyio backends: where tasks run, that no GPU of any node is held twice, memory
+placement, clear errors, error isolation, timeouts that free the GPUs on the node."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpupool import GPUAllocation, ParallelRunner, Resources, TaskStatus, UnsatisfiableRequest
+
+from .conftest import fake_gpus
+
+ray = pytest.importorskip("ray")
+from gpupool.integrations.ray import RayCluster  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+def where(item: float, allocation: GPUAllocation | None) -> dict[str, Any]:
+    """A task: sleeps ``item`` s on its GPUs and says where and when it ran."""
+    assert allocation is not None
+    started = time.time()
+    time.sleep(item)
+    return {
+        "node": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "order": os.environ.get("CUDA_DEVICE_ORDER"),
+        "uuids": allocation.gpu_uuids,
+        "span": (started, time.time()),
+    }
+
+
+async def where_async(item: float, allocation: GPUAllocation | None) -> dict[str, Any]:
+    import anyio
+
+    assert allocation is not None
+    await anyio.sleep(item)
+    return {"node": ray.get_runtime_context().get_node_id(), "uuids": allocation.gpu_uuids}
+
+
+def fails_on_odd(item: int, allocation: GPUAllocation | None) -> int:
+    if item % 2:
+        raise ValueError(f"odd item {item}")
+    return item
+
+
+def sleeps(item: float, allocation: GPUAllocation | None) -> float:
+    time.sleep(item)
+    return item
+
+
+def notes_pid_and_sleeps(item: tuple[str, float], allocation: GPUAllocation | None) -> None:
+    path, seconds = item
+    with open(path, "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def ends(pid: int, within: float = 60.0) -> bool:
+    """Whether process ``pid`` ends within ``within`` seconds (a blocking wait)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def overlapping(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Pairs of tasks that held one GPU of one node at the same time."""
+    by_gpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for record in records:
+        for uuid in record["uuids"]:
+            by_gpu.setdefault((record["node"], uuid), []).append(record["span"])
+    found = []
+    for gpu, spans in by_gpu.items():
+        spans.sort()
+        found += [(gpu, a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+    return found
+
+
+async def test_tasks_spread_over_the_nodes_and_no_gpu_is_held_twice(
+    ray_cluster: dict[str, str],
+) -> None:
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=8) as runner,
+    ):
+        assert set(cluster.nodes) == set(ray_cluster.values())  # the GPU-less head has none
+        results = await runner.map(where, [0.2] * 16, required_gpus=1)
+    records = [r.value for r in results]
+    assert all(r.status is TaskStatus.SUCCEEDED for r in results)
+    assert {r["node"] for r in records} == set(ray_cluster.values())
+    assert overlapping(records) == []
+    for record in records:
+        assert record["visible"] == ",".join(record["uuids"])
+        assert record["order"] == "PCI_BUS_ID"
+    # Workers are reused: at most one per GPU set of each node ran the 16 tasks.
+    assert len({r["pid"] for r in records}) <= 4
+
+
+async def test_an_async_function_runs_on_the_node(ray_cluster: dict[str, str]) -> None:
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=2) as runner,
+    ):
+        results = await runner.map(where_async, [0.01] * 4, required_gpus=1)
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 4
+    assert {r.value["node"] for r in results} <= set(ray_cluster.values())
+
+
+async def test_a_request_too_big_for_one_nodes_gpus_lands_on_the_other(
+    ray_cluster: dict[str, str],
+) -> None:
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=4) as runner,
+    ):
+        results = await runner.map(where, [0.05] * 4, required_gpus=1, min_memory_mb=16_000)
+    assert {r.value["node"] for r in results} == {ray_cluster["b"]}
+
+
+async def test_a_request_no_node_could_ever_serve_fails_at_once(
+    ray_cluster: dict[str, str],
+) -> None:
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=2) as runner,
+    ):
+        # Queued, they would wait for ever (the module's timeout fails that): they end.
+        too_many = runner.submit(where, 0.0, required_gpus=3)  # no node has 3
+        too_big = runner.submit(where, 0.0, required_gpus=1, min_memory_mb=32_000)
+        results = [await too_many.wait(), await too_big.wait()]
+    for result in results:
+        assert result.status is TaskStatus.FAILED
+        assert result.attempts == 1
+        assert "UnsatisfiableRequest" in (result.error or "")
+    async with RayCluster(provider=fake_gpus) as cluster:
+        with pytest.raises(UnsatisfiableRequest, match="most healthy GPUs on one node is 2"):
+            await cluster.acquire(Resources(3))
+
+
+async def test_one_failing_task_does_not_stop_the_others(ray_cluster: dict[str, str]) -> None:
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=4) as runner,
+    ):
+        results = await runner.map(fails_on_odd, range(6), required_gpus=1)
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED, TaskStatus.FAILED] * 3
+    assert [r.value for r in results[::2]] == [0, 2, 4]
+    assert all("ValueError: odd item" in (r.error or "") for r in results[1::2])
+
+
+async def test_a_function_that_cannot_be_pickled_is_refused_at_the_call(
+    ray_cluster: dict[str, str],
+) -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(item: int, allocation: GPUAllocation | None) -> bool:
+        return lock.locked()
+
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=2) as runner,
+    ):
+        with pytest.raises(TypeError, match=r"holds_a_lock cannot be sent to the cluster"):
+            runner.submit(holds_a_lock, 1, required_gpus=1)
+
+
+async def test_a_timeout_stops_the_task_on_its_node_and_frees_its_gpus(
+    ray_cluster: dict[str, str], tmp_path: Path
+) -> None:
+    import anyio
+
+    pid_file = tmp_path / "pid"
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=2) as runner,
+    ):
+        task = runner.submit(
+            notes_pid_and_sleeps, (str(pid_file), 300.0), required_gpus=2, min_memory_mb=16_000,
+            timeout=1.0,
+        )  # fmt: skip
+        result = await task.wait()
+        assert result.status is TaskStatus.TIMED_OUT
+        assert "timeout" in (result.error or "")
+        pid = int(pid_file.read_text())
+        # The function is stopped on the node (its worker process ends) ...
+        assert await anyio.to_thread.run_sync(ends, pid)
+        with anyio.fail_after(60):
+            # ... and the node's GPUs are free again: both of node b's serve a new task.
+            again = await runner.submit(sleeps, 0.0, required_gpus=2, min_memory_mb=16_000).wait()
+        assert again.status is TaskStatus.SUCCEEDED
+
+
+async def test_bad_arguments_are_refused(ray_cluster: dict[str, str]) -> None:
+    with pytest.raises(TypeError, match="provider"):
+        RayCluster(provider=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="address"):
+        RayCluster(address=6379)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_parallel"):
+        RayCluster(max_parallel=0)
+    async with RayCluster(provider=fake_gpus) as cluster:
+        with pytest.raises(ValueError, match="allowed_gpus"):
+            await cluster.acquire(Resources(1, allowed_gpus=[0]))
