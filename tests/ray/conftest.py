@@ -2,39 +2,44 @@
 worker nodes, each its own raylet, all on 127.0.0.1, one per test module.
 
 Each worker node tells the agent on it what fake GPUs it has through the node's
-environment (``fake_gpus`` below is the provider factory every agent calls), so
+environment (``tasks.fake_gpus`` is the provider factory every agent calls), so
 the two nodes differ: node "a" has 2 GPUs of 8,000 MB, node "b" 2 of 24,000 MB.
 The head has none (like a CPU-only head node): no agent takes work there.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from typing import Any
 
+import attrs
 import pytest
-
-from gpupool import FakeGPUProvider
 
 ray = pytest.importorskip("ray")  # the extra `ray` (installed by .ci/run)
 from ray.cluster_utils import Cluster  # noqa: E402
+
+from .tasks import fake_gpus as fake_gpus  # noqa: E402  (the tests' provider factory)
 
 #: What each worker node has: (count, memory of each GPU in MB).
 NODES = {"a": (2, 8_000), "b": (2, 24_000)}
 
 
-def fake_gpus() -> FakeGPUProvider:
-    """The provider factory every agent calls on its node (picklable: a module function)."""
-    spec = os.environ.get("GPUPOOL_TEST_NODE_GPUS")
-    if spec is None:
-        return FakeGPUProvider(count=0)
-    count, memory = (int(part) for part in spec.split(":"))
-    return FakeGPUProvider(count=count, memory_mb=memory)
+@attrs.frozen
+class RayTestCluster:
+    """The running cluster: its address, and each worker node's id and handle by name."""
+
+    cluster: Any  # ray.cluster_utils.Cluster
+    ids: dict[str, str]
+    handles: dict[str, Any]
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[dict[str, str]]:
-    """The cluster, connected; yields the node id of each worker node by name."""
+def ray_cluster() -> Iterator[RayTestCluster]:
+    """The cluster (one per test module), this process connected to it."""
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -51,16 +56,16 @@ def ray_cluster() -> Iterator[dict[str, str]]:
         },
     )
     try:
-        nodes = {}
-        for name, (count, memory) in NODES.items():
-            node = cluster.add_node(
+        handles = {
+            name: cluster.add_node(
                 num_cpus=2,
                 node_ip_address="127.0.0.1",
                 env_vars={"GPUPOOL_TEST_NODE_GPUS": f"{count}:{memory}"},
             )
-            nodes[name] = node.node_id
+            for name, (count, memory) in NODES.items()
+        }
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-        yield nodes
+        yield RayTestCluster(cluster, {n: h.node_id for n, h in handles.items()}, handles)
     finally:
         ray.shutdown()
         cluster.shutdown()  # type: ignore[no-untyped-call]

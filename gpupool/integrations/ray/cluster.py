@@ -244,23 +244,28 @@ class RayCluster(RemoteGPUs):
             )
         if self._closed or not self._opened:
             raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
-        node = choose_node(resources, self._stats, self._waiting)
-        agent = self._agents[node]
-        ref = agent.acquire.remote(resources, experiment_id)
-        self._waiting[node] += 1
-        try:
-            granted, worker, stats = await resolved(
-                ref, abandoned=lambda value: agent.release.remote(value[0].id, True)
-            )
-        except anyio.get_cancelled_exc_class():
-            ray.cancel(ref)  # its place in the node's queue goes too
-            raise
-        except ray.exceptions.RayActorError:
-            self._lost(node)
-            raise
-        finally:
-            if node in self._waiting:
-                self._waiting[node] -= 1
+        while True:
+            node = choose_node(resources, self._stats, self._waiting)
+            agent = self._agents[node]
+            ref = agent.acquire.remote(resources, experiment_id)
+            self._waiting[node] += 1
+            try:
+                granted, worker, stats = await resolved(ref, abandoned=_hand_back_to(agent))
+            except anyio.get_cancelled_exc_class():
+                ray.cancel(ref)  # its place in the node's queue goes too
+                raise
+            except ray.exceptions.RayActorError:
+                # The node's agent is gone. If the node is gone too, the request waits
+                # elsewhere: it never ran, so it has cost the task no attempt. (An agent
+                # that is only unreachable may have granted it: then the attempt fails.)
+                if not await anyio.to_thread.run_sync(_is_alive, node):
+                    self._lost(node)
+                    continue
+                raise
+            finally:
+                if node in self._waiting:
+                    self._waiting[node] -= 1
+            break
         self._stats[node] = stats
         allocation = GPUAllocation(
             next(self._ids),
@@ -371,6 +376,11 @@ class RayCluster(RemoteGPUs):
             _log.warning("gpupool: node %s left the Ray cluster; its tasks go elsewhere", node)
         self._stats.pop(node, None)
         self._waiting.pop(node, None)
+
+
+def _hand_back_to(agent: Any) -> Callable[[Any], object]:
+    """What to do with a grant that comes after its waiter gave up: give it back."""
+    return lambda granted: agent.release.remote(granted[0].id, True)
 
 
 def _alive_nodes() -> list[str]:

@@ -1,0 +1,34 @@
+"""What the nodes of the test clusters import: the provider factory every agent calls,
+and task functions (a plain module, importable from the repository root, as Ray's
+workers need it: Ray ships these functions by reference)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from gpupool import FakeGPUProvider, GPUAllocation
+
+
+def fake_gpus() -> FakeGPUProvider:
+    """Each node's fake GPUs, from ``GPUPOOL_TEST_NODE_GPUS`` ("count:memory_mb") in the
+    node's environment (tests/ray/conftest.py sets it per node); none where unset."""
+    spec = os.environ.get("GPUPOOL_TEST_NODE_GPUS")
+    if spec is None:
+        return FakeGPUProvider(count=0)
+    count, memory = (int(part) for part in spec.split(":"))
+    return FakeGPUProvider(count=count, memory_mb=memory)
+
+
+def marks_and_sleeps(item: tuple[str, int, float], allocation: GPUAllocation | None) -> str:
+    """Notes in ``directory`` that task ``number`` started (and where), sleeps, notes that
+    it ended; returns its node's id."""
+    directory, number, seconds = item
+    node = ray.get_runtime_context().get_node_id()
+    Path(directory, f"{number}-{node}-{os.getpid()}").touch()
+    time.sleep(seconds)
+    Path(directory, f"{number}-{node}-{os.getpid()}.done").touch()
+    return str(node)
