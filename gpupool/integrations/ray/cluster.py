@@ -245,7 +245,9 @@ class RayCluster(RemoteGPUs):
         if self._closed or not self._opened:
             raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
         while True:
-            node = choose_node(resources, self._stats, self._waiting)
+            # Only nodes with an agent: a late report may name a node just lost.
+            live = {n: stats for n, stats in self._stats.items() if n in self._agents}
+            node = choose_node(resources, live, self._waiting)
             agent = self._agents[node]
             ref = agent.acquire.remote(resources, experiment_id)
             self._waiting[node] += 1
