@@ -213,3 +213,31 @@ async def test_bad_arguments_are_refused(ray_cluster: RayTestCluster) -> None:
     async with RayCluster(provider=fake_gpus) as cluster:
         with pytest.raises(ValueError, match="allowed_gpus"):
             await cluster.acquire(Resources(1, allowed_gpus=[0]))
+
+
+UNREACHABLE = """
+import anyio
+from gpupool.integrations.ray import RayCluster
+
+async def main():
+    try:
+        async with RayCluster("127.0.0.1:9", open_timeout=30):
+            pass
+    except ConnectionError as error:
+        print(error)
+
+anyio.run(main)
+"""
+
+
+def test_an_address_where_nothing_listens_fails_clearly_and_the_process_exits() -> None:
+    """Ray itself retries such an address for ever, and its thread then keeps the process
+    from exiting: this fresh interpreter must print the error and end."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing answers at the Ray address '127.0.0.1:9'" in done.stdout

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, final
@@ -81,7 +82,10 @@ class RayCluster(RemoteGPUs):
     on its node to get its GPU provider; ``None`` is NVML on every node.
     ``max_parallel``, ``ledger``, ``refresh_interval`` and ``settle_timeout``
     are each node pool's own (``GPUResourcePool``'s arguments of those names;
-    every node's pool joins that node's machine-wide ledger by default). ``init_options`` go to
+    every node's pool joins that node's machine-wide ledger by default).
+    ``open_timeout`` bounds the connection to Ray and each node's agent
+    coming up: a node whose agent has not answered by then gets no work, and
+    if no node has, or Ray cannot be reached, entering raises. ``init_options`` go to
     ``ray.init`` as they are.
     """
 
@@ -94,6 +98,7 @@ class RayCluster(RemoteGPUs):
         ledger: str | os.PathLike[str] | object | None = DEFAULT,
         refresh_interval: float = 1.0,
         settle_timeout: float = 30.0,
+        open_timeout: float = 120.0,
         init_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and not isinstance(address, str):
@@ -118,6 +123,7 @@ class RayCluster(RemoteGPUs):
         if ledger is not DEFAULT:
             self._pool_options["ledger"] = ledger
         self._init_options = dict(init_options or {})
+        self._open_timeout = check_finite_seconds("open_timeout", open_timeout, allow_zero=False)
         self._id = next(_cluster_ids)
         self._agents: dict[str, Any] = {}
         self._stats: dict[str, PoolStatistics] = {}
@@ -137,7 +143,17 @@ class RayCluster(RemoteGPUs):
         self._opened = True
         agents: dict[str, Any] = {}
         try:
-            await anyio.to_thread.run_sync(self._connect)
+            with anyio.move_on_after(self._open_timeout) as connecting:
+                # Abandoned on timeout: ray.init cannot be interrupted (the thread ends
+                # with the process, or when Ray gives up).
+                await anyio.to_thread.run_sync(self._connect, abandon_on_cancel=True)
+            if connecting.cancelled_caught:
+                raise ConnectionError(
+                    f"could not connect to Ray at {self._address or 'a local instance'} within "
+                    f"open_timeout={self._open_timeout:g} s (on one machine, Ray 2.60 needs "
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment to stay on "
+                    "127.0.0.1; see docs/ray.md)"
+                )
             nodes = await anyio.to_thread.run_sync(_alive_nodes)
             try:
                 for node in nodes:
@@ -151,10 +167,17 @@ class RayCluster(RemoteGPUs):
             failures: dict[str, Exception] = {}
 
             async def ask(node: str) -> None:
-                try:
-                    stats[node] = await resolved(agents[node].statistics.remote())
-                except Exception as error:
-                    failures[node] = error
+                # Bounded: an agent that cannot start on its node, or whose provider hangs,
+                # must not hang the open.
+                with anyio.move_on_after(self._open_timeout) as waiting:
+                    try:
+                        stats[node] = await resolved(agents[node].statistics.remote())
+                    except Exception as error:
+                        failures[node] = error
+                if waiting.cancelled_caught:
+                    failures[node] = TimeoutError(
+                        f"the agent did not answer within open_timeout={self._open_timeout:g} s"
+                    )
 
             async with anyio.create_task_group() as group:
                 for node in agents:
@@ -211,6 +234,7 @@ class RayCluster(RemoteGPUs):
     def _connect(self) -> None:
         if ray.is_initialized():
             return
+        _check_reachable(self._address)
         options = {"log_to_driver": False, "logging_level": logging.WARNING, **self._init_options}
         ray.init(address="local" if self._address is None else self._address, **options)
         self._started_ray = True
@@ -378,6 +402,28 @@ class RayCluster(RemoteGPUs):
             _log.warning("gpupool: node %s left the Ray cluster; its tasks go elsewhere", node)
         self._stats.pop(node, None)
         self._waiting.pop(node, None)
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse a ``host:port`` address where nothing listens, before ``ray.init`` sees it.
+
+    Ray retries such an address without end, and its retrying thread then
+    keeps the process from exiting even after the open has given up
+    (``open_timeout``): measured here, still running after 600 s.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray's own parsing says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"nothing answers at the Ray address {address!r} ({error}): is the cluster "
+            "running (`ray status`), and is this its head's address?"
+        ) from None
 
 
 def _hand_back_to(agent: Any) -> Callable[[Any], object]:
