@@ -494,13 +494,14 @@ class MachineCore:
                 continue
             if ticket not in by_machine:
                 return None
-            if row.state == "granted" and row.hold in state.holds:
-                hold = state.holds[row.hold]
-                if hold.kind != self._kind:
-                    return None
-                decided.append((ticket, Grant(ticket, _allocation_of(hold))))
-            else:
-                decided.append((ticket, Failure(ticket, error_from_text(row.error))))
+            hold = (
+                state.holds.get(row.hold)
+                if row.hold is not None and row.state == "granted"
+                else None
+            )
+            if hold is not None and hold.kind != self._kind:
+                return None
+            decided.append((ticket, _outcome_of(row, hold)))
         return decided
 
     # ------------------------------------------------------------ internals
@@ -539,14 +540,15 @@ class MachineCore:
                     if row.hold is not None:
                         state.holds.pop(row.hold, None)  # nobody waits for it any more
                     continue
-                if row.state == "granted" and row.hold in state.holds:
-                    hold = state.holds[row.hold]
-                    if hold.kind != self._kind:
-                        # Granted by another process, which wrote its own kind of grant.
-                        hold = state.holds[row.hold] = attrs.evolve(hold, kind=self._kind)
-                    collected.append((ticket, Grant(ticket, _allocation_of(hold))))
-                else:
-                    collected.append((ticket, Failure(ticket, error_from_text(row.error))))
+                hold = (
+                    state.holds.get(row.hold)
+                    if row.hold is not None and row.state == "granted"
+                    else None
+                )
+                if hold is not None and hold.kind != self._kind:
+                    # Granted by another process, which wrote its own kind of grant.
+                    hold = state.holds[hold.id] = attrs.evolve(hold, kind=self._kind)
+                collected.append((ticket, _outcome_of(row, hold)))
             return own, woken
 
         own, woken = self._write(run)
@@ -794,6 +796,13 @@ class MachineCore:
             self.membership.leave()
             self._liveness.close()
             self._store.close()
+
+
+def _outcome_of(row: WaiterRow, hold: HoldRow | None) -> Outcome:
+    """What another process decided for waiter ``row``: its grant (``hold``), or its failure."""
+    if hold is not None:
+        return Grant(row.ticket, _allocation_of(hold))
+    return Failure(row.ticket, error_from_text(row.error))
 
 
 def _allocation_of(hold: HoldRow) -> GPUAllocation:
