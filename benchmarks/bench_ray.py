@@ -2,9 +2,10 @@
 
 Run from the repository root (the extra ``ray`` installed)::
 
-    python benchmarks/bench_ray.py              # both backends, the issue's sizes (~5 min)
-    python benchmarks/bench_ray.py --quick      # smaller, for a smoke run
-    python benchmarks/bench_ray.py --profile    # where a gpupool task's time goes; then stop
+    python benchmarks/bench_ray.py                      # both backends, full sizes (~3.5 min)
+    python benchmarks/bench_ray.py --quick              # smaller, for a smoke run
+    python benchmarks/bench_ray.py --profile tasks      # where a task's time goes; then stop
+    python benchmarks/bench_ray.py --profile placement  # figure 2 with each node choice logged
 
 One real Ray cluster serves the whole run, every process on 127.0.0.1
 (``ray.cluster_utils.Cluster``, as in ``tests/ray/conftest.py``): a head
@@ -26,8 +27,9 @@ this machine is shared and noisy:
    b, ... on one open ``RayCluster`` (workers warm: a warm-up map ran first);
    the figure is the median round. Target: (a) at most 1.25x (b). (c) plain
    Ray's GPU default ``@ray.remote(num_gpus=1)`` (``max_calls=1``: a fresh
-   worker process per task), all ``NC`` in flight, per task = wall / NC, over
-   a smaller NC, measured after both backends; target: (a) at least 100x
+   worker process per task), all NC (32) in flight, per task = wall / NC,
+   measured after both backends, after a first round of 16 (not counted)
+   that uses up the workers Ray starts in advance; target: (a) at least 100x
    better than (c). Info rows: the sequential latency (one task at a time:
    ``max_parallel=1``, and ``ray.get(f.remote(i))`` in a loop), and the CPU
    per task of every process involved (this driver and every Ray process of
@@ -37,23 +39,35 @@ this machine is shared and noisy:
    gpupool (warm workers, ``max_parallel=8``): wall time of the ``map``
    against the ideal, ceil(32 / 8) x 0.5 s = 2.0 s; target within 10 %.
    Baseline row: plain Ray ``max_calls=0`` for the same, interleaved. Info
-   row: the same on a ``RayCluster`` just opened (8 worker actors to start).
+   rows: how the tasks spread in the median round (tasks per node and per GPU,
+   from what each task reports; the idle gap between consecutive tasks on a
+   GPU), and the same 32 tasks on a ``RayCluster`` just opened (8 worker
+   actors to start).
 3. **Start-up** on the running cluster: the time for ``async with
    RayCluster(...)`` to enter (an agent started on each of the 3 nodes and
    its first statistics back, the GPU-less head's agent ended), the first
    task after it (``map`` of one item: a worker actor to start), a second
-   task (warm), and ``aclose``. Info rows, the median of a few rounds.
+   one (it reports whether it ran in the first one's worker: workers are per
+   GPU set, and the second task may get another GPU), and ``aclose``. Info
+   rows, the median of 3 rounds.
 
 The gpupool rows run on each anyio backend (``--backend``); the plain Ray
 baselines are measured again inside each backend's run. After the run the
 cluster is shut down (also on errors, Ctrl-C and SIGTERM) and the script
 checks that no process it started is left (a row, target 0).
 
-``--profile`` (asyncio only) times each RPC of a gpupool task alone (the
-agent's ``acquire``, the worker's ``call``, the agent's ``release``, beside
-a plain Ray task and a no-op actor call), then the driver's awaits inside a
-real 8-wide ``map``, the CPU per task of every process kind, and a cProfile
-of the driver during the ``map`` (saved to ``benchmarks/results/``).
+``--profile tasks`` (asyncio only) times each RPC of a gpupool task alone,
+latency and CPU per process kind (the agent's ``acquire`` and ``release``,
+the worker's ``call``, beside a plain Ray task, no-op actor calls, and an
+async actor sending back each piece of what ``acquire`` returns); then task
+paths with fewer RPCs built from the real agents' workers (no product
+change: 8 leases held by the driver, one ``worker.call`` per task, sync and
+awaited; and one call per task to a node-side relay, the shape of an
+``agent.run``), interleaved with plain Ray and gpupool as it is; then the
+driver's awaits inside a real 8-wide ``map``, the CPU per task of every
+process kind, and a cProfile of the driver during the ``map`` (saved to
+``benchmarks/results/``). ``--profile placement`` runs figure 2's rounds
+and prints every node choice of the driver with what it knew then.
 
 Prints a markdown table and writes JSON to ``benchmarks/results/bench_ray.json``
 (or ``--json FILE``).
@@ -74,6 +88,7 @@ import asyncio
 import contextlib
 import cProfile
 import gc
+import itertools
 import json
 import logging
 import math
@@ -133,18 +148,27 @@ def trivial(item: int, allocation: GPUAllocation | None) -> int:
     return item
 
 
-def sleeps(item: float, allocation: GPUAllocation | None) -> float:
+#: What a sleeping task reports: (node id, its GPUs, started, ended) (time.time()).
+Span = tuple[str, str, float, float]
+
+
+def sleeps(item: float, allocation: GPUAllocation | None) -> Span:
+    assert allocation is not None
+    start = time.time()
     time.sleep(item)
-    return item
+    node = ray.get_runtime_context().get_node_id()
+    return node, ",".join(allocation.gpu_uuids), start, time.time()
 
 
 def plain_trivial(item: int) -> int:
     return item
 
 
-def plain_sleeps(item: float) -> float:
+def plain_sleeps(item: float) -> Span:
+    start = time.time()
     time.sleep(item)
-    return item
+    node = ray.get_runtime_context().get_node_id()
+    return node, os.environ.get("CUDA_VISIBLE_DEVICES", ""), start, time.time()
 
 
 # Plain Ray, made once the module is loaded (ray.remote needs no connection).
@@ -156,6 +180,14 @@ fresh_trivial = ray.remote(num_gpus=1)(plain_trivial)
 
 
 # ==================================================================== the cluster and its processes
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that the cluster is shut down on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated(128 + signum)
 
 
 def start_cluster() -> tuple[Cluster, float]:
@@ -179,6 +211,9 @@ def start_cluster() -> tuple[Cluster, float]:
             )
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+        # Ray's core worker installs a SIGTERM handler that ends the process at once;
+        # ours raises in the main thread, so that the cluster is shut down on the way out.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     except BaseException:
         stop_cluster(cluster)
         raise
@@ -287,26 +322,38 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
+def median_index(values: list[float]) -> int:
+    """The index of the median of ``values`` (the lower one of an even count)."""
+    return values.index(sorted(values)[(len(values) - 1) // 2])
+
+
 def spread(values: list[float], unit: float = 1e3, digits: int = 2) -> str:
     """``values`` as "median (min-max)", in ms (or times ``unit``)."""
     scaled = [v * unit for v in values]
     return f"{statistics.median(scaled):.{digits}f} ({min(scaled):.{digits}f}-{max(scaled):.{digits}f})"
 
 
-def plain_round(remote: Any, items: list[Any], *, in_flight: bool) -> float:
-    """Wall seconds for plain Ray to run ``remote`` over ``items``."""
+def plain_round(
+    remote: Any, items: list[Any], *, in_flight: bool, values: list[Any] | None = None
+) -> float:
+    """Wall seconds for plain Ray to run ``remote`` over ``items`` (values into ``values``)."""
     gc.collect()
     start = time.perf_counter()
     if in_flight:
-        ray.get([remote.remote(i) for i in items])
+        got = ray.get([remote.remote(i) for i in items])
     else:
-        for i in items:
-            ray.get(remote.remote(i))
-    return time.perf_counter() - start
+        got = [ray.get(remote.remote(i)) for i in items]
+    elapsed = time.perf_counter() - start
+    if values is not None:
+        values += got
+    return elapsed
 
 
-async def gpupool_round(runner: ParallelRunner, fn: Any, items: list[Any]) -> float:
-    """Wall seconds for ``runner.map(fn, items, required_gpus=1)``; every task must succeed."""
+async def gpupool_round(
+    runner: ParallelRunner, fn: Any, items: list[Any], *, values: list[Any] | None = None
+) -> float:
+    """Wall seconds for ``runner.map(fn, items, required_gpus=1)``; every task must succeed
+    (their values into ``values``)."""
     gc.collect()
     start = time.perf_counter()
     results = await runner.map(fn, items, required_gpus=1)
@@ -314,7 +361,40 @@ async def gpupool_round(runner: ParallelRunner, fn: Any, items: list[Any]) -> fl
     failed = [r for r in results if r.status is not TaskStatus.SUCCEEDED]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(items)} tasks failed: {failed[0].error}")
+    if values is not None:
+        values += [r.value for r in results]
     return elapsed
+
+
+def layout(spans: list[Span]) -> dict[str, Any]:
+    """How the sleeping tasks of one round spread: per node, per GPU, and the idle gap
+    between one task's end and the next one's start on the same GPU."""
+    per_node: dict[str, int] = defaultdict(int)
+    per_gpu: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for node, gpus, start, end in spans:
+        per_node[node] += 1
+        per_gpu[node, gpus].append((start, end))
+    gaps = []
+    for runs in per_gpu.values():
+        runs.sort()
+        gaps += [b[0] - a[1] for a, b in itertools.pairwise(runs)]
+    return {
+        "per_node": sorted(per_node.values(), reverse=True),
+        "gpus_used": len(per_gpu),
+        "most_on_one_gpu": max(len(r) for r in per_gpu.values()),
+        "gap_median_ms": round(median_ms(gaps), 1) if gaps else None,
+        "gap_max_ms": round(max(gaps) * 1e3, 1) if gaps else None,
+        "span_s": round(max(e for *_, e in spans) - min(s for *_, s, _ in spans), 3),
+    }
+
+
+def _layout_text(shape: dict[str, Any]) -> str:
+    return (
+        f"tasks per node {'/'.join(map(str, shape['per_node']))}, on {shape['gpus_used']} GPUs, "
+        f"at most {shape['most_on_one_gpu']} on one; gap between tasks on a GPU median "
+        f"{shape['gap_median_ms']} ms, max {shape['gap_max_ms']} ms; first start to last end "
+        f"{shape['span_s']:.3f} s"
+    )
 
 
 async def timed(step: Awaitable[Any]) -> float:
@@ -362,6 +442,7 @@ async def per_task(sizes: dict[str, int]) -> dict[str, Any]:
     n, n_seq = sizes["tasks"], sizes["sequential"]
     runs: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[dict[str, float]]] = defaultdict(list)
+    shapes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     async with (
         RayCluster(provider=fake_gpus) as cluster,
         ParallelRunner(cluster, max_parallel=GPUS) as wide,
@@ -383,13 +464,19 @@ async def per_task(sizes: dict[str, int]) -> dict[str, Any]:
             runs["a_seq"].append(await gpupool_round(narrow, trivial, list(range(n_seq))))
             runs["b_seq"].append(plain_round(reused_trivial, list(range(n_seq)), in_flight=False))
         for _ in range(sizes["sleep_rounds"]):
-            runs["a_sleeps"].append(await gpupool_round(wide, sleeps, [SLEEP] * SLEEP_TASKS))
-            runs["b_sleeps"].append(
-                plain_round(reused_sleeps, [SLEEP] * SLEEP_TASKS, in_flight=True)
+            spans: list[Span] = []
+            runs["a_sleeps"].append(
+                await gpupool_round(wide, sleeps, [SLEEP] * SLEEP_TASKS, values=spans)
             )
+            shapes["a_sleeps"].append(layout(spans))
+            spans = []
+            runs["b_sleeps"].append(
+                plain_round(reused_sleeps, [SLEEP] * SLEEP_TASKS, in_flight=True, values=spans)
+            )
+            shapes["b_sleeps"].append(layout(spans))
         after = cluster.node_statistics()
         grants = {node: after[node].grants_total - grants.get(node, 0) for node in after}
-    return {"runs": dict(runs), "cpu": dict(cpu), "grants_by_node": grants}
+    return {"runs": dict(runs), "cpu": dict(cpu), "shapes": dict(shapes), "grants_by_node": grants}
 
 
 async def gpupool_phase(sizes: dict[str, int]) -> dict[str, Any]:
@@ -480,6 +567,17 @@ def backend_rows(backend: str, got: dict[str, Any], sizes: dict[str, int]) -> li
         },
         {
             "backend": backend,
+            "what": "2. how those tasks spread (the median round of each)",
+            "baseline": "plain Ray: "
+            + _layout_text(got["shapes"]["b_sleeps"][median_index(runs["b_sleeps"])]),
+            "measured": _layout_text(got["shapes"]["a_sleeps"][median_index(runs["a_sleeps"])]),
+            "ratio": None,
+            "target": "(info)",
+            "ok": None,
+            "value": None,
+        },
+        {
+            "backend": backend,
             "what": f"2. the same on a RayCluster just opened ({GPUS} worker actors to start)",
             "baseline": f"ideal {IDEAL:.2f} s",
             "measured": f"{start['cold_sleeps'][0]:.3f} s",
@@ -563,14 +661,6 @@ def sizes_for(quick: bool) -> dict[str, int]:
                 "startup_rounds": 1, "fresh": 16, "fresh_rounds": 1}  # fmt: skip
     return {"tasks": 1_000, "sequential": 200, "rounds": 7, "sleep_rounds": 3,
             "startup_rounds": 3, "fresh": 32, "fresh_rounds": 3}  # fmt: skip
-
-
-class _Terminated(SystemExit):
-    """SIGTERM, raised in the main thread so that the cluster is shut down on the way out."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated(128 + signum)
 
 
 class OwnProcesses:
@@ -765,8 +855,11 @@ class Relay:
     allocation) pair, awaits the worker's call and puts the pair back. The shape of an
     ``agent.run`` design (acquire, call, release on the node), without the pool's calls."""
 
-    def __init__(self, pairs: list[tuple[Any, GPUAllocation]]) -> None:
+    def __init__(self) -> None:
         self._free: asyncio.Queue[tuple[Any, GPUAllocation]] = asyncio.Queue()
+
+    async def use(self, pairs: list[tuple[Any, GPUAllocation]]) -> None:
+        self._free = asyncio.Queue()
         for pair in pairs:
             self._free.put_nowait(pair)
 
@@ -778,28 +871,51 @@ class Relay:
             self._free.put_nowait((worker, allocation))
 
 
-async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: int = 3) -> None:
-    """Per-task wall and CPU of task paths with fewer RPCs, built from the real agents'
-    workers (no product change), interleaved with plain Ray and gpupool as it is."""
+def hold_all(cluster: RayCluster) -> dict[str, list[tuple[GPUAllocation, Any]]]:
+    """Every GPU of every node, acquired straight from the agents: (allocation, worker)."""
     held: dict[str, list[tuple[GPUAllocation, Any]]] = {}
     for node, agent in cluster._agents.items():
-        held[node] = []
-        for _ in range(GPUS_PER_NODE):
-            granted, worker, _ = ray.get(agent.acquire.remote(Resources(1), None))
-            held[node].append((granted, worker))
-    pairs = [pair for node_pairs in held.values() for pair in node_pairs]
+        refs = [agent.acquire.remote(Resources(1), None) for _ in range(GPUS_PER_NODE)]
+        held[node] = [(granted, worker) for granted, worker, _ in ray.get(refs)]
+    return held
+
+
+def release_all(cluster: RayCluster, held: dict[str, list[tuple[GPUAllocation, Any]]]) -> None:
+    ray.get(
+        [
+            cluster._agents[node].release.remote(granted.id, True)
+            for node, pairs in held.items()
+            for granted, _ in pairs
+        ]
+    )
+
+
+async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: int = 3) -> None:
+    """Per-task wall and CPU of task paths with fewer RPCs, built from the real agents'
+    workers (no product change), interleaved with plain Ray and gpupool as it is.
+
+    The 1-RPC paths hold all 8 GPUs (from the agents) while they run, as leases a
+    driver would keep; they are given back before gpupool's own path runs.
+    """
+    node_ids = list(cluster._agents)
     relays = [
         Relay.options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
-        ).remote([(w, g) for g, w in node_pairs])
-        for node, node_pairs in held.items()
+        ).remote()
+        for node in node_ids
     ]
-    ray.get([relay.run.remote(trivial, 0) for relay in relays])
+    leases: list[tuple[GPUAllocation, Any]] = []
 
-    def leased_sync() -> None:
+    async def plain() -> None:
+        plain_round(reused_trivial, list(range(n)), in_flight=True)
+
+    async def as_is() -> None:
+        await gpupool_round(wide, trivial, list(range(n)))
+
+    async def leased_sync() -> None:
         ray.get(
             [
-                pairs[i % GPUS][1].call.remote(trivial, i, pairs[i % GPUS][0], False)
+                leases[i % GPUS][1].call.remote(trivial, i, leases[i % GPUS][0], False)
                 for i in range(n)
             ]
         )
@@ -810,7 +926,7 @@ async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: 
                 await resolved(worker.call.remote(trivial, i, granted, False))
 
         async with anyio.create_task_group() as group:
-            for granted, worker in pairs:
+            for granted, worker in leases:
                 group.start_soon(loop, granted, worker)
 
     async def relayed() -> None:
@@ -822,47 +938,54 @@ async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: 
             for k in range(GPUS):
                 group.start_soon(loop, relays[k % len(relays)])
 
-    async def plain() -> None:
-        plain_round(reused_trivial, list(range(n)), in_flight=True)
-
-    async def sync_leased() -> None:
-        leased_sync()
-
-    paths: dict[str, Callable[[], Awaitable[Any]]] = {
+    unleased: dict[str, Callable[[], Awaitable[None]]] = {
         "plain Ray max_calls=0, ray.get(list of N refs)": plain,
-        "gpupool as it is: runner.map, 3 RPCs per task": lambda: gpupool_round(
-            wide, trivial, list(range(n))
-        ),
-        "1 RPC per task, sync: worker.call on 8 held leases, ray.get(list)": sync_leased,
+        "gpupool as it is: runner.map, 3 driver RPCs per task": as_is,
+    }
+    leased: dict[str, Callable[[], Awaitable[None]]] = {
+        "1 RPC per task, sync: worker.call on 8 held leases, ray.get(list)": leased_sync,
         "1 RPC per task, anyio: 8 loops awaiting worker.call (resolved)": leased_async,
-        "1 driver RPC per task + 1 node-local: relay.run (agent.run shape)": relayed,
+        "1 driver RPC + 1 on the node per task: relay.run (agent.run shape)": relayed,
     }
     walls: dict[str, list[float]] = defaultdict(list)
-    cpus: dict[str, list[float]] = defaultdict(list)
     by_kind: dict[str, list[dict[str, float]]] = defaultdict(list)
+
+    async def measure(name: str, path: Callable[[], Awaitable[None]]) -> None:
+        gc.collect()
+        with CpuMeter() as meter:
+            start = time.perf_counter()
+            await path()
+            walls[name].append(time.perf_counter() - start)
+        by_kind[name].append(meter.by_kind)
+
     try:
         for _ in range(rounds):
-            for name, path in paths.items():
-                gc.collect()
-                with CpuMeter() as meter:
-                    start = time.perf_counter()
-                    await path()
-                    walls[name].append(time.perf_counter() - start)
-                cpus[name].append(meter.total)
-                by_kind[name].append(meter.by_kind)
+            for name, path in unleased.items():
+                await measure(name, path)
+            held = hold_all(cluster)
+            try:
+                leases[:] = [pair for pairs in held.values() for pair in pairs]
+                ray.get(
+                    [
+                        relay.use.remote([(w, g) for g, w in held[node]])
+                        for relay, node in zip(relays, node_ids, strict=True)
+                    ]
+                )
+                for name, path in leased.items():
+                    await measure(name, path)
+            finally:
+                release_all(cluster, held)
     finally:
         for relay in relays:
             ray.kill(relay)
-        for node, node_pairs in held.items():
-            for granted, _ in node_pairs:
-                ray.get(cluster._agents[node].release.remote(granted.id, True))
+    paths = {**unleased, **leased}
     base = median_ms(walls["plain Ray max_calls=0, ray.get(list of N refs)"]) / n
     print(f"\nTask paths, {n:,} trivial tasks, {GPUS} in flight, median of {rounds} interleaved "
           "rounds: ms per task (x plain Ray); CPU ms per task, all processes (driver)")  # fmt: skip
     for name in paths:
         wall = median_ms(walls[name]) / n
         cpu, kinds = cpu_per_task(by_kind[name], n)
-        print(f"  {name:66} {wall:6.2f} ({wall / base:4.2f}x)  CPU {cpu * 1e3:5.2f} "
+        print(f"  {name:68} {wall:6.2f} ({wall / base:4.2f}x)  CPU {cpu * 1e3:5.2f} "
               f"(driver {kinds.get('driver', 0) * 1e3:.2f})")  # fmt: skip
 
 
@@ -929,14 +1052,60 @@ async def profile_phase(n: int, out: Path) -> None:
     stats.sort_stats("cumulative").print_stats(30)
 
 
-def profile(quick: bool) -> None:
+async def placement_phase(rounds: int) -> None:
+    """Figure 2's rounds with every placement decision of the driver logged: which node
+    each request went to, and what the driver knew (its own requests waiting there, the
+    waiters and free GPUs the node last reported). Wraps the module's ``choose_node``
+    (the benchmark's process only)."""
+    import gpupool.integrations.ray.cluster as cluster_module
+    from gpupool.integrations.ray.placement import free_for
+
+    original = cluster_module.choose_node
+    log: list[dict[str, Any]] = []
+
+    def logged(request: Resources, nodes: Any, waiting: Any) -> str:
+        seen = {
+            node[:6]: (waiting.get(node, 0), stats.waiters, free_for(request, stats))
+            for node, stats in sorted(nodes.items())
+        }
+        chosen = original(request, nodes, waiting)
+        log.append({"t": time.perf_counter(), "node": chosen[:6], "seen": seen})
+        return chosen
+
+    cluster_module.choose_node = logged  # type: ignore[assignment]
+    try:
+        async with (
+            RayCluster(provider=fake_gpus) as cluster,
+            ParallelRunner(cluster, max_parallel=GPUS) as wide,
+        ):
+            await gpupool_round(wide, trivial, list(range(8 * GPUS)))
+            for k in range(rounds):
+                log.clear()
+                spans: list[Span] = []
+                start = time.perf_counter()
+                wall = await gpupool_round(wide, sleeps, [SLEEP] * SLEEP_TASKS, values=spans)
+                shape = layout(spans)
+                print(f"\nround {k}: {wall:.3f} s; {_layout_text(shape)}")
+                print("  t (ms)  -> node   what the driver saw, per node: "
+                      "(own requests waiting, waiters reported, free GPUs reported)")  # fmt: skip
+                for entry in log:
+                    seen = "  ".join(f"{n}:{v}" for n, v in entry["seen"].items())
+                    print(f"  {(entry['t'] - start) * 1e3:7.1f} -> {entry['node']}   {seen}")
+    finally:
+        cluster_module.choose_node = original
+
+
+def profile(what: str, quick: bool) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     own = OwnProcesses()
     cluster, _ = start_cluster()
     try:
         own.note()
-        anyio.run(profile_phase, 300 if quick else 2_000, out, backend="asyncio")
+        if what == "placement":
+            anyio.run(placement_phase, 3 if quick else 8, backend="asyncio")
+        else:
+            anyio.run(profile_phase, 300 if quick else 2_000, out, backend="asyncio")
     finally:
         own.note()
         stop_cluster(cluster)
@@ -955,14 +1124,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="time each RPC of a task, the driver's awaits, the CPU per process kind and a "
-        "cProfile of the driver (asyncio); then stop",
+        choices=["tasks", "placement"],
+        help="tasks: time each RPC of a task alone, task paths with fewer RPCs, the driver's "
+        "awaits, the CPU per process kind and a cProfile of the driver; placement: figure 2's "
+        "rounds with every node choice logged (asyncio; then stop)",
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.profile:
-        profile(args.quick)
+        profile(args.profile, args.quick)
         return
     started = time.perf_counter()
     before = load()
