@@ -27,12 +27,17 @@ from ..._core.model import GPUAllocation, PoolStatistics
 from ..._core.request import Resources
 from ..._pool.pool import GPUResourcePool
 from ...providers import GPUProvider
-from .worker import TaskWorker
+from .worker import CONTROL, TaskWorker
 
 __all__ = ["NodeAgent"]
 
 #: Idle workers an agent keeps, per GPU of its node (the rest are ended).
 IDLE_WORKERS_PER_GPU = 2
+
+#: The worker actor class: ``interrupt`` has a thread of its own (a concurrency
+#: group, given when the class is made: ``.options()`` cannot).
+#: (Ray's typed overloads of ``ray.remote`` leave ``concurrency_groups`` out.)
+_WORKER = ray.remote(concurrency_groups={CONTROL: 1})(TaskWorker)  # type: ignore[call-overload]
 
 
 @final
@@ -96,6 +101,14 @@ class NodeAgent:
         self._held[allocation.id] = (allocation, worker)
         return allocation, worker, pool.statistics()
 
+    async def renew(
+        self, allocation_id: int, worker_ok: bool, resources: Resources, experiment_id: str | None
+    ) -> tuple[GPUAllocation, Any, PoolStatistics]:
+        """:meth:`release`, then :meth:`acquire` in the same call (the driver's
+        requests of that shape wait here, where the GPUs it gave back are)."""
+        await self.release(allocation_id, worker_ok)
+        return await self.acquire(resources, experiment_id)
+
     async def release(self, allocation_id: int, worker_ok: bool) -> PoolStatistics | None:
         """Give an allocation back; its worker is kept for the next task on those GPUs
         unless ``worker_ok`` is false (the driver ended it: a timeout, a cancellation)."""
@@ -114,7 +127,7 @@ class NodeAgent:
 
     def _new_worker(self, gpu_uuids: tuple[str, ...]) -> Any:
         strategy = NodeAffinitySchedulingStrategy(self.node_id, soft=False)
-        actor = ray.remote(TaskWorker).options(num_cpus=0, scheduling_strategy=strategy)
+        actor = _WORKER.options(num_cpus=0, scheduling_strategy=strategy)
         return actor.remote(gpu_uuids)
 
     def _trim_idle(self, gpus: int) -> None:

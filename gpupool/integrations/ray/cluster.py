@@ -11,17 +11,23 @@ What runs where (docs/ray.md):
 - **Worker actors** on the node (``worker.py``) run the task functions, one
   task at a time each, reused across tasks on the same GPUs.
 
-So a task costs the driver three calls: the agent's ``acquire``, the
-worker's ``call``, and the agent's ``release`` (sent, never awaited).
+What a node grants, the driver keeps as a lease for its next request of
+the same shape (``leases.py``), so a task usually costs the driver one call
+to Ray, the worker's ``call``; the agent's ``acquire`` and ``release`` are
+made when a lease is first needed and when it goes back.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, final
@@ -40,15 +46,16 @@ from ..._core.checks import (
     check_seconds,
     shown,
 )
-from ..._core.errors import AllocationNotHeld, PoolClosed
+from ..._core.errors import AllocationNotHeld, PoolClosed, UnsatisfiableRequest
 from ..._core.model import GPUAllocation, PoolStatistics
 from ..._core.request import Resources
 from ..._ledger.location import DEFAULT
 from ..._runner.remote import RemoteGPUs
 from ...providers import GPUProvider
 from .agent import NodeAgent
+from .leases import Lease, LeaseBook, Waiter
 from .placement import choose_node
-from .refs import resolved
+from .refs import resolved, waker
 
 __all__ = ["RayCluster"]
 
@@ -58,15 +65,15 @@ _cluster_ids = itertools.count(1)
 
 
 @final
-@attrs.define
-class _Held:
-    """One of the driver's allocations: where it is and who runs its task."""
+@attrs.define(eq=False)
+class _Sent:
+    """A request sent to a node's agent, not answered yet."""
 
     node: str
-    remote: GPUAllocation  # as the node's pool granted it
-    worker: Any
-    #: False once the driver ended the worker (a timeout, a cancellation, a crash).
-    worker_ok: bool = True
+    shape: Resources
+    ref: Any
+    #: Cancelled by the driver: no waiter counts on it, a grant goes back.
+    cancelled: bool = False
 
 
 @final
@@ -85,8 +92,18 @@ class RayCluster(RemoteGPUs):
     every node's pool joins that node's machine-wide ledger by default).
     ``open_timeout`` bounds the connection to Ray and each node's agent
     coming up: a node whose agent has not answered by then gets no work, and
-    if no node has, or Ray cannot be reached, entering raises. ``init_options`` go to
-    ``ray.init`` as they are.
+    if no node has, or Ray cannot be reached, entering raises.
+
+    ``lease_time`` (seconds): how long the driver may hand GPUs a node granted
+    straight on to its next task of the same shape before they go back to
+    the node's pool (``leases.py``; docs/ray.md). A task that reuses them
+    costs one call to Ray instead of three; other processes waiting for
+    those GPUs on that node wait at most about ``lease_time`` plus one task.
+    ``0`` hands nothing on. ``stop_timeout`` (seconds): how long a task that
+    timed out or was cancelled may take to stop on its node (an async
+    function is cancelled there, so ``run_process`` ends its job) before
+    its worker process is ended. ``init_options`` go to ``ray.init`` as they
+    are.
     """
 
     def __init__(
@@ -99,6 +116,8 @@ class RayCluster(RemoteGPUs):
         refresh_interval: float = 1.0,
         settle_timeout: float = 30.0,
         open_timeout: float = 120.0,
+        lease_time: float = 1.0,
+        stop_timeout: float = 30.0,
         init_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and not isinstance(address, str):
@@ -124,12 +143,19 @@ class RayCluster(RemoteGPUs):
             self._pool_options["ledger"] = ledger
         self._init_options = dict(init_options or {})
         self._open_timeout = check_finite_seconds("open_timeout", open_timeout, allow_zero=False)
+        self._lease_time = check_finite_seconds("lease_time", lease_time)
+        self._stop_timeout = check_finite_seconds("stop_timeout", stop_timeout)
         self._id = next(_cluster_ids)
         self._agents: dict[str, Any] = {}
         self._stats: dict[str, PoolStatistics] = {}
-        self._waiting: dict[str, int] = {}
-        self._held: dict[int, _Held] = {}
+        self._book = LeaseBook(self._lease_time)
+        self._events: dict[Waiter, anyio.Event] = {}
+        self._sent: dict[Resources, list[_Sent]] = {}
+        self._sent_to: Counter[str] = Counter()  # per node: requests sent, not answered
+        self._held: dict[int, Lease] = {}
         self._ids = itertools.count(1)
+        self._calls = itertools.count(1)
+        self._wake: Callable[[Callable[[], object]], object] = _not_open
         self._checked: dict[int, Callable[..., Any]] = {}
         self._started_ray = False
         self._opened = False
@@ -200,7 +226,7 @@ class RayCluster(RemoteGPUs):
                 await self._disconnect()
             raise
         self._agents, self._stats = agents, stats
-        self._waiting = dict.fromkeys(agents, 0)
+        self._wake = waker()
         return self
 
     async def __aexit__(
@@ -229,6 +255,9 @@ class RayCluster(RemoteGPUs):
                 for agent in agents.values():
                     group.start_soon(close, agent)
             self._held.clear()
+            for waiter in self._book.waiters:
+                waiter.error = PoolClosed("the RayCluster closed while the request waited")
+                self._fail(waiter)
             await self._disconnect()
 
     def _connect(self) -> None:
@@ -268,64 +297,160 @@ class RayCluster(RemoteGPUs):
             )
         if self._closed or not self._opened:
             raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
-        while True:
-            # Only nodes with an agent: a late report may name a node just lost.
-            live = {n: stats for n, stats in self._stats.items() if n in self._agents}
-            node = choose_node(resources, live, self._waiting)
-            agent = self._agents[node]
-            ref = agent.acquire.remote(resources, experiment_id)
-            self._waiting[node] += 1
-            try:
-                granted, worker, stats = await resolved(ref, abandoned=_hand_back_to(agent))
-            except anyio.get_cancelled_exc_class():
-                ray.cancel(ref)  # its place in the node's queue goes too
-                raise
-            except ray.exceptions.RayActorError:
-                # The node's agent is gone. If the node is gone too, the request waits
-                # elsewhere: it never ran, so it has cost the task no attempt. (An agent
-                # that is only unreachable may have granted it: then the attempt fails.)
-                if not await anyio.to_thread.run_sync(_is_alive, node):
-                    self._lost(node)
-                    continue
-                raise
-            finally:
-                if node in self._waiting:
-                    self._waiting[node] -= 1
-            break
-        self._stats[node] = stats
+        # At once, before it waits: a request no node could ever serve.
+        choose_node(resources, self._live_stats(), self._sent_to)
+        waiter, send = self._book.arrive(resources, experiment_id)
+        done = self._events[waiter] = anyio.Event()
+        try:
+            if send:
+                self._send(resources, experiment_id)
+            await done.wait()
+        except BaseException:
+            # Cancelled (or the send failed). A lease given meanwhile is handed on.
+            if waiter.lease is not None:
+                self._hand_on(waiter.lease)
+            elif waiter.error is None:
+                self._cancel_sent(resources, self._book.leave(waiter))
+            raise
+        finally:
+            del self._events[waiter]
+        if waiter.error is not None:
+            raise waiter.error
+        lease = waiter.lease
+        assert lease is not None
+        granted = lease.grant
         allocation = GPUAllocation(
             next(self._ids),
             granted.gpu_indices,
             granted.gpu_uuids,
             granted.memory_mb,
             granted.exclusive,
-            granted.experiment_id,
+            experiment_id,
             self._id,
         )
-        self._held[allocation.id] = _Held(node, granted, worker)
+        self._held[allocation.id] = lease
         return allocation
 
     async def release(self, allocation: GPUAllocation) -> None:
-        held = self._held.pop(allocation.id, None) if allocation.pool_id == self._id else None
-        if held is None:
+        lease = self._held.pop(allocation.id, None) if allocation.pool_id == self._id else None
+        if lease is None:
             raise AllocationNotHeld(
                 f"allocation {allocation.id} is not held from this RayCluster: it was released "
                 "already, or another pool granted it"
             )
-        agent = self._agents.get(held.node)
-        if agent is None:
+        self._hand_on(lease)
+
+    # -- the leases (leases.py decides; these make the Ray calls)
+
+    def _live_stats(self) -> dict[str, PoolStatistics]:
+        # Only nodes with an agent: a late report may name a node just lost.
+        return {n: stats for n, stats in self._stats.items() if n in self._agents}
+
+    def _send(self, shape: Resources, experiment_id: str | None) -> None:
+        """Send one request of ``shape`` to the node placement picks."""
+        node = choose_node(shape, self._live_stats(), self._sent_to)
+        self._track(_Sent(node, shape, self._agents[node].acquire.remote(shape, experiment_id)))
+
+    def _renew(self, lease: Lease) -> None:
+        """Give ``lease`` back and ask its node for its shape again, in one call."""
+        first = self._book.first_of(lease.shape)
+        call = self._agents[lease.node].renew.remote(
+            lease.grant.id, lease.worker_ok, lease.shape, first and first.experiment_id
+        )
+        self._track(_Sent(lease.node, lease.shape, call))
+
+    def _track(self, sent: _Sent) -> None:
+        """Hear the answer to ``sent`` on the event loop."""
+        node = sent.node
+        self._sent.setdefault(sent.shape, []).append(sent)
+        self._sent_to[node] += 1
+        wake = self._wake
+        answered = functools.partial(self._answered, sent)
+
+        def on_done(future: concurrent.futures.Future[Any]) -> None:
+            # On Ray's thread; the answer is handled on the event loop. A loop
+            # that has ended (asyncio: closed; trio.RunFinishedError) hears nothing.
+            with contextlib.suppress(RuntimeError):
+                wake(functools.partial(answered, future))
+
+        sent.ref.future().add_done_callback(on_done)
+
+    def _answered(self, sent: _Sent, future: concurrent.futures.Future[Any]) -> None:
+        """A node answered ``sent`` (on the event loop)."""
+        self._sent[sent.shape].remove(sent)
+        if not self._sent[sent.shape]:
+            del self._sent[sent.shape]
+        self._sent_to[sent.node] -= 1
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            if sent.cancelled or self._closed:
+                return
+            if isinstance(error, ray.exceptions.RayActorError):
+                # The node's agent is gone, and with it its pool and what it held:
+                # the request never ran anything, so it waits elsewhere at no cost.
+                self._lost(sent.node)
+                if self._book.lost(sent.shape):
+                    try:
+                        self._send(sent.shape, None)
+                    except UnsatisfiableRequest as unsatisfiable:  # no node left for it
+                        self._fail(self._book.refused(sent.shape, unsatisfiable))
+                return
+            cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
+            self._fail(self._book.refused(sent.shape, cause or PoolClosed("cancelled")))
+            return
+        granted, worker, stats = future.result()
+        if sent.node in self._agents:
+            self._stats[sent.node] = stats
+        lease = Lease(sent.node, sent.shape, granted, worker, time.monotonic())
+        waiter = None if self._closed else self._book.granted(lease, cancelled=sent.cancelled)
+        if waiter is None:
+            self._give_back(lease)
+        else:
+            self._events[waiter].set()
+
+    def _fail(self, waiter: Waiter | None) -> None:
+        if waiter is not None:
+            self._events[waiter].set()
+
+    def _hand_on(self, lease: Lease) -> None:
+        """A lease the driver is done with: to its next waiter, or back to its node."""
+        if lease.node not in self._agents:
             return  # the node is gone, and its pool with it
+        handing = self._book.released(lease, time.monotonic())
+        if handing.to is not None:
+            self._events[handing.to].set()
+            return
+        self._cancel_sent(lease.shape, handing.cancel)
+        if handing.renew:
+            self._renew(lease)
+        else:
+            self._give_back(lease)
+
+    def _give_back(self, lease: Lease) -> None:
+        agent = self._agents.get(lease.node)
+        if agent is None or self._closed:
+            return  # the node is gone; or closing, which gives back everything
         # Sent, not awaited: a release never yields. The node's new state comes back
         # on Ray's thread (a dict assignment, atomic).
-        future = agent.release.remote(held.remote.id, held.worker_ok).future()
-        future.add_done_callback(lambda f: self._noted(held.node, f))
+        future = agent.release.remote(lease.grant.id, lease.worker_ok).future()
+        future.add_done_callback(functools.partial(self._noted, lease.node))
 
-    def _noted(self, node: str, future: Any) -> None:
+    def _noted(self, node: str, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         stats = future.result()
         if stats is not None and node in self._agents:
             self._stats[node] = stats
+
+    def _cancel_sent(self, shape: Resources, count: int) -> None:
+        """Cancel ``count`` of the requests of ``shape`` still waiting on nodes, the
+        last sent first (they are the furthest back in their nodes' queues)."""
+        live = [sent for sent in self._sent.get(shape, ()) if not sent.cancelled]
+        for sent in live[len(live) - count :] if count else ():
+            sent.cancelled = True
+            ray.cancel(sent.ref)  # its grant, if it races the cancel, goes back
+
+    # -- running a task
 
     async def call(
         self,
@@ -335,11 +460,12 @@ class RayCluster(RemoteGPUs):
         *,
         is_async: bool,
     ) -> Any:
-        held = self._held.get(allocation.id) if allocation.pool_id == self._id else None
-        if held is None:
+        lease = self._held.get(allocation.id) if allocation.pool_id == self._id else None
+        if lease is None:
             raise AllocationNotHeld(f"allocation {allocation.id} is not held from this RayCluster")
+        number = next(self._calls)
         try:
-            ref = held.worker.call.remote(fn, item, held.remote, is_async)
+            ref = lease.worker.call.remote(number, fn, item, lease.grant, is_async)
         except TypeError as error:
             raise TypeError(
                 f"the task's item {shown(item)} cannot be sent to the cluster's nodes "
@@ -348,10 +474,8 @@ class RayCluster(RemoteGPUs):
         try:
             return await resolved(ref)
         except anyio.get_cancelled_exc_class():
-            # A running function is stopped only with its process (ray.cancel cannot stop
-            # a sync call); its GPUs are freed by the release that follows.
-            held.worker_ok = False
-            ray.kill(held.worker)
+            with anyio.CancelScope(shield=True):
+                await self._stop(lease, number, ref)
             raise
         except ray.exceptions.RayTaskError as error:
             cause = error.cause
@@ -359,10 +483,31 @@ class RayCluster(RemoteGPUs):
                 raise cause from error
             raise
         except ray.exceptions.RayActorError:
-            held.worker_ok = False
-            if not await anyio.to_thread.run_sync(_is_alive, held.node):
-                self._lost(held.node)
+            lease.worker_ok = False
+            if not await anyio.to_thread.run_sync(_is_alive, lease.node):
+                self._lost(lease.node)
             raise
+
+    async def _stop(self, lease: Lease, number: int, ref: Any) -> None:
+        """Stop call ``number`` on its node: gracefully if it is async (its job ends,
+        its ``finally`` runs), within ``stop_timeout``; else by ending its worker."""
+        with anyio.move_on_after(self._stop_timeout) as waiting:
+            try:
+                if await resolved(lease.worker.interrupt.remote(number)):
+                    with contextlib.suppress(ray.exceptions.RayTaskError):
+                        await resolved(ref)  # what it raised on the way out is not wanted
+                    return
+            except ray.exceptions.RayError:
+                pass  # the worker is gone already
+        if waiting.cancelled_caught:
+            _log.warning(
+                "gpupool: a task on node %s did not stop within stop_timeout=%g s; its "
+                "worker process is ended",
+                lease.node,
+                self._stop_timeout,
+            )
+        lease.worker_ok = False
+        ray.kill(lease.worker)
 
     def check_task(self, fn: Callable[..., Any]) -> None:
         if id(fn) in self._checked:
@@ -401,7 +546,6 @@ class RayCluster(RemoteGPUs):
         if self._agents.pop(node, None) is not None:
             _log.warning("gpupool: node %s left the Ray cluster; its tasks go elsewhere", node)
         self._stats.pop(node, None)
-        self._waiting.pop(node, None)
 
 
 def _check_reachable(address: str | None) -> None:
@@ -426,9 +570,8 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def _hand_back_to(agent: Any) -> Callable[[Any], object]:
-    """What to do with a grant that comes after its waiter gave up: give it back."""
-    return lambda granted: agent.release.remote(granted[0].id, True)
+def _not_open(callback: Callable[[], object]) -> object:
+    raise RuntimeError("the RayCluster is not open")
 
 
 def _alive_nodes() -> list[str]:

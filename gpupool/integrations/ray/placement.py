@@ -7,11 +7,19 @@ the machine's ledger). A request for k GPUs goes to one node: the GPUs of an
 allocation are on one machine.
 
 The rule, "join the shortest queue": among the nodes that could ever serve
-the request, one that can serve it now, else the one with the fewest
-requests waiting there (the ones this driver sent and those the node's pool
-reports), then the one with the most GPUs free for it, then by node id, so
-that the same state always gives the same node. A node's own pool is fair
-(priority, then arrival); the driver does not reorder what it sent.
+the request, one that can serve it now, else the one with the fewest of
+this driver's requests waiting there, then the one with the most GPUs free
+for it, then by node id, so that the same state always gives the same
+node. A node's own pool is fair (priority, then arrival); the driver does
+not reorder what it sent.
+
+The queue counted is the driver's own count, kept as it sends and hears
+back, not the ``waiters`` of the node's last report: the agent's pool is
+this driver's alone, so those waiters are the same requests again, counted
+as they were at the last report (counting both sent the last request of a
+wave to the node with more of them; docs/benchmarks.md). Other processes
+using a node's GPUs (through its machine-wide ledger) show as GPUs that are
+not free.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ def choose_node(
     """The node ``request`` goes to; :class:`UnsatisfiableRequest` when no node ever could.
 
     ``waiting`` counts, per node, this driver's requests sent there and not
-    granted yet.
+    answered yet.
     """
     candidates = [node for node, stats in nodes.items() if could_ever_serve(request, stats)]
     if not candidates:
@@ -59,8 +67,7 @@ def choose_node(
     def rank(node: str) -> tuple[bool, int, int, str]:
         stats = nodes[node]
         free = free_for(request, stats)
-        queued = waiting.get(node, 0) + stats.waiters
-        return (free < request.required_gpus, queued, -free, node)
+        return (free < request.required_gpus, waiting.get(node, 0), -free, node)
 
     return min(candidates, key=rank)
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import anyio
 
-__all__ = ["resolved"]
+__all__ = ["resolved", "waker"]
 
 
-def _waker() -> Callable[[Callable[[], object]], object]:
+def waker() -> Callable[[Callable[[], object]], object]:
     """A function that runs a callback on the current event loop, from any thread."""
     try:
         loop = asyncio.get_running_loop()
@@ -42,7 +42,7 @@ async def resolved(ref: Any, *, abandoned: Callable[[Any], object] | None = None
     """
     future: concurrent.futures.Future[Any] = ref.future()
     done = anyio.Event()
-    wake = _waker()
+    wake = waker()
 
     def on_done(_: concurrent.futures.Future[Any]) -> None:
         # The loop may have ended (asyncio: closed; trio.RunFinishedError): nobody waits.

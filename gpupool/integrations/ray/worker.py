@@ -7,20 +7,40 @@ instead, each for one set of GPUs. One set, because CUDA reads
 process that ran a task on GPU 0 would run a later task on GPU 0 whatever
 the variable then said. One task at a time, because the environment is the
 process's, shared by its threads.
+
+A task that times out or is cancelled is **stopped gracefully** where it
+can be: :meth:`TaskWorker.interrupt` (in a concurrency group of its own, so
+it runs while ``call`` does) cancels an async function's anyio run, so that
+``run_process`` inside it ends its job (SIGTERM, the grace period,
+SIGKILL) and ``finally`` blocks run. The driver waits for that, bounded,
+and ends the worker process only when it does not stop in time, or for a
+plain function, which nothing can interrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import ray
 
 from ..._core.model import GPUAllocation
 
-__all__ = ["TaskWorker"]
+__all__ = ["CONTROL", "TaskInterrupted", "TaskWorker"]
+
+#: The concurrency group of :meth:`TaskWorker.interrupt` (one thread of its own).
+CONTROL = "control"
+
+
+class TaskInterrupted(Exception):
+    """The task was interrupted on its node (the driver stopped it)."""
 
 
 @final
@@ -29,28 +49,44 @@ class TaskWorker:
 
     def __init__(self, gpu_uuids: tuple[str, ...]) -> None:
         self.gpu_uuids = gpu_uuids
+        # The call running now: its number, and how to cancel it from another thread.
+        self._running: tuple[int, anyio.CancelScope, anyio.lowlevel.EventLoopToken] | None = None
+        self._started = 0  # the number of the last call that started
+        self._started_async = False
+        self._stop: set[int] = set()  # calls to stop as soon as they can be
+        # Held while either thread reads or changes the three above (and _running).
+        self._lock = threading.Lock()
 
     def call(
         self,
+        number: int,
         fn: Callable[[Any, GPUAllocation], Any],
         item: object,
         allocation: GPUAllocation,
         is_async: bool,
     ) -> Any:
-        """``fn(item, allocation)`` with the allocation's environment, which is put back after."""
+        """``fn(item, allocation)`` with the allocation's environment, which is put back after.
+
+        ``number`` increases from call to call of one driver (it names the
+        call for :meth:`interrupt`)."""
         if allocation.gpu_uuids != self.gpu_uuids:
             raise RuntimeError(
                 f"worker for GPUs {self.gpu_uuids} was given an allocation of "
                 f"{allocation.gpu_uuids}"
             )
+        with self._lock:
+            self._started, self._started_async = number, is_async
+            if number in self._stop:
+                self._stop.discard(number)
+                raise TaskInterrupted("the task was stopped before it started")
         saved = {name: os.environ.get(name) for name in allocation.env}
         os.environ.update(allocation.env)
         try:
             if is_async:
-                return anyio.run(fn, item, allocation)
+                return anyio.run(_interruptible, self, number, fn(item, allocation))
             value = fn(item, allocation)
             if inspect.isawaitable(value):  # a plain function that returned a coroutine
-                return anyio.run(_awaited, value)
+                return anyio.run(_interruptible, self, number, value)
             return value
         finally:
             for name, old in saved.items():
@@ -59,9 +95,46 @@ class TaskWorker:
                 else:
                     os.environ[name] = old
 
+    @ray.method(concurrency_group=CONTROL)
+    def interrupt(self, number: int) -> bool:
+        """Cancel call ``number`` if it runs an async function; whether it will stop.
+
+        A call not started yet is stopped when it starts (the driver sends
+        calls to a worker in order, so a larger number than any started is
+        one still to come). Runs in its own thread, beside ``call``.
+        """
+        with self._lock:
+            running = self._running
+            if running is None or running[0] != number:
+                if number > self._started or (number == self._started and self._started_async):
+                    self._stop.add(number)  # not started, or not yet in its anyio run
+                    return True
+                return False  # a plain function (nothing can stop it), or over already
+        _, scope, token = running
+        # RuntimeError: the run ended meanwhile, so there is nothing to stop.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(scope.cancel, token=token)
+        return True
+
     def pid(self) -> int:
         return os.getpid()
 
 
-async def _awaited(value: Awaitable[Any]) -> Any:
-    return await value
+async def _interruptible(worker: TaskWorker, number: int, value: Awaitable[Any]) -> Any:
+    """Await ``value`` where ``worker.interrupt(number)`` can cancel it.
+
+    A function, not a method: an actor class with an ``async def`` method is
+    made an async actor by Ray, whose calls run on an asyncio loop (where
+    ``anyio.run`` cannot start another).
+    """
+    with anyio.CancelScope() as scope:
+        with worker._lock:
+            worker._running = (number, scope, anyio.lowlevel.current_token())
+            if number in worker._stop:  # interrupted between the start and here
+                worker._stop.discard(number)
+                scope.cancel()
+        try:
+            return await value
+        finally:
+            worker._running = None
+    raise TaskInterrupted("the task was stopped on its node")
