@@ -215,3 +215,27 @@ def test_status_and_run_without_ray_do_not_import_ray(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def documented_fields() -> tuple[list[str], list[str]]:
+    """The fields docs/machine.md's "The cluster form" lists: the top level's, a node's."""
+    text = (ROOT / "docs" / "machine.md").read_text().split("### The cluster form", 1)[1]
+    top, node = text.split("A node object:", 1)
+
+    def fields(part: str) -> list[str]:
+        rows = [line for line in part.splitlines() if line.startswith("| `")]
+        return [row.split("`")[1] for row in rows]
+
+    return fields(top), fields(node)
+
+
+def test_the_json_fields_are_the_documented_ones(ray_cluster: RayTestCluster) -> None:
+    done = gpupool(
+        "status", "--json", "--ray", ray_cluster.address, "--provider", "tests.ray.tasks:fake_gpus"
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    top, node = documented_fields()
+    assert list(document) == top
+    for entry in document["nodes"]:
+        assert list(entry) == node
