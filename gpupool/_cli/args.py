@@ -4,9 +4,12 @@ and the argument types they share."""
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .._core.errors import LedgerError
 from .._ledger.location import DEFAULT, LEDGER_ENV, resolve_ledger
@@ -15,12 +18,15 @@ from .jobs_file import parse_duration, parse_memory_mb
 __all__ = [
     "add_fake_gpus_option",
     "add_ledger_option",
+    "add_ray_options",
     "duration_arg",
     "fake_gpus_arg",
     "int_arg",
     "ledger_dir",
     "ledger_path_arg",
     "memory_arg",
+    "node_provider",
+    "provider_arg",
     "seconds_arg",
     "size_text",
 ]
@@ -161,3 +167,72 @@ def size_text(mb: int) -> str:
         if mb >= scale and mb % scale == 0:
             return f"{mb // scale}{unit}"
     return f"{mb}M"
+
+
+def provider_arg(text: str) -> Callable[[], Any]:
+    """``--provider MODULE:FUNCTION``: the function, imported here (on the driver).
+
+    It must be a module-level callable of an importable module, so that Ray
+    sends it to the nodes by reference and each node imports it there.
+    """
+    module_name, _, name = text.partition(":")
+    if not module_name or not name:
+        raise argparse.ArgumentTypeError(
+            f"must be MODULE:FUNCTION (a zero-argument function returning a GPU provider), "
+            f"got {text!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise argparse.ArgumentTypeError(f"cannot import {module_name!r}: {error}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise argparse.ArgumentTypeError(
+            f"{module_name} has no callable {name!r} (got {text!r}; MODULE:FUNCTION, "
+            "a zero-argument function returning a GPU provider)"
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def add_ray_options(parser: argparse.ArgumentParser, *, use: str) -> None:
+    """Declare ``--ray ADDRESS`` and ``--provider MODULE:FUNCTION`` (``args.ray``,
+    ``args.provider``; None when not given), the same way for every command that
+    can work on a Ray cluster (``status``, ``run``); ``use`` says what ``--ray`` does."""
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help=(
+            f"{use}: the Ray cluster at ADDRESS, as ray.init takes it (auto, HOST:PORT, "
+            "ray://HOST:PORT); needs the extra gpupool[ray] (docs/ray.md)"
+        ),
+    )
+    parser.add_argument(
+        "--provider",
+        type=provider_arg,
+        metavar="MODULE:FUNCTION",
+        help=(
+            "with --ray: a zero-argument function, importable on every node, that each node "
+            "calls for its GPU provider (default: NVML; e.g. for a test cluster without GPUs)"
+        ),
+    )
+
+
+def node_provider(args: argparse.Namespace) -> Callable[[], Any] | None:
+    """What each node of ``--ray`` calls for its GPUs: ``--provider``, else ``--fake-gpus N``
+    on every node, else ``None`` (NVML). ``ValueError`` for what cannot go together."""
+    if args.provider is not None and args.ray is None:
+        raise ValueError("--provider MODULE:FUNCTION needs --ray ADDRESS (it is each node's)")
+    if args.provider is not None and args.fake_gpus is not None:
+        raise ValueError(
+            f"--provider and --fake-gpus both say where the nodes' GPUs come from; give one, "
+            f"got --fake-gpus {args.fake_gpus} and --provider"
+        )
+    if args.provider is not None:
+        factory: Callable[[], Any] = args.provider
+        return factory
+    if args.fake_gpus is not None:
+        # A partial of the class pickles by reference: every node imports gpupool anyway.
+        from ..providers import FakeGPUProvider
+
+        return functools.partial(FakeGPUProvider, count=args.fake_gpus)
+    return None

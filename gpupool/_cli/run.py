@@ -35,8 +35,9 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -55,15 +56,18 @@ from .._pool.pool import GPUResourcePool
 from .._process.proctree import killpg_quietly
 from .._process.run import DEFAULT_GRACE_PERIOD, run_process
 from .._runner.events import TaskEvent
+from .._runner.remote import RemoteGPUs
 from .._runner.runner import ParallelRunner
 from .._runner.task import TaskHandle
 from ..providers import FakeGPUProvider
 from .args import (
     add_fake_gpus_option,
     add_ledger_option,
+    add_ray_options,
     duration_arg,
     int_arg,
     memory_arg,
+    node_provider,
     seconds_arg,
     size_text,
 )
@@ -114,8 +118,12 @@ class RunOptions:
     retry_failed: bool = False
     #: Extra environment for every job (the demo puts its ``python`` on PATH).
     job_env: Mapping[str, str] = attrs.field(factory=dict)
-    #: Where jobs run (default: the current directory).
+    #: Where jobs run (default: the current directory; under ``ray``, on every node).
     job_cwd: Path | None = None
+    #: ``--ray ADDRESS``: the GPU jobs run on the nodes of that Ray cluster.
+    ray: str | None = None
+    #: Under ``ray``: what each node calls for its GPUs (``None``: NVML).
+    node_provider: Callable[[], Any] | None = None
 
     @property
     def journal_path(self) -> Path:
@@ -176,7 +184,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SIZE",
         help="free memory each GPU must have, for a line without mem= (e.g. 8G)",
     )
-    add_fake_gpus_option(parser, use="for trying things out")
+    add_fake_gpus_option(parser, use="for trying things out; with --ray, on every node")
     add_ledger_option(parser, note="none for --fake-gpus unless given")
     parser.add_argument(
         "--journal",
@@ -220,19 +228,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="run again the jobs that failed or timed out in an earlier run",
     )
+    add_ray_options(
+        parser,
+        use="run the GPU jobs on the nodes of (their logs come back to --log-dir; "
+        "gpus=0 jobs run here)",
+    )
     parser.set_defaults(handler=command)
     return parser
 
 
 def command(args: argparse.Namespace) -> int:
     """The ``gpupool run`` handler: the exit code."""
+    try:
+        provider = node_provider(args)
+    except ValueError as error:
+        print(f"gpupool run: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     return run_jobs(
         RunOptions(
             jobs_file=args.jobs_file,
             max_parallel=args.max_parallel,
             gpus=args.gpus,
             memory_mb=args.mem,
-            fake_gpus=args.fake_gpus,
+            # Under --ray the fake GPUs are the nodes' (node_provider), not this machine's.
+            fake_gpus=None if args.ray is not None else args.fake_gpus,
             ledger=args.ledger,
             journal=args.journal,
             log_dir=args.log_dir,
@@ -241,6 +260,8 @@ def command(args: argparse.Namespace) -> int:
             grace_period=args.grace,
             watch=args.watch,
             retry_failed=args.retry_failed,
+            ray=args.ray,
+            node_provider=provider,
         )
     )
 
@@ -283,7 +304,7 @@ class _Session:
     progress: JobsProgress | None = None
     journal: Journal | None = None
     runner_journal: RunnerJournal | None = None
-    pool: GPUResourcePool | None = None
+    pool: GPUResourcePool | RemoteGPUs | None = None
     handles: list[TaskHandle[dict[str, Any]]] = attrs.Factory(list)
     groups: set[int] = attrs.Factory(set)
     interrupted: bool = False
@@ -330,6 +351,9 @@ class _Session:
         self, stack: contextlib.AsyncExitStack, problems: list[LineProblem]
     ) -> None:
         """Open the pool; if there are no GPUs to use, say so along with ``problems``."""
+        if self.options.ray is not None:
+            await self._open_cluster(stack, problems, self.options.ray)
+            return
         fake = self.options.fake_gpus
         ledger = self.options.ledger
         try:
@@ -348,6 +372,23 @@ class _Session:
         except LedgerError as error:
             reason = f"cannot use the machine-wide ledger: {error}"
             raise _UsageError("\n".join([*map(str, problems), reason])) from None
+
+    async def _open_cluster(
+        self, stack: contextlib.AsyncExitStack, problems: list[LineProblem], address: str
+    ) -> None:
+        """Connect to the Ray cluster and open an agent per node (``--ray``)."""
+        try:
+            from .run_ray import open_cluster
+
+            opening = open_cluster(
+                stack, address, provider=self.options.node_provider, ledger=self.options.ledger
+            )
+            self.pool = await stack.enter_async_context(opening)
+        except (ConnectionError, TimeoutError, ProviderError, ImportError) as error:
+            reason = f"cannot use the Ray cluster at {address}: {' '.join(str(error).split())}"
+            raise _UsageError("\n".join([*map(str, problems), reason])) from None
+        except TypeError as error:  # a --provider that cannot be sent to the nodes
+            raise _UsageError("\n".join([*map(str, problems), str(error)])) from None
 
     async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
         """Make the log directory, open the journal and take over a dead run's."""
@@ -374,6 +415,11 @@ class _Session:
         The GPUs are read here, on the event loop; the check itself may run
         in the jobs file reader's worker thread.
         """
+        if isinstance(self.pool, RemoteGPUs):
+            from .run_ray import cluster_capacity_problem, node_statistics
+
+            nodes = node_statistics(self.pool)
+            return functools.partial(cluster_capacity_problem, nodes=nodes)
         gpus = () if self.pool is None else self.pool.statistics().gpus
         return functools.partial(capacity_problem, gpus=gpus)
 
@@ -411,9 +457,16 @@ class _Session:
     def _submit(self, runner: ParallelRunner, jobs: list[JobSpec]) -> None:
         assert self.progress is not None
         self.progress.add_jobs({job.key: job for job in jobs})
+        on_nodes: Any = None
+        if self.options.ray is not None:
+            # GPU jobs run on the nodes; CPU-only ones here, as the runner keeps them local.
+            from .run_ray import node_jobs
+
+            options = self.options
+            on_nodes = node_jobs(options.job_env, options.job_cwd, options.grace_period)
         for job in jobs:
             handle = runner.submit(
-                self._run_job,
+                self._run_job if on_nodes is None or not job.gpus else on_nodes,
                 self._journal_item(job),
                 resources=job.resources,
                 timeout=job.timeout,

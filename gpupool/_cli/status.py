@@ -31,7 +31,7 @@ from rich.text import Text
 from .._core.errors import GPUPoolError
 from .._ledger.view import MachineStatus
 from ..providers import FakeGPUProvider
-from .args import add_fake_gpus_option, add_ledger_option
+from .args import add_fake_gpus_option, add_ledger_option, add_ray_options
 from .console import OutputConsole
 from .status_json import SCHEMA, status_to_json
 from .status_view import machine_view
@@ -54,7 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     add_ledger_option(parser)
-    add_fake_gpus_option(parser, use="for machines without GPUs")
+    add_fake_gpus_option(parser, use="for machines without GPUs; with --ray, on every node")
+    add_ray_options(parser, use="show every node of")
+    parser.add_argument(
+        "--node-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --ray: how long to wait for the nodes (default 30); a node that does "
+        "not answer by then is one line",
+    )
     parser.add_argument(
         "--json",
         action="store_true",
@@ -82,6 +91,16 @@ def _interval(text: str) -> float:
     return seconds
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"SECONDS must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
 def _machine_status(args: argparse.Namespace) -> MachineStatus:
     """The one place the command gets its view (tests replace it)."""
     # Imported here: the ledger (SQLite, /proc) is only loaded by the command that needs it.
@@ -95,6 +114,15 @@ def _machine_status(args: argparse.Namespace) -> MachineStatus:
 def run(args: argparse.Namespace) -> int:
     if args.interval is not None and not args.watch:
         print("gpupool status: error: --interval SECONDS needs --watch", file=sys.stderr)
+        return 2
+    if args.ray is not None:
+        from .status_ray import run_cluster  # Ray is imported only with --ray
+
+        return run_cluster(args)
+    if args.provider is not None:
+        print(
+            "gpupool status: error: --provider MODULE:FUNCTION needs --ray ADDRESS", file=sys.stderr
+        )
         return 2
     interval = 1.0 if args.interval is None else args.interval
     try:

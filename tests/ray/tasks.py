@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ray
 
-from gpupool import FakeGPUProvider, GPUAllocation
+from gpupool import FakeGPUProvider, GPUAllocation, ProviderError
 
 
 def fake_gpus() -> FakeGPUProvider:
@@ -32,3 +32,17 @@ def marks_and_sleeps(item: tuple[str, int, float], allocation: GPUAllocation | N
     time.sleep(seconds)
     Path(directory, f"{number}-{node}-{os.getpid()}.done").touch()
     return str(node)
+
+
+def fake_gpus_but_node_a_broken() -> FakeGPUProvider:
+    """As :func:`fake_gpus`, but node "a" (2 GPUs of 8,000 MB) has no usable NVML."""
+    if os.environ.get("GPUPOOL_TEST_NODE_GPUS") == "2:8000":
+        raise ProviderError("NVML: Driver Not Loaded (node a, on purpose)")
+    return fake_gpus()
+
+
+def fake_gpus_but_node_a_stuck() -> FakeGPUProvider:
+    """As :func:`fake_gpus`, but node "a"'s provider never answers (a hung driver)."""
+    if os.environ.get("GPUPOOL_TEST_NODE_GPUS") == "2:8000":
+        time.sleep(600)
+    return fake_gpus()
