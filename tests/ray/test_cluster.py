@@ -203,6 +203,50 @@ async def test_a_timeout_stops_the_task_on_its_node_and_frees_its_gpus(
         assert again.status is TaskStatus.SUCCEEDED
 
 
+async def runs_a_job_until_stopped(item: str, allocation: GPUAllocation | None) -> None:
+    """A task: starts a long job with run_process, records the worker's and the job's
+    pids, and notes in ``finally`` that it was stopped."""
+    from gpupool import run_process
+
+    folder = Path(item)
+
+    def started(pid: int) -> None:
+        (folder / "job").write_text(str(pid))
+
+    (folder / "worker").write_text(str(os.getpid()))
+    try:
+        await run_process("sleep 300", allocation=allocation, grace_period=1.0, on_start=started)
+    finally:
+        (folder / "stopped").write_text("yes")
+
+
+async def test_an_async_task_that_times_out_is_stopped_gracefully_and_its_worker_kept(
+    ray_cluster: RayTestCluster, tmp_path: Path
+) -> None:
+    import anyio
+
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=1) as runner,
+    ):
+        result = await runner.submit(
+            runs_a_job_until_stopped, str(tmp_path), required_gpus=2, min_memory_mb=16_000,
+            timeout=8.0,  # starting a worker for the GPUs counts too (docs/ray.md)
+        ).wait()  # fmt: skip
+        assert result.status is TaskStatus.TIMED_OUT
+        # Cancelled on its node: its job ended by run_process, its finally run ...
+        assert (tmp_path / "stopped").read_text() == "yes"
+        assert await anyio.to_thread.run_sync(ends, int((tmp_path / "job").read_text()), 10.0)
+        # ... and its worker, not killed, runs the next task on those GPUs.
+        worker = int((tmp_path / "worker").read_text())
+        again = await runner.submit(
+            notes_pid_and_sleeps, (str(tmp_path / "again"), 0.0), required_gpus=2,
+            min_memory_mb=16_000,
+        ).wait()  # fmt: skip
+        assert again.status is TaskStatus.SUCCEEDED
+        assert int((tmp_path / "again").read_text()) == worker
+
+
 async def test_bad_arguments_are_refused(ray_cluster: RayTestCluster) -> None:
     with pytest.raises(TypeError, match="provider"):
         RayCluster(provider=42)  # type: ignore[arg-type]
