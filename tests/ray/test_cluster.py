@@ -109,6 +109,27 @@ async def test_tasks_spread_over_the_nodes_and_no_gpu_is_held_twice(
     assert len({r["pid"] for r in records}) <= 4
 
 
+async def test_leases_renewed_and_requests_cancelled_leave_no_gpu_held(
+    ray_cluster: RayTestCluster,
+) -> None:
+    import anyio
+
+    # A short lease_time: leases go back and are asked for again many times, and
+    # the requests left over at the end are cancelled, some before their node runs them.
+    async with (
+        RayCluster(provider=fake_gpus, lease_time=0.05) as cluster,
+        ParallelRunner(cluster, max_parallel=4) as runner,
+    ):
+        results = await runner.map(sleeps, [0.03] * 60, required_gpus=1)
+        assert all(r.status is TaskStatus.SUCCEEDED for r in results)
+        with anyio.fail_after(60):
+            # Every GPU of both nodes is free again: two tasks of two GPUs, one per node
+            # (a GPU left held on a node would keep its task waiting there for ever).
+            both = await runner.map(where, [0.5, 0.5], required_gpus=2)
+    assert all(r.status is TaskStatus.SUCCEEDED for r in both)
+    assert {r.value["node"] for r in both} == set(ray_cluster.ids.values())
+
+
 async def test_an_async_function_runs_on_the_node(ray_cluster: RayTestCluster) -> None:
     async with (
         RayCluster(provider=fake_gpus) as cluster,
@@ -245,6 +266,33 @@ async def test_an_async_task_that_times_out_is_stopped_gracefully_and_its_worker
         ).wait()  # fmt: skip
         assert again.status is TaskStatus.SUCCEEDED
         assert int((tmp_path / "again").read_text()) == worker
+
+
+def plus(k: int, item: int, allocation: GPUAllocation | None) -> tuple[int, int]:
+    return item + k, os.getpid()
+
+
+async def test_a_function_a_worker_let_go_is_sent_again(ray_cluster: RayTestCluster) -> None:
+    """Workers keep the last KEPT_FUNCTIONS task functions; the driver names the ones it
+    sent by a token, and sends one again when its worker has let it go."""
+    import functools
+
+    from gpupool.integrations.ray.worker import KEPT_FUNCTIONS
+
+    functions = [functools.partial(plus, k) for k in range(KEPT_FUNCTIONS + 2)]
+    async with (
+        # One lease for all (each task waits while the one before runs): its worker
+        # is sent each function once, and the first again after it let that go.
+        RayCluster(provider=fake_gpus, lease_time=600) as cluster,
+        ParallelRunner(cluster, max_parallel=1) as runner,
+    ):
+        big = {"required_gpus": 2, "min_memory_mb": 16_000}  # node b's two GPUs
+        tasks = [runner.submit(fn, 100, **big) for fn in functions]
+        again = runner.submit(functions[0], 1, **big)
+        results = [await task.wait() for task in [*tasks, again]]
+    assert all(r.status is TaskStatus.SUCCEEDED for r in results), [r.error for r in results]
+    assert [r.value[0] for r in results] == [100 + k for k in range(len(functions))] + [1]
+    assert len({r.value[1] for r in results}) == 1  # one worker ran them all
 
 
 async def test_bad_arguments_are_refused(ray_cluster: RayTestCluster) -> None:

@@ -35,7 +35,7 @@ ONE = Resources(required_gpus=1)
 
 def test_a_node_that_can_serve_now_wins() -> None:
     nodes = {"a": node(4, 8000, held=4), "b": node(4, 8000, held=3)}
-    assert choose_node(ONE, nodes, {"a": 0, "b": 5}) == "b"
+    assert choose_node(ONE, nodes, {"a": 0, "b": 0}) == "b"
 
 
 def test_the_shortest_queue_counts_this_drivers_requests_once() -> None:
@@ -64,3 +64,15 @@ def test_a_request_no_node_could_ever_serve_fails() -> None:
         choose_node(Resources(required_gpus=3), nodes, {})
     with pytest.raises(UnsatisfiableRequest, match="the largest GPU has 24000 MB"):
         choose_node(Resources(required_gpus=1, min_memory_mb=30000), nodes, {})
+
+
+def test_requests_sent_since_a_report_count_against_its_free_gpus() -> None:
+    # Both reported 4 free; 4 requests are on their way to "a" and 3 to "b": "b" is the
+    # one that can still serve the next at once.
+    nodes = {"a": node(4, 8000), "b": node(4, 8000)}
+    assert choose_node(ONE, nodes, {"a": 4, "b": 3}) == "b"
+    # A wave of 8 from nothing goes 4 and 4.
+    sent = {"a": 0, "b": 0}
+    for _ in range(8):
+        sent[choose_node(ONE, nodes, sent)] += 1
+    assert sent == {"a": 4, "b": 4}

@@ -101,14 +101,6 @@ class NodeAgent:
         self._held[allocation.id] = (allocation, worker)
         return allocation, worker, pool.statistics()
 
-    async def renew(
-        self, allocation_id: int, worker_ok: bool, resources: Resources, experiment_id: str | None
-    ) -> tuple[GPUAllocation, Any, PoolStatistics]:
-        """:meth:`release`, then :meth:`acquire` in the same call (the driver's
-        requests of that shape wait here, where the GPUs it gave back are)."""
-        await self.release(allocation_id, worker_ok)
-        return await self.acquire(resources, experiment_id)
-
     async def release(self, allocation_id: int, worker_ok: bool) -> PoolStatistics | None:
         """Give an allocation back; its worker is kept for the next task on those GPUs
         unless ``worker_ok`` is false (the driver ended it: a timeout, a cancellation)."""

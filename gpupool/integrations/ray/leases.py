@@ -25,7 +25,7 @@ Handing on must not undo what the node's pool decides, so the rules are:
 - A lease whose worker is gone (ended after a timeout, or crashed) goes
   back, so its node gives its next grant a fresh worker.
 - A lease that goes back while requests of its shape wait is **renewed**:
-  its node is asked for the shape again in the same call, so a request
+  its node is asked for the shape again right after, so a request
   waits where those GPUs are (else they could stay idle while the driver's
   requests wait on nodes whose GPUs are all leased).
 
@@ -71,6 +71,8 @@ class Lease:
     since: float
     #: False once the driver ended the worker (a timeout, a cancellation, a crash).
     worker_ok: bool = True
+    #: Tokens of the task functions sent to its worker (cluster.py).
+    functions: set[int] = attrs.Factory(set)
 
 
 @final
@@ -80,7 +82,7 @@ class Handing:
 
     #: The waiter it is handed to; None: back to its node.
     to: Waiter | None
-    #: Back to its node, which is asked for its shape again in the same call (that
+    #: Back to its node, which is asked for its shape again right after (that
     #: request counted as sent).
     renew: bool
     #: How many of the other sent requests of its shape to cancel (no longer counted).
@@ -183,7 +185,7 @@ class LeaseBook:
             # Nothing of its shape waits: the sent requests are surplus, each would
             # be granted only to be given back in turn.
             return Handing(None, renew=False, cancel=self._surplus(shape))
-        # Back to its node, which is asked again for the shape in the same call: a
+        # Back to its node, which is asked again for the shape right after: a
         # request of it must wait where these GPUs are, or they could stay idle
         # while the driver's requests wait on nodes whose GPUs are all leased. No
         # other request is cancelled for it: the node grants its GPUs to the

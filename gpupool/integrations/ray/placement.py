@@ -13,7 +13,8 @@ for it, then by node id, so that the same state always gives the same
 node. A node's own pool is fair (priority, then arrival); the driver does
 not reorder what it sent.
 
-The queue counted is the driver's own count, kept as it sends and hears
+GPUs free are as the node last reported, less what the driver's requests
+sent there since would take. The queue counted is the driver's own count, kept as it sends and hears
 back, not the ``waiters`` of the node's last report: the agent's pool is
 this driver's alone, so those waiters are the same requests again, counted
 as they were at the last report (counting both sent the last request of a
@@ -65,9 +66,12 @@ def choose_node(
         raise UnsatisfiableRequest(_why_not(request, nodes))
 
     def rank(node: str) -> tuple[bool, int, int, str]:
-        stats = nodes[node]
-        free = free_for(request, stats)
-        return (free < request.required_gpus, waiting.get(node, 0), -free, node)
+        queued = waiting.get(node, 0)
+        # The report predates the requests sent there since: count them as taking
+        # GPUs (as many as this one), or a wave of requests all goes to the node
+        # that last reported the most free.
+        free = free_for(request, nodes[node]) - queued * request.required_gpus
+        return (free < request.required_gpus, queued, -free, node)
 
     return min(candidates, key=rank)
 

@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
@@ -33,14 +34,22 @@ import ray
 
 from ..._core.model import GPUAllocation
 
-__all__ = ["CONTROL", "TaskInterrupted", "TaskWorker"]
+__all__ = ["CONTROL", "FunctionUnknown", "TaskInterrupted", "TaskWorker"]
 
 #: The concurrency group of :meth:`TaskWorker.interrupt` (one thread of its own).
 CONTROL = "control"
 
 
+#: Task functions a worker keeps unpickled (the least recently used is dropped beyond).
+KEPT_FUNCTIONS = 32
+
+
 class TaskInterrupted(Exception):
     """The task was interrupted on its node (the driver stopped it)."""
+
+
+class FunctionUnknown(Exception):
+    """The driver named a task function this worker no longer keeps: send it again."""
 
 
 @final
@@ -49,6 +58,7 @@ class TaskWorker:
 
     def __init__(self, gpu_uuids: tuple[str, ...]) -> None:
         self.gpu_uuids = gpu_uuids
+        self._functions: OrderedDict[int, Callable[[Any, GPUAllocation], Any]] = OrderedDict()
         # The call running now: its number, and how to cancel it from another thread.
         self._running: tuple[int, anyio.CancelScope, anyio.lowlevel.EventLoopToken] | None = None
         self._started = 0  # the number of the last call that started
@@ -60,7 +70,8 @@ class TaskWorker:
     def call(
         self,
         number: int,
-        fn: Callable[[Any, GPUAllocation], Any],
+        token: int,
+        payload: bytes | None,
         item: object,
         allocation: GPUAllocation,
         is_async: bool,
@@ -68,7 +79,11 @@ class TaskWorker:
         """``fn(item, allocation)`` with the allocation's environment, which is put back after.
 
         ``number`` increases from call to call of one driver (it names the
-        call for :meth:`interrupt`)."""
+        call for :meth:`interrupt`). The function is ``payload`` unpickled,
+        the first time the driver sends it here; after that ``payload`` is
+        None and ``token`` names it (:class:`FunctionUnknown` if this worker
+        has let it go meanwhile)."""
+        fn = self._function(token, payload)
         if allocation.gpu_uuids != self.gpu_uuids:
             raise RuntimeError(
                 f"worker for GPUs {self.gpu_uuids} was given an allocation of "
@@ -115,6 +130,17 @@ class TaskWorker:
         with contextlib.suppress(RuntimeError):
             anyio.from_thread.run_sync(scope.cancel, token=token)
         return True
+
+    def _function(self, token: int, payload: bytes | None) -> Callable[[Any, GPUAllocation], Any]:
+        functions = self._functions
+        if payload is not None:
+            functions[token] = ray.cloudpickle.loads(payload)
+            while len(functions) > KEPT_FUNCTIONS:
+                functions.popitem(last=False)
+        elif token not in functions:
+            raise FunctionUnknown(token)
+        functions.move_to_end(token)
+        return functions[token]
 
     def pid(self) -> int:
         return os.getpid()
