@@ -160,6 +160,16 @@ def sleeps(item: float, allocation: GPUAllocation | None) -> Span:
     return node, ",".join(allocation.gpu_uuids), start, time.time()
 
 
+_CALL_NUMBERS = itertools.count(1)
+
+
+def worker_call(worker: Any, fn: Any, item: object, allocation: GPUAllocation) -> Any:
+    """A gpupool worker's ``call`` as the profile's prototypes make it: the function
+    sent pickled with every call (RayCluster sends it once per lease's worker)."""
+    payload = ray.cloudpickle.dumps(fn)
+    return worker.call.remote(next(_CALL_NUMBERS), 0, payload, item, allocation, False)
+
+
 def plain_trivial(item: int) -> int:
     return item
 
@@ -795,11 +805,11 @@ def rpc_costs(agent: Any, node: str, k: int, rounds: int = 3) -> dict[str, dict[
         granted, worker, _ = ray.get(agent.acquire.remote(Resources(1), None))
         block(
             "worker.call, fn from __main__ (by value)",
-            lambda w=worker, g=granted: ray.get(w.call.remote(trivial, 0, g, False)),
+            lambda w=worker, g=granted: ray.get(worker_call(w, trivial, 0, g)),
         )
         block(
             "worker.call, fn importable (operator.is_)",
-            lambda w=worker, g=granted: ray.get(w.call.remote(operator.is_, 0, g, False)),
+            lambda w=worker, g=granted: ray.get(worker_call(w, operator.is_, 0, g)),
         )
         block("worker.pid (no-op call, sync actor)", lambda w=worker: ray.get(w.pid.remote()))
         # What the agent's acquire sends back, piece by piece, from an async actor.
@@ -866,7 +876,7 @@ class Relay:
     async def run(self, fn: Any, item: object) -> Any:
         worker, allocation = await self._free.get()
         try:
-            return await worker.call.remote(fn, item, allocation, False)
+            return await worker_call(worker, fn, item, allocation)
         finally:
             self._free.put_nowait((worker, allocation))
 
@@ -915,7 +925,7 @@ async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: 
     async def leased_sync() -> None:
         ray.get(
             [
-                leases[i % GPUS][1].call.remote(trivial, i, leases[i % GPUS][0], False)
+                worker_call(leases[i % GPUS][1], trivial, i, leases[i % GPUS][0])
                 for i in range(n)
             ]
         )
@@ -923,7 +933,7 @@ async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: 
     async def leased_async() -> None:
         async def loop(granted: GPUAllocation, worker: Any) -> None:
             for i in range(n // GPUS):
-                await resolved(worker.call.remote(trivial, i, granted, False))
+                await resolved(worker_call(worker, trivial, i, granted))
 
         async with anyio.create_task_group() as group:
             for granted, worker in leases:

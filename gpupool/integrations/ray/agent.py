@@ -17,6 +17,7 @@ also keeps the node's worker actors (``worker.py``), one per GPU set.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, final
 
@@ -59,6 +60,9 @@ class NodeAgent:
         self._stop = asyncio.Event()
         self._held: dict[int, tuple[GPUAllocation, Any]] = {}
         self._idle: dict[tuple[str, ...], list[Any]] = {}
+        # The driver's requests waiting in acquire, and those it withdrew.
+        self._pending: dict[int, asyncio.Task[Any]] = {}
+        self._withdrawn: set[int] = set()
         self._serving = asyncio.get_running_loop().create_task(self._serve())
 
     async def _serve(self) -> None:
@@ -87,11 +91,31 @@ class NodeAgent:
         return (await self._open_pool()).statistics()
 
     async def acquire(
-        self, resources: Resources, experiment_id: str | None
-    ) -> tuple[GPUAllocation, Any, PoolStatistics]:
-        """Wait for GPUs in the node's pool; the allocation, a worker for its GPUs, the state."""
-        pool = await self._open_pool()
-        allocation = await pool.acquire(resources, experiment_id=experiment_id)
+        self, resources: Resources, experiment_id: str | None, request: int = 0
+    ) -> tuple[GPUAllocation, Any, PoolStatistics] | None:
+        """Wait for GPUs in the node's pool; the allocation, a worker for its GPUs, the state.
+
+        None if the driver withdrew ``request`` (:meth:`withdraw`) before it was
+        granted. The driver withdraws through this agent, not with
+        ``ray.cancel``: a call cancelled just as it returned reports the
+        cancellation to the driver, and the grant it made would stay held here
+        with nobody knowing its id.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._pending[request] = task
+        try:
+            pool = await self._open_pool()
+            allocation = await pool.acquire(resources, experiment_id=experiment_id)
+        except asyncio.CancelledError:
+            if request not in self._withdrawn:
+                raise
+            self._withdrawn.discard(request)
+            if sys.version_info >= (3, 11):
+                task.uncancel()  # this task goes on: it returns to the driver
+            return None
+        finally:
+            self._pending.pop(request, None)
         try:
             idle = self._idle.get(allocation.gpu_uuids)
             worker = idle.pop() if idle else self._new_worker(allocation.gpu_uuids)
@@ -100,6 +124,17 @@ class NodeAgent:
             raise
         self._held[allocation.id] = (allocation, worker)
         return allocation, worker, pool.statistics()
+
+    async def withdraw(self, requests: list[int]) -> None:
+        """Stop waiting for ``requests`` (their :meth:`acquire` calls return None); one
+        granted already is the driver's, which gives it back."""
+        # Ray starts one caller's calls to an actor in the order sent, so each of
+        # ``requests`` is waiting here, or over (granted or failed).
+        for request in requests:
+            task = self._pending.get(request)
+            if task is not None:
+                self._withdrawn.add(request)
+                task.cancel()
 
     async def release(self, allocation_id: int, worker_ok: bool) -> PoolStatistics | None:
         """Give an allocation back; its worker is kept for the next task on those GPUs

@@ -87,6 +87,7 @@ class _Sent:
     node: str
     shape: Resources
     ref: Any
+    number: int  # what the agent knows it by (NodeAgent.withdraw)
     #: Cancelled by the driver: no waiter counts on it, a grant goes back.
     cancelled: bool = False
 
@@ -170,6 +171,7 @@ class RayCluster(RemoteGPUs):
         self._held: dict[int, Lease] = {}
         self._ids = itertools.count(1)
         self._calls = itertools.count(1)
+        self._requests = itertools.count(1)
         self._wake: Callable[[Callable[[], object]], object] = _not_open
         self._functions: dict[int, _Shipped] = {}  # by id(fn), oldest first
         self._tokens = itertools.count(1)
@@ -365,7 +367,9 @@ class RayCluster(RemoteGPUs):
     def _send(self, shape: Resources, experiment_id: str | None) -> None:
         """Send one request of ``shape`` to the node placement picks."""
         node = choose_node(shape, self._live_stats(), self._sent_to)
-        self._track(_Sent(node, shape, self._agents[node].acquire.remote(shape, experiment_id)))
+        number = next(self._requests)
+        call = self._agents[node].acquire.remote(shape, experiment_id, number)
+        self._track(_Sent(node, shape, call, number))
 
     def _renew(self, lease: Lease) -> None:
         """Give ``lease`` back and ask its node for its shape again.
@@ -377,9 +381,10 @@ class RayCluster(RemoteGPUs):
         """
         self._give_back(lease)
         first = self._book.first_of(lease.shape)
+        number = next(self._requests)
         agent = self._agents[lease.node]
-        call = agent.acquire.remote(lease.shape, first and first.experiment_id)
-        self._track(_Sent(lease.node, lease.shape, call))
+        call = agent.acquire.remote(lease.shape, first and first.experiment_id, number)
+        self._track(_Sent(lease.node, lease.shape, call, number))
 
     def _track(self, sent: _Sent) -> None:
         """Hear the answer to ``sent`` on the event loop."""
@@ -420,7 +425,10 @@ class RayCluster(RemoteGPUs):
             cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
             self._fail(self._book.refused(sent.shape, cause or PoolClosed("cancelled")))
             return
-        granted, worker, stats = future.result()
+        answer = future.result()
+        if answer is None:  # withdrawn before it was granted
+            return
+        granted, worker, stats = answer
         if sent.node in self._agents:
             self._stats[sent.node] = stats
         lease = Lease(sent.node, sent.shape, granted, worker, time.monotonic())
@@ -468,9 +476,14 @@ class RayCluster(RemoteGPUs):
         """Cancel ``count`` of the requests of ``shape`` still waiting on nodes, the
         last sent first (they are the furthest back in their nodes' queues)."""
         live = [sent for sent in self._sent.get(shape, ()) if not sent.cancelled]
+        by_node: dict[str, list[int]] = {}
         for sent in live[len(live) - count :] if count else ():
-            sent.cancelled = True
-            ray.cancel(sent.ref)  # its grant, if it races the cancel, goes back
+            sent.cancelled = True  # its grant, if it races the withdrawal, goes back
+            by_node.setdefault(sent.node, []).append(sent.number)
+        for node, numbers in by_node.items():
+            agent = self._agents.get(node)
+            if agent is not None:
+                agent.withdraw.remote(numbers)
 
     # -- running a task
 
