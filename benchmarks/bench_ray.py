@@ -122,6 +122,7 @@ from gpupool import (  # noqa: E402
 )
 from gpupool.integrations.ray import RayCluster  # noqa: E402
 from gpupool.integrations.ray.refs import resolved  # noqa: E402
+from gpupool.integrations.ray.worker import Call  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -167,7 +168,8 @@ def worker_call(worker: Any, fn: Any, item: object, allocation: GPUAllocation) -
     """A gpupool worker's ``call`` as the profile's prototypes make it: the function
     sent pickled with every call (RayCluster sends it once per lease's worker)."""
     payload = ray.cloudpickle.dumps(fn)
-    return worker.call.remote(next(_CALL_NUMBERS), 0, payload, item, allocation, False)
+    call = Call(next(_CALL_NUMBERS), 0, payload, item, allocation.id, allocation, False)
+    return worker.call.remote(call)
 
 
 def plain_trivial(item: int) -> int:

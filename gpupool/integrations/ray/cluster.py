@@ -56,7 +56,7 @@ from .agent import NodeAgent
 from .leases import Lease, LeaseBook, Waiter
 from .placement import choose_node
 from .refs import resolved, waker
-from .worker import FunctionUnknown
+from .worker import Call, FunctionUnknown
 
 __all__ = ["RayCluster"]
 
@@ -499,19 +499,28 @@ class RayCluster(RemoteGPUs):
         if lease is None:
             raise AllocationNotHeld(f"allocation {allocation.id} is not held from this RayCluster")
         shipped = self._ship(fn)
-        number = next(self._calls)
-        # The function itself only the first time this lease's worker runs it.
-        payload = None if shipped.token in lease.functions else shipped.payload
+        # The function and the allocation only with the first call of this lease;
+        # named after (worker.Call).
+        first = shipped.token not in lease.functions
+        call = Call(
+            next(self._calls),
+            shipped.token,
+            shipped.payload if first else None,
+            item,
+            lease.grant.id,
+            None if lease.sent_grant else lease.grant,
+            is_async,
+        )
         try:
-            ref = lease.worker.call.remote(
-                number, shipped.token, payload, item, lease.grant, is_async
-            )
+            ref = lease.worker.call.remote(call)
         except TypeError as error:
             raise TypeError(
                 f"the task's item {shown(item)} cannot be sent to the cluster's nodes "
                 f"(Ray pickles it): {error}"
             ) from error
         lease.functions.add(shipped.token)
+        lease.sent_grant = True
+        number = call.number
         try:
             try:
                 return await resolved(ref)
@@ -519,10 +528,9 @@ class RayCluster(RemoteGPUs):
                 if not isinstance(error.cause, FunctionUnknown):
                     raise
             # The worker had let it go (it keeps the last few): once more, with it.
-            number = next(self._calls)
-            ref = lease.worker.call.remote(
-                number, shipped.token, shipped.payload, item, lease.grant, is_async
-            )
+            call = call._replace(number=next(self._calls), payload=shipped.payload)
+            number = call.number
+            ref = lease.worker.call.remote(call)
             return await resolved(ref)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):

@@ -73,6 +73,8 @@ class Lease:
     worker_ok: bool = True
     #: Tokens of the task functions sent to its worker (cluster.py).
     functions: set[int] = attrs.Factory(set)
+    #: Whether ``grant`` was sent to its worker (with the lease's first call).
+    sent_grant: bool = False
 
 
 @final

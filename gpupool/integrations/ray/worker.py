@@ -25,7 +25,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 import anyio
 import anyio.from_thread
@@ -34,7 +34,7 @@ import ray
 
 from ..._core.model import GPUAllocation
 
-__all__ = ["CONTROL", "FunctionUnknown", "TaskInterrupted", "TaskWorker"]
+__all__ = ["CONTROL", "Call", "FunctionUnknown", "TaskInterrupted", "TaskWorker"]
 
 #: The concurrency group of :meth:`TaskWorker.interrupt` (one thread of its own).
 CONTROL = "control"
@@ -53,12 +53,35 @@ class FunctionUnknown(Exception):
 
 
 @final
+class Call(NamedTuple):
+    """One call of a task function, as the driver sends it: one argument, one pickle.
+
+    ``number`` increases from call to call of one driver (it names the call
+    for :meth:`TaskWorker.interrupt`). The function is ``payload`` unpickled,
+    the first time the driver sends it to this worker; after that
+    ``payload`` is None and ``token`` names it (:class:`FunctionUnknown` if
+    the worker has let it go meanwhile). Likewise ``allocation`` (the node
+    pool's) comes with the first call of a lease, and ``allocation_id``
+    names it after.
+    """
+
+    number: int
+    token: int
+    payload: bytes | None
+    item: object
+    allocation_id: int
+    allocation: GPUAllocation | None
+    is_async: bool
+
+
+@final
 class TaskWorker:
     """A Ray actor (made by the node's agent) that runs task functions on one GPU set."""
 
     def __init__(self, gpu_uuids: tuple[str, ...]) -> None:
         self.gpu_uuids = gpu_uuids
         self._functions: OrderedDict[int, Callable[[Any, GPUAllocation], Any]] = OrderedDict()
+        self._current: GPUAllocation | None = None  # the allocation of the last call
         # The call running now: its number, and how to cancel it from another thread.
         self._running: tuple[int, anyio.CancelScope, anyio.lowlevel.EventLoopToken] | None = None
         self._started = 0  # the number of the last call that started
@@ -67,48 +90,39 @@ class TaskWorker:
         # Held while either thread reads or changes the three above (and _running).
         self._lock = threading.Lock()
 
-    def call(
-        self,
-        number: int,
-        token: int,
-        payload: bytes | None,
-        item: object,
-        allocation: GPUAllocation,
-        is_async: bool,
-    ) -> Any:
-        """``fn(item, allocation)`` with the allocation's environment, which is put back after.
-
-        ``number`` increases from call to call of one driver (it names the
-        call for :meth:`interrupt`). The function is ``payload`` unpickled,
-        the first time the driver sends it here; after that ``payload`` is
-        None and ``token`` names it (:class:`FunctionUnknown` if this worker
-        has let it go meanwhile)."""
-        fn = self._function(token, payload)
-        if allocation.gpu_uuids != self.gpu_uuids:
-            raise RuntimeError(
-                f"worker for GPUs {self.gpu_uuids} was given an allocation of "
-                f"{allocation.gpu_uuids}"
-            )
+    def call(self, call: Call) -> Any:
+        """``fn(item, allocation)`` on this worker's GPUs (see :class:`Call`)."""
+        fn = self._function(call.token, call.payload)
+        allocation = self._allocation(call.allocation_id, call.allocation)
+        number = call.number
         with self._lock:
-            self._started, self._started_async = number, is_async
+            self._started, self._started_async = number, call.is_async
             if number in self._stop:
                 self._stop.discard(number)
                 raise TaskInterrupted("the task was stopped before it started")
-        saved = {name: os.environ.get(name) for name in allocation.env}
-        os.environ.update(allocation.env)
-        try:
-            if is_async:
-                return anyio.run(_interruptible, self, number, fn(item, allocation))
-            value = fn(item, allocation)
-            if inspect.isawaitable(value):  # a plain function that returned a coroutine
-                return anyio.run(_interruptible, self, number, value)
-            return value
-        finally:
-            for name, old in saved.items():
-                if old is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = old
+        # The process serves these GPUs only, so their variables stay set between
+        # tasks; set again only if a task changed them.
+        for name, value in allocation.env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        if call.is_async:
+            return anyio.run(_interruptible, self, number, fn(call.item, allocation))
+        value = fn(call.item, allocation)
+        if inspect.isawaitable(value):  # a plain function that returned a coroutine
+            return anyio.run(_interruptible, self, number, value)
+        return value
+
+    def _allocation(self, allocation_id: int, allocation: GPUAllocation | None) -> GPUAllocation:
+        if allocation is not None:
+            if allocation.gpu_uuids != self.gpu_uuids:
+                raise RuntimeError(
+                    f"worker for GPUs {self.gpu_uuids} was given an allocation of "
+                    f"{allocation.gpu_uuids}"
+                )
+            self._current = allocation
+        elif self._current is None or self._current.id != allocation_id:
+            raise RuntimeError(f"allocation {allocation_id} was never sent to this worker")
+        return self._current
 
     @ray.method(concurrency_group=CONTROL)
     def interrupt(self, number: int) -> bool:
