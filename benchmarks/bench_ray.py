@@ -926,10 +926,7 @@ async def candidates(cluster: RayCluster, wide: ParallelRunner, n: int, rounds: 
 
     async def leased_sync() -> None:
         ray.get(
-            [
-                worker_call(leases[i % GPUS][1], trivial, i, leases[i % GPUS][0])
-                for i in range(n)
-            ]
+            [worker_call(leases[i % GPUS][1], trivial, i, leases[i % GPUS][0]) for i in range(n)]
         )
 
     async def leased_async() -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from .._core.checks import is_number
@@ -60,12 +61,41 @@ def _import_optuna() -> Any:
 
 @final
 class OptunaStrategy:
-    """The ask/tell strategy that drives a single-objective ``optuna.Study``."""
+    """The ask/tell strategy that drives a single-objective ``optuna.Study``.
 
-    def __init__(self, study: optuna.Study) -> None:
+    ``search_space`` (parameter name -> ``optuna.distributions`` distribution)
+    makes every trial's parameters on the driver (``study.ask(search_space)``),
+    so ``trial.params`` is filled before the objective runs. That is what a
+    trial needs to be sent to another process, a Ray node for one: there,
+    ``trial.suggest_*`` of a parameter in the space returns the value the
+    driver's study chose, while a suggestion made only on the node would never
+    reach the driver's study (``RayCluster`` refuses such a trial).
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        *,
+        search_space: Mapping[str, optuna.distributions.BaseDistribution] | None = None,
+    ) -> None:
         optuna = _import_optuna()
         if not isinstance(study, optuna.Study):
             raise TypeError(f"study must be an optuna.Study, got {study!r}")
+        if search_space is not None:
+            if not isinstance(search_space, Mapping) or not search_space:
+                raise TypeError(
+                    "search_space must be a non-empty mapping of parameter names to "
+                    f"optuna distributions, or None, got {search_space!r}"
+                )
+            for name, distribution in search_space.items():
+                if not isinstance(name, str) or not isinstance(
+                    distribution, optuna.distributions.BaseDistribution
+                ):
+                    raise TypeError(
+                        "search_space must map parameter names (str) to optuna "
+                        f"distributions, got {name!r}: {distribution!r}"
+                    )
+        self.search_space = None if search_space is None else dict(search_space)
         if len(study.directions) != 1:
             raise ValueError(
                 "OptunaStrategy drives single-objective studies only, got a study with "
@@ -90,7 +120,7 @@ class OptunaStrategy:
         return self._key
 
     def ask(self) -> optuna.trial.Trial:
-        trial: optuna.trial.Trial = self.study.ask()
+        trial: optuna.trial.Trial = self.study.ask(self.search_space)
         return trial
 
     def trial_number(self, trial: optuna.trial.BaseTrial) -> int:

@@ -333,3 +333,75 @@ def test_an_address_where_nothing_listens_fails_clearly_and_the_process_exits() 
     )
     assert done.returncode == 0, done.stderr
     assert "nothing answers at the Ray address '127.0.0.1:9'" in done.stdout
+
+
+def squared_distance(suggestion: dict[str, float], allocation: GPUAllocation | None) -> float:
+    assert allocation is not None
+    return (suggestion["x"] - 3.0) ** 2
+
+
+class Grid:
+    """A strategy on the driver: asks x = 0, 1, 2, ... and remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.told: dict[float, object] = {}
+
+    def ask(self) -> dict[str, float]:
+        self.asked += 1
+        return {"x": float(self.asked - 1)}
+
+    def tell(self, suggestion: dict[str, float], result: Any) -> None:
+        self.told[suggestion["x"]] = result.value
+
+
+async def test_optimize_asks_and_tells_on_the_driver_and_runs_trials_on_the_nodes(
+    ray_cluster: RayTestCluster,
+) -> None:
+    grid = Grid()
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=4) as runner,
+    ):
+        study = await runner.optimize(
+            grid, squared_distance, n_trials=8, direction="minimize", required_gpus=1
+        )
+    assert grid.told == {float(x): (x - 3.0) ** 2 for x in range(8)}
+    assert study.best is not None
+    assert study.best.suggestion == {"x": 3.0}
+
+
+def optuna_objective(trial: Any, allocation: GPUAllocation | None) -> float:
+    x = trial.suggest_float("x", -10.0, 10.0)
+    return float((x - 3.0) ** 2)
+
+
+async def test_an_optuna_study_runs_on_the_nodes_with_its_search_space_on_the_driver(
+    ray_cluster: RayTestCluster,
+) -> None:
+    optuna = pytest.importorskip("optuna")
+    from gpupool.integrations.optuna import OptunaStrategy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"x": optuna.distributions.FloatDistribution(-10.0, 10.0)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    bare = optuna.create_study()
+    async with (
+        RayCluster(provider=fake_gpus) as cluster,
+        ParallelRunner(cluster, max_parallel=4) as runner,
+    ):
+        await runner.optimize(
+            OptunaStrategy(study, search_space=space), optuna_objective, n_trials=6,
+            required_gpus=1,
+        )  # fmt: skip
+        # Suggested on the node, a trial's parameters would never reach the driver's study.
+        refused = await runner.optimize(
+            OptunaStrategy(bare), optuna_objective, n_trials=1, required_gpus=1
+        )
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 6
+    for trial in done:  # each value belongs to the parameters the driver's study holds
+        assert trial.value == pytest.approx((trial.params["x"] - 3.0) ** 2)
+    (only,) = refused.trials
+    assert only.result.status is TaskStatus.FAILED
+    assert "search_space" in (only.result.error or "")

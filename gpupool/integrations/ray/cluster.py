@@ -498,6 +498,7 @@ class RayCluster(RemoteGPUs):
         lease = self._held.get(allocation.id) if allocation.pool_id == self._id else None
         if lease is None:
             raise AllocationNotHeld(f"allocation {allocation.id} is not held from this RayCluster")
+        _check_not_a_bare_optuna_trial(item)
         shipped = self._ship(fn)
         # The function and the allocation only with the first call of this lease;
         # named after (worker.Call).
@@ -639,6 +640,26 @@ def _check_reachable(address: str | None) -> None:
             f"nothing answers at the Ray address {address!r} ({error}): is the cluster "
             "running (`ray status`), and is this its head's address?"
         ) from None
+
+
+def _check_not_a_bare_optuna_trial(item: object) -> None:
+    """Refuse an Optuna trial whose parameters are to be suggested on the node.
+
+    Pickled to a node, a trial's ``suggest_*`` would fill in the copy there,
+    and the driver's study would be told a result for parameters it never
+    saw: wrong, without an error. With ``OptunaStrategy(search_space=...)``
+    the driver's study makes the parameters first.
+    """
+    kind = type(item)
+    if kind.__name__ != "Trial" or not kind.__module__.startswith("optuna."):
+        return
+    if not getattr(item, "params", None):
+        raise TypeError(
+            "an Optuna trial cannot be sent to a Ray node to make its suggestions there: "
+            "they would never reach the study on the driver. Give the search space on "
+            "the driver: OptunaStrategy(study, search_space={'lr': "
+            "optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True), ...})"
+        )
 
 
 def _not_open(callback: Callable[[], object]) -> object:
