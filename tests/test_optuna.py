@@ -417,3 +417,20 @@ def test_resume_after_kill_9_leaves_every_trial_consistent(tmp_path: Path) -> No
             assert record.status is TaskStatus.FAILED
             assert (record.error or "").startswith("TrialInterrupted:")
     assert out.split() == ["ready", "best", repr(study.best_value), "trials", "8"]
+
+
+def test_a_search_space_makes_the_parameters_on_the_driver() -> None:
+    space = {"x": optuna.distributions.FloatDistribution(-1.0, 1.0)}
+    strategy = OptunaStrategy(optuna.create_study(), search_space=space)
+    trial = strategy.ask()
+    assert set(trial.params) == {"x"}
+    assert trial.suggest_float("x", -1.0, 1.0) == trial.params["x"]
+
+
+@pytest.mark.parametrize(
+    "space",
+    [{}, ["x"], {"x": (0.0, 1.0)}, {1: optuna.distributions.FloatDistribution(0.0, 1.0)}],
+)
+def test_a_search_space_that_is_not_one_is_refused(space: Any) -> None:
+    with pytest.raises(TypeError, match="search_space"):
+        OptunaStrategy(optuna.create_study(), search_space=space)
