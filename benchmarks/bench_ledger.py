@@ -88,9 +88,9 @@ from anyio.lowlevel import checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import Row, publish, table  # noqa: E402
 from gpupool import FakeGPUProvider, GPUResourcePool  # noqa: E402
 
-Row = dict[str, Any]
 #: (GPU uuid, acquire called, acquire returned, release about to be called), monotonic s.
 Record = tuple[str, float, float, float]
 
@@ -623,21 +623,6 @@ def idle_cpu(backend: str, ledger: str, seconds: float, waiters: int) -> tuple[l
 # ==================================================================== the run
 
 
-def table(rows: list[Row]) -> str:
-    lines = [
-        "| backend | what | baseline (same run) | with the ledger | ratio | target | met |",
-        "|---|---|---|---|---:|---|---|",
-    ]
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:g}"
-        met = "" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
-        lines.append(
-            f"| {r['backend']} | {r['what']} | {r['baseline']} | {r['measured']} | {ratio} "
-            f"| {r['target']} | {met} |"
-        )
-    return "\n".join(lines)
-
-
 def fresh_ledger(tmp: Path, name: str) -> str:
     """A ledger directory not made yet (the pool creates it, as it would the default)."""
     return str(tmp / name)
@@ -945,15 +930,8 @@ def main() -> None:
         f"anyio {version('anyio')}, trio {version('trio')}, "
         f"{'quick sizes' if args.quick else 'full sizes'}, {time.perf_counter() - started:.0f} s."
     )
-    markdown = table(result["rows"])
-    print(meta + "\n\n" + markdown)
     path = args.json or ROOT / "benchmarks" / "results" / "bench_ledger.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, **result}, indent=2))
-    print(f"\nfigures written to {path}")
-    failed = [f"{r['backend']}: {r['what']}" for r in result["rows"] if r["ok"] is False]
-    if failed:
-        print("\ntargets missed:\n  " + "\n  ".join(failed), file=sys.stderr)
+    publish(meta, result, table(result["rows"], measured="with the ledger"), path)
 
 
 if __name__ == "__main__":

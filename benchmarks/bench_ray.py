@@ -89,7 +89,6 @@ import contextlib
 import cProfile
 import gc
 import itertools
-import json
 import logging
 import math
 import operator
@@ -113,6 +112,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import Row, publish, table  # noqa: E402
 from gpupool import (  # noqa: E402
     FakeGPUProvider,
     GPUAllocation,
@@ -123,8 +123,6 @@ from gpupool import (  # noqa: E402
 from gpupool.integrations.ray import RayCluster  # noqa: E402
 from gpupool.integrations.ray.refs import resolved  # noqa: E402
 from gpupool.integrations.ray.worker import Call  # noqa: E402
-
-Row = dict[str, Any]
 
 BACKENDS = ("asyncio", "trio")
 #: Worker nodes, and the (fake) GPUs and CPUs of each.
@@ -645,21 +643,6 @@ def fresh_rows(per_backend: dict[str, float], fresh: list[float], nc: int) -> li
     return rows
 
 
-def table(rows: list[Row]) -> str:
-    lines = [
-        "| backend | what | baseline (same run) | gpupool | ratio | target | met |",
-        "|---|---|---|---|---:|---|---|",
-    ]
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:g}"
-        met = "" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
-        lines.append(
-            f"| {r['backend']} | {r['what']} | {r['baseline']} | {r['measured']} | {ratio} "
-            f"| {r['target']} | {met} |"
-        )
-    return "\n".join(lines)
-
-
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -1154,15 +1137,8 @@ def main() -> None:
         f"trio {version('trio')}, {'quick sizes' if args.quick else 'full sizes'}, "
         f"{time.perf_counter() - started:.0f} s; load average before {before}, after {after}."
     )
-    markdown = table(result["rows"])
-    print(meta + "\n\n" + markdown)
     path = args.json or ROOT / "benchmarks" / "results" / "bench_ray.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, **result}, indent=2))
-    print(f"\nfigures written to {path}")
-    failed = [f"{r['backend']}: {r['what']}" for r in result["rows"] if r["ok"] is False]
-    if failed:
-        print("\ntargets missed:\n  " + "\n  ".join(failed), file=sys.stderr)
+    publish(meta, result, table(result["rows"], measured="gpupool"), path)
 
 
 if __name__ == "__main__":
