@@ -374,10 +374,9 @@ class RayCluster(RemoteGPUs):
     def _renew(self, lease: Lease) -> None:
         """Give ``lease`` back and ask its node for its shape again.
 
-        Two calls, not one: a request may be cancelled before its node ran it,
-        and a give-back cancelled with it would leave the GPUs held there for
-        good. Ray runs one caller's calls to an actor in the order sent, so the
-        release comes first.
+        Two calls, not one: the request may be withdrawn later (``_cancel_sent``),
+        the give-back must happen whatever becomes of it. Ray runs one caller's
+        calls to an actor in the order sent, so the release comes first.
         """
         self._give_back(lease)
         first = self._book.first_of(lease.shape)
@@ -473,7 +472,7 @@ class RayCluster(RemoteGPUs):
             self._stats[node] = stats
 
     def _cancel_sent(self, shape: Resources, count: int) -> None:
-        """Cancel ``count`` of the requests of ``shape`` still waiting on nodes, the
+        """Withdraw ``count`` of the requests of ``shape`` still waiting on nodes, the
         last sent first (they are the furthest back in their nodes' queues)."""
         live = [sent for sent in self._sent.get(shape, ()) if not sent.cancelled]
         by_node: dict[str, list[int]] = {}
