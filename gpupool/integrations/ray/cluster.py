@@ -54,7 +54,7 @@ from ..._runner.remote import RemoteGPUs
 from ...providers import GPUProvider
 from .agent import NodeAgent
 from .leases import Lease, LeaseBook, Waiter
-from .placement import choose_node
+from .placement import choose_node, servable_by
 from .refs import resolved, waker
 from .worker import Call, FunctionUnknown
 
@@ -316,7 +316,7 @@ class RayCluster(RemoteGPUs):
         if self._closed or not self._opened:
             raise PoolClosed("the RayCluster is not open: use `async with RayCluster(...)`")
         # At once, before it waits: a request no node could ever serve.
-        choose_node(resources, self._live_stats(), self._sent_to)
+        servable_by(resources, self._live_stats())
         waiter, send = self._book.arrive(resources, experiment_id)
         done = self._events[waiter] = anyio.Event()
         try:

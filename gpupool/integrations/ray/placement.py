@@ -31,7 +31,7 @@ from ..._core.errors import UnsatisfiableRequest
 from ..._core.model import GPUStatistics, PoolStatistics
 from ..._core.request import Resources
 
-__all__ = ["choose_node", "could_ever_serve", "free_for"]
+__all__ = ["choose_node", "could_ever_serve", "free_for", "servable_by"]
 
 
 def could_ever_serve(request: Resources, stats: PoolStatistics) -> bool:
@@ -61,9 +61,7 @@ def choose_node(
     ``waiting`` counts, per node, this driver's requests sent there and not
     answered yet.
     """
-    candidates = [node for node, stats in nodes.items() if could_ever_serve(request, stats)]
-    if not candidates:
-        raise UnsatisfiableRequest(_why_not(request, nodes))
+    candidates = servable_by(request, nodes)
 
     def rank(node: str) -> tuple[bool, int, int, str]:
         queued = waiting.get(node, 0)
@@ -74,6 +72,14 @@ def choose_node(
         return (free < request.required_gpus, queued, -free, node)
 
     return min(candidates, key=rank)
+
+
+def servable_by(request: Resources, nodes: Mapping[str, PoolStatistics]) -> list[str]:
+    """The nodes that could ever serve ``request``; :class:`UnsatisfiableRequest` if none."""
+    candidates = [node for node, stats in nodes.items() if could_ever_serve(request, stats)]
+    if not candidates:
+        raise UnsatisfiableRequest(_why_not(request, nodes))
+    return candidates
 
 
 def _why_not(request: Resources, nodes: Mapping[str, PoolStatistics]) -> str:
