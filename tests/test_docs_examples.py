@@ -37,14 +37,11 @@ import attrs
 import pytest
 
 from .docs_blocks import Block, DocsError, blocks_of, has_top_level_await, included_files
-from .fake_nvml import FakeMachine, build_library, find_compiler
+from .docs_env import EXAMPLES, REPO, fake_gpu_environment
 
-REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-EXAMPLES = REPO / "docs" / "examples"
 #: What a block may take; the slowest (a Optuna study, a few runs of gpupool) take seconds.
 BLOCK_TIMEOUT = 90
-FAKE_GPUS = 4
 
 #: Runs a block with top-level await as ``python -m asyncio`` would.
 TOP_LEVEL_AWAIT = """\
@@ -142,30 +139,6 @@ class DocRuns:
             output = (expired.stdout or "") + (expired.stderr or "")
             return Outcome(-1, f"still running after {BLOCK_TIMEOUT} s\n{output}")
         return Outcome(done.returncode, done.stdout + done.stderr)
-
-
-def fake_gpu_environment(scratch: Path) -> dict[str, str]:
-    """The environment of a block: fake NVML under the real bindings, python on PATH."""
-    if find_compiler() is None:
-        pytest.skip("no C compiler (cc, gcc or clang) to build the fake libnvidia-ml.so.1")
-    library = build_library(scratch / "nvml")
-    machine = FakeMachine(scratch / "nvml-state")
-    for _ in range(FAKE_GPUS):
-        machine.add_gpu(name="NVIDIA A100-SXM4-80GB", total_mb=81_920)
-    bin_dir = scratch / "bin"
-    bin_dir.mkdir()
-    for name in ("python", "python3"):
-        (bin_dir / name).symlink_to(sys.executable)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "FAKE_NVML"))}
-    path = [str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")]
-    env.update(
-        PATH=os.pathsep.join(filter(None, path)),
-        LD_LIBRARY_PATH=str(library.parent),
-        FAKE_NVML_STATE=str(machine.state_path),
-        COLUMNS="120",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return env
 
 
 @pytest.fixture(scope="session")
