@@ -40,7 +40,7 @@ from .docs_blocks import Block, DocsError, blocks_of, has_top_level_await, inclu
 from .docs_env import EXAMPLES, REPO, fake_gpu_environment
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-#: What a block may take; the slowest (a Optuna study, a few runs of gpupool) take seconds.
+#: What a block may take; the slowest (an Optuna study, dozens of subprocesses) take seconds.
 BLOCK_TIMEOUT = 90
 
 #: Runs a block with top-level await as ``python -m asyncio`` would.
