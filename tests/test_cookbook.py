@@ -88,6 +88,18 @@ def test_reserve_runs_the_command_with_the_reserved_gpu(
     assert reservation.isdigit()
 
 
+def test_reserve_without_a_command_prints_the_exports(
+    workdir: tuple[Path, dict[str, str]],
+) -> None:
+    where, env = workdir
+    done = gpupool_cli(where, env, "reserve", "--gpus", "1", "--for", "1s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "export CUDA_DEVICE_ORDER=PCI_BUS_ID" in done.stdout
+    exported = re.search(r"^export CUDA_VISIBLE_DEVICES=(\S+)$", done.stdout, re.MULTILINE)
+    assert exported is not None, done.stdout
+    assert exported[1] in {gpu_uuid(n) for n in range(4)}
+
+
 def test_pytorch_ddp_on_an_allocation(workdir: tuple[Path, dict[str, str]]) -> None:
     """torchrun with one process per GPU of the allocation: gloo on the CPU here."""
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")

@@ -168,3 +168,18 @@ def test_blocks_marked_not_run_say_what_they_need() -> None:
     for block in BLOCKS:
         if block.not_run is not None:
             assert len(block.not_run.split()) >= 2, f"{block.id}: not-run: {block.not_run!r}"
+
+
+def test_a_failing_block_fails_and_the_fake_gpus_are_the_default_pools(doc_runs: DocRuns) -> None:
+    """The harness itself: a block's exit status counts, and NVML is the fake machine."""
+    failing = Block("page.md", 1, "raise SystemExit(3)\n")
+    assert doc_runs.outcome(failing).returncode == 3
+    excerpt = Block(
+        "page.md",
+        5,
+        "import gpupool\n"
+        "async with gpupool.GPUResourcePool() as pool:\n"
+        "    print([gpu.memory_total_mb for gpu in pool.statistics().gpus])\n",
+    )
+    outcome = doc_runs.outcome(excerpt)
+    assert (outcome.returncode, outcome.output) == (0, "[81920, 81920, 81920, 81920]\n")
