@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gpupool import Journal, JournalError, TaskStatus
+from gpupool import Journal, JournalError, LearnedMemory, TaskStatus
 from gpupool._cli import journal as journal_cli
-from gpupool._core.growth import LearnedMemory
 from gpupool._journal.schema import MIGRATIONS, SCHEMA_VERSION
 
 # Version 1 as gpupool 0.1 wrote it, spelled out here (not imported), so that a

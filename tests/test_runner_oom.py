@@ -14,11 +14,11 @@ from gpupool import (
     GPUAllocation,
     GPUResourcePool,
     Journal,
+    LearnedMemory,
     ParallelRunner,
     TaskEvent,
     TaskStatus,
 )
-from gpupool._core.growth import LearnedMemory
 
 GIB = 1024
 
