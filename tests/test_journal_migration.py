@@ -140,9 +140,7 @@ def test_show_lists_what_out_of_memory_retries_taught(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     with Journal(path) as journal:
         journal.claim("train", item={"line": 3, "command": "python train.py"})
-        journal.record(
-            "train", TaskStatus.RETRYING, attempt=1, learned=LearnedMemory(16384, False)
-        )
+        journal.record("train", TaskStatus.RETRYING, attempt=1, learned=LearnedMemory(16384, False))
         journal.claim("big")
         journal.record("big", TaskStatus.RETRYING, attempt=3, learned=LearnedMemory(16384, True))
     with _captured() as out:
