@@ -3,6 +3,7 @@ journal remembers it, and a resumed sweep starts with it (docs/memory.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gpupool import (
     GPUAllocation,
     GPUResourcePool,
     Journal,
+    JournalError,
     LearnedMemory,
     ParallelRunner,
     TaskEvent,
@@ -215,3 +217,42 @@ async def test_a_learned_size_never_shrinks_a_request_raised_since(tmp_path: Pat
             exclusive=False,
         )  # fmt: skip
     assert task.seen == [(10_000, False)]
+
+
+@pytest.mark.anyio
+async def test_a_damaged_learned_size_stops_the_run_as_any_damaged_row(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite"
+    with Journal(path) as journal:
+        journal.claim("train")
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute('UPDATE tasks SET learned_resources = \'{"min_memory_mb": "lots"}\'')
+    task = Needs(0)
+    with pytest.raises(JournalError, match="row for task 'train' is damaged"):
+        async with _pool() as pool, ParallelRunner(pool, max_parallel=2, journal=path) as runner:
+            await runner.map(
+                task, [1], key=lambda _: "train", required_gpus=1, min_memory_mb=3000,
+                exclusive=False,
+            )  # fmt: skip
+    assert task.seen == []
+
+
+class _Forgetful:
+    """A journal of its own whose learned_resources fails."""
+
+    async def finished(self, key: str) -> None:
+        return None
+
+    async def record(self, event: TaskEvent, result: object) -> None:
+        pass
+
+    def learned_resources(self, key: str) -> LearnedMemory | None:
+        raise OSError("the notes are gone")
+
+
+@pytest.mark.anyio
+async def test_a_journal_that_cannot_say_what_it_learned_stops_the_run() -> None:
+    task = Needs(0)
+    with pytest.raises(OSError, match="the notes are gone"):
+        async with _pool() as pool, ParallelRunner(pool, journal=_Forgetful()) as runner:
+            await runner.map(task, [1], required_gpus=1, min_memory_mb=3000, exclusive=False)
+    assert task.seen == []

@@ -71,6 +71,7 @@ __all__ = [
     "ProcessFailed",
     "ProcessResult",
     "SupportsRegisterProcess",
+    "job_environment",
     "run_process",
 ]
 
@@ -290,11 +291,7 @@ async def run_process(
     check_bool("check", check, allowed="a bool")
 
     token = uuid.uuid4().hex
-    if allocation is None:
-        child_env = {**os.environ, **extra_env}
-    else:
-        # The memory caps are defaults that env= may override; the devices are not.
-        child_env = {**os.environ, **allocation.memory_env, **extra_env, **allocation.device_env}
+    child_env = job_environment(allocation, extra_env)
     child_env[TOKEN_VARIABLE] = token
 
     log_file: IO[bytes] | None = None
@@ -375,6 +372,17 @@ async def run_process(
         output_tail=_last_lines(end),
     )
     return result.check() if check else result
+
+
+def job_environment(
+    allocation: GPUAllocation | None, env: Mapping[str, str] | None
+) -> dict[str, str]:
+    """A job's environment: ``os.environ``, the allocation's memory caps, ``env``,
+    then the allocation's devices. The caps are defaults that ``env`` may
+    override (docs/memory.md); the devices are not."""
+    if allocation is None:
+        return {**os.environ, **(env or {})}
+    return {**os.environ, **allocation.memory_env, **(env or {}), **allocation.device_env}
 
 
 async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float) -> int:

@@ -694,7 +694,6 @@ class ParallelRunner:
                 if prior is not None:
                     await self._end(task, prior)
                     return
-                self._start_as_learned(task)
             if self._journal is not None or self._hub.active:
                 await self._record(task, TaskStatus.QUEUED, 0)
             with task._scope:
@@ -709,6 +708,10 @@ class ParallelRunner:
     async def _prior(self, task: TaskHandle[Any]) -> TaskResult | None:
         """Claim ``task``'s key: None to run it, else the result to end it with.
 
+        A task that runs starts with the reservation its journal learned
+        (`_start_as_learned`), read here: a journal that fails to say stops the
+        run as a failed claim does.
+
         That is the journal's record of a finished task (``from_journal``), or,
         once the journal has failed, the unrecorded end: a task that is not
         journaled is not run, and the run stops (see `_journal_write`).
@@ -717,6 +720,8 @@ class ParallelRunner:
         if self._journal_failure is None:
             try:
                 prior = await self._journal.finished(task.key)
+                if prior is None:
+                    self._start_as_learned(task)
             except Exception as error:
                 self._stop_for_journal(error)
             else:
@@ -730,14 +735,19 @@ class ParallelRunner:
         """Start a GPU task with the reservation its journal learned in an earlier run."""
         if self._learned is None or not task.resources.required_gpus:
             return
-        learned = self._learned(task.key)
+        learned = self._learned(task.key)  # a journal's failure: the caller stops the run
         if learned is not None:
             task.resources = apply_learned(task.resources, learned, self._gpu_totals())
 
     def _gpu_totals(self) -> dict[int, int]:
-        """Each healthy GPU's total memory, by index: what growth is capped by."""
+        """Each healthy GPU's total memory, by index: what growth is capped by
+        (none once the pool has closed: its next acquire says so)."""
         assert self._pool is not None
-        return {g.index: g.memory_total_mb for g in self._pool.statistics().gpus if g.healthy}
+        try:
+            gpus = self._pool.statistics().gpus
+        except PoolClosed:
+            return {}
+        return {g.index: g.memory_total_mb for g in gpus if g.healthy}
 
     def _cancelled(self, task: TaskHandle[Any]) -> TaskResult:
         return TaskResult(
