@@ -708,13 +708,13 @@ class ParallelRunner:
     async def _prior(self, task: TaskHandle[Any]) -> TaskResult | None:
         """Claim ``task``'s key: None to run it, else the result to end it with.
 
-        A task that runs starts with the reservation its journal learned
-        (`_start_as_learned`), read here: a journal that fails to say stops the
-        run as a failed claim does.
-
         That is the journal's record of a finished task (``from_journal``), or,
         once the journal has failed, the unrecorded end: a task that is not
         journaled is not run, and the run stops (see `_journal_write`).
+
+        A task that runs starts with the reservation its journal learned
+        (`_start_as_learned`), read here: a journal that fails to say stops the
+        run as a failed claim does.
         """
         assert self._journal is not None
         if self._journal_failure is None:
