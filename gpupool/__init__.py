@@ -12,6 +12,7 @@ from ._core.errors import PoolTimeout as PoolTimeout
 from ._core.errors import ProviderError as ProviderError
 from ._core.errors import UnsatisfiableRequest as UnsatisfiableRequest
 from ._core.errors import WouldBlock as WouldBlock
+from ._core.growth import LearnedMemory as LearnedMemory
 from ._core.holdings import Holding as Holding
 from ._core.memory import estimate_memory_mb as estimate_memory_mb
 from ._core.model import GPUAllocation as GPUAllocation
@@ -74,6 +75,7 @@ __all__ = [
     "JournalEncodingError",
     "JournalError",
     "JournalInUse",
+    "LearnedMemory",
     "LedgerError",
     "LedgerHolder",
     "LedgerWaiter",

@@ -99,7 +99,7 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
         "jobs.txt:6: resource spec has no closing ']', e.g. [gpus=2 mem=8G] cmd",
         "jobs.txt:7: no command after the resource spec '[gpus=1]'",
         "jobs.txt:8: unknown resource 'cpus' (did you mean gpus?); "
-        "known: gpus, mem, timeout, retries, priority, est, name",
+        "known: gpus, mem, shared, timeout, retries, priority, est, name",
         "jobs.txt:9: retries must be an int >= 0, got '-1'",
         "jobs.txt:10: resource 'gpus' must be key=value, for example gpus=2",
         "jobs.txt:12: name=x is already used on line 11; names must be unique",

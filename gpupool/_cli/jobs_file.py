@@ -60,7 +60,8 @@ __all__ = [
     "parse_memory_mb",
 ]
 
-_KEYS = ("gpus", "mem", "timeout", "retries", "priority", "est", "name")
+_KEYS = ("gpus", "mem", "shared", "timeout", "retries", "priority", "est", "name")
+_YES_NO = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 _ALIASES = {"memory": "mem", "gpu": "gpus", "retry": "retries", "estimate": "est"}
 _SPEC_START = re.compile(r"\[(?=[A-Za-z])")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
@@ -230,6 +231,10 @@ def _parse_spec(spec: str) -> dict[str, Any]:
             fields["priority"] = _parse_int("priority", value, minimum=None)
         elif key == "est":
             fields["expected_duration"] = parse_duration(value, name="est")
+        elif key == "shared":
+            if value.lower() not in _YES_NO:
+                raise ValueError(f"shared must be yes or no, got {value!r}")
+            fields["exclusive"] = not _YES_NO[value.lower()]
         else:
             if _NAME.fullmatch(value) is None:
                 raise ValueError(
@@ -339,9 +344,14 @@ def _parse_line(line: str, number: int, defaults: JobDefaults) -> JobSpec:
         raise ValueError("a command must fit on one line (no '\\' continuation)")
     if "\0" in command:
         raise ValueError("the command contains a NUL character")
+    exclusive = fields.pop("exclusive", True)
+    memory = fields.pop("min_memory_mb", defaults.memory_mb)
+    if not exclusive and not memory:
+        raise ValueError("shared=yes needs mem=SIZE: shared GPUs are divided by memory")
     resources = Resources(
         required_gpus=fields.pop("required_gpus", defaults.gpus),
-        min_memory_mb=fields.pop("min_memory_mb", defaults.memory_mb),
+        min_memory_mb=memory,
+        exclusive=exclusive,
         priority=fields.pop("priority", 0),
         expected_duration=fields.pop("expected_duration", None),
     )

@@ -57,6 +57,7 @@ EXPORT_FIELDS = (
     "value",
     "error",
     "traceback",
+    "learned_resources",
 )
 
 
@@ -207,9 +208,11 @@ def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console
             f"({interruptions} interruption(s) in all)",
             soft_wrap=True,
         )
+    records = list(read_records(conn))
+    _show_learned(records, console)
     failed = [
         r
-        for r in read_records(conn)
+        for r in records
         if r.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED)
     ]
     if failed and max_errors:
@@ -231,6 +234,24 @@ def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console
         console.print(errors)
         if len(failed) > max_errors:
             console.print(f"... and {len(failed) - max_errors} more (see `gpupool journal export`)")
+
+
+def _show_learned(records: list[TaskRecord], console: Console) -> None:
+    """The tasks whose reservation out-of-memory retries grew: what they start with now."""
+    grown = [r for r in records if r.learned_resources is not None]
+    if not grown:
+        return
+    table = Table(title="memory learned from out-of-memory retries", box=None)
+    table.add_column("key", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("job", overflow="fold")
+    table.add_column("next start asks for", overflow="fold")
+    for r in grown:
+        assert r.learned_resources is not None
+        table.add_row(
+            Text(r.key), r.status.value, Text(describe_item(r.item)), r.learned_resources.describe()
+        )
+    console.print(table)
 
 
 def describe_item(item: Any) -> str:
@@ -261,6 +282,12 @@ def _row(record: TaskRecord) -> dict[str, Any]:
         "value": record.value,
         "error": record.error,
         "traceback": record.traceback,
+        "learned_resources": None
+        if record.learned_resources is None
+        else {
+            "min_memory_mb": record.learned_resources.min_memory_mb,
+            "exclusive": record.learned_resources.exclusive,
+        },
     }
 
 
@@ -284,6 +311,8 @@ def _export(records: Iterator[TaskRecord], fmt: str, out: TextIO) -> None:
         row["item"] = json.dumps(row["item"], ensure_ascii=False)
         ok = record.status is TaskStatus.SUCCEEDED
         row["value"] = json.dumps(row["value"], ensure_ascii=False) if ok else None
+        if row["learned_resources"] is not None:
+            row["learned_resources"] = json.dumps(row["learned_resources"])
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 

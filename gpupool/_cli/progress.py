@@ -20,7 +20,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .._core.request import Resources
 from .._core.results import TaskResult, TaskStatus
+from .args import size_text
 from .jobs_file import JobSpec
 
 __all__ = ["JobsProgress"]
@@ -68,6 +70,9 @@ class JobsProgress:
     running: dict[str, _Running] = attrs.Factory(dict)
     results: dict[str, TaskResult] = attrs.Factory(dict)
     durations: list[float] = attrs.Factory(list)
+    #: Jobs whose request is not the jobs file's: grown after running out of GPU
+    #: memory, in this run or (learned by the journal) an earlier one.
+    grown: dict[str, Resources] = attrs.Factory(dict)
     started_at: float = attrs.Factory(time.monotonic)
     _live: Live | None = None
 
@@ -90,12 +95,19 @@ class JobsProgress:
             )
         self._refresh()
 
+    def job_resources(self, key: str, resources: Resources) -> None:
+        """The request job ``key`` makes now (from its events)."""
+        if resources != self.jobs[key].resources:
+            self.grown[key] = resources
+
     def job_retrying(self, key: str, error: str | None) -> None:
         running = self.running.pop(key, None)
         if running is not None and self._live is None:
+            grown = self.grown.get(key)
+            now = "" if grown is None else f"; next attempt: {_request_text(grown)}"
             self.console.print(
                 f"[yellow]retry[/] line {running.job.line}: "
-                f"{escape(_failure_tail(error or 'failed'))}",
+                f"{escape(_failure_tail(error or 'failed') + now)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -211,6 +223,9 @@ class JobsProgress:
         if result is None:
             return _SummaryRow(str(job.line), "not run", "", "", "", "", job, "")
         outcome = _describe(result) + (" (earlier run)" if result.from_journal else "")
+        grown = self.grown.get(job.key)
+        if grown is not None and not result.from_journal:
+            outcome += f" ({_request_text(grown)} after OOM)"
         return _SummaryRow(
             line=str(job.line),
             status=result.status.value,
@@ -316,6 +331,11 @@ def _summary_blocks(rows: list[_SummaryRow], caption: str) -> RenderableType:
                 parts.append(Text(f"  {label}: {value}", overflow="fold"))
     parts.append(Text(caption, overflow="fold"))
     return Group(*parts)
+
+
+def _request_text(request: Resources) -> str:
+    """A grown request as the jobs file would write it: ``mem=12G`` or ``exclusive``."""
+    return "exclusive" if request.exclusive else f"mem={size_text(request.min_memory_mb)}"
 
 
 def _describe(result: TaskResult) -> str:

@@ -562,6 +562,8 @@ class _Session:
         progress = self.progress
         if progress is None or event.key not in progress.jobs:
             return
+        if event.resources is not None:  # grown after running out of memory, or learned
+            progress.job_resources(event.key, event.resources)
         if event.status is TaskStatus.RUNNING:
             progress.job_started(event.key, event.gpu_indices, event.attempt)
         elif event.status is TaskStatus.RETRYING:

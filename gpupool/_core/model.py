@@ -23,6 +23,7 @@ __all__ = [
     "OnProcessStarted",
     "PoolStatistics",
     "StartedProcess",
+    "memory_fraction",
 ]
 
 
@@ -91,9 +92,19 @@ class GPUAllocation:
     #: handed the pool (see ``gpupool._process.started``). Not part of the value:
     #: ignored by ``==`` and ``hash``, and dropped by pickling.
     on_process_started: OnProcessStarted | None = attrs.field(default=None, eq=False, repr=False)
+    #: The total memory of each GPU, in the order of ``gpu_indices`` (empty where
+    #: the grant did not say: an allocation made by hand, say). What a shared
+    #: allocation's memory caps are computed from (:attr:`memory_env`).
+    gpu_memory_total_mb: tuple[int, ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
+        """Environment variables for a child process: :attr:`memory_env`, then
+        :attr:`device_env` (``run_process`` puts the caller's ``env=`` between the two)."""
+        return {**self.memory_env, **self.device_env}
+
+    @property
+    def device_env(self) -> dict[str, str]:
         """Environment variables that confine a child process to these GPUs.
 
         UUIDs rather than indices, because CUDA's default order (fastest first)
@@ -104,6 +115,50 @@ class GPUAllocation:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": ",".join(self.gpu_uuids),
         }
+
+    @property
+    def memory_env(self) -> dict[str, str]:
+        """The framework settings that hold a shared allocation's process to its reservation.
+
+        Empty for an exclusive allocation: its process owns the GPUs, and the
+        frameworks' defaults are left alone. For a shared one (docs/memory.md):
+        ``GPUPOOL_RESERVED_MB`` (the reservation on each GPU),
+        ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` and, where the GPUs' sizes are
+        known, ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (:func:`memory_fraction`) for
+        JAX, and ``TF_FORCE_GPU_ALLOW_GROWTH=true`` for TensorFlow.
+        """
+        if self.exclusive:
+            return {}
+        env = {
+            "GPUPOOL_RESERVED_MB": str(self.memory_mb),
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        }
+        largest = max(self.gpu_memory_total_mb, default=0)
+        if largest > 0:
+            fraction = memory_fraction(self.memory_mb, largest)
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.{FRACTION_PLACES}f}"
+        return env
+
+
+#: Decimal places of a memory fraction: 1e-4 of an 80 GiB GPU is 8 MiB.
+FRACTION_PLACES = 4
+_FRACTION_SCALE = 10_000  # 10 ** FRACTION_PLACES
+
+
+def memory_fraction(reserved_mb: int, total_mb: int) -> float:
+    """``reserved_mb / total_mb`` rounded *down* to :data:`FRACTION_PLACES` places,
+    at least ``1e-4`` and at most 1: a cap that never grants more than was reserved
+    (beyond the smallest step a framework could be given).
+
+    JAX applies one fraction to each GPU's own total, so for an allocation of
+    GPUs of different sizes ``total_mb`` is the *largest* of them: that is the
+    fraction that stays within the reservation on every one.
+    """
+    if total_mb <= 0:
+        raise ValueError(f"total_mb must be > 0, got {total_mb!r}")
+    steps = reserved_mb * _FRACTION_SCALE // total_mb
+    return min(_FRACTION_SCALE, max(1, steps)) / _FRACTION_SCALE
 
 
 @final

@@ -754,6 +754,9 @@ class Scheduler:
             experiment_id,
             self._pool_id,
             self._on_process_started,
+            (gpus[chosen[0]].memory_total_mb,)
+            if len(chosen) == 1
+            else tuple(gpus[i].memory_total_mb for i in chosen),
         )
         for position, index in enumerate(chosen):
             gpu = gpus[index]

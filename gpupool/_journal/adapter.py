@@ -8,7 +8,9 @@ acts on it. `RunnerJournal` maps them onto `Journal`:
 * ``finished(key)`` claims the key: the recorded result of a finished task
   (not run again), or None after committing QUEUED (run it);
 * ``record`` commits WAITING_FOR_GPU / RUNNING / RETRYING, and the final
-  result with its value as JSON;
+  result with its value as JSON; a RETRYING after an attempt ran out of GPU
+  memory also stores the next attempt's reservation (``learned_resources``,
+  which the runner reads to start a resumed task with it);
 * ``on_process_started(key)`` is the hook that the runner sets around task
   ``key``'s function (``gpupool._process.started``): every job the task starts
   with ``run_process`` has its process group recorded, and forgotten once the
@@ -27,7 +29,9 @@ from typing import Any, Protocol, final
 
 from .._core.checks import check_bool
 from .._core.errors import JournalEncodingError
+from .._core.growth import LearnedMemory
 from .._core.model import OnProcessStarted, StartedProcess
+from .._core.request import Resources
 from .._core.results import TaskResult, TaskStatus
 from .codec import check_key, function_name, task_key
 from .store import Journal, Synchronous, storable
@@ -46,6 +50,10 @@ class _Event(Protocol):
     def attempt(self) -> int: ...
     @property
     def gpu_indices(self) -> tuple[int, ...]: ...
+    @property
+    def resources(self) -> Resources | None: ...
+    @property
+    def out_of_memory(self) -> bool: ...
 
 
 @final
@@ -145,9 +153,27 @@ class RunnerJournal:
             assert result is not None, "the runner passes the result with the final event"
             journal.finish(result)
         elif event.status is not TaskStatus.QUEUED:  # finished() committed QUEUED
+            learned: LearnedMemory | None = None
+            note: str | None = None
+            if (
+                event.status is TaskStatus.RETRYING
+                and event.out_of_memory
+                and event.resources is not None
+            ):
+                learned = LearnedMemory.of(event.resources)
+                note = f"out of GPU memory; the next attempt asks for {learned.describe()}"
             journal.record(
-                event.key, event.status, attempt=event.attempt, gpu_indices=event.gpu_indices
+                event.key,
+                event.status,
+                attempt=event.attempt,
+                gpu_indices=event.gpu_indices,
+                learned=learned,
+                note=note,
             )
+
+    def learned_resources(self, key: str) -> LearnedMemory | None:
+        """What out-of-memory retries taught task ``key`` (the runner starts it so)."""
+        return self.journal.learned_resources(key)
 
     def on_process_started(self, key: str) -> OnProcessStarted:
         """The hook for the jobs of task ``key``: record each job's process group

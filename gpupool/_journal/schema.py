@@ -4,7 +4,7 @@ Kept apart from `Journal` (which writes and owns) so that read-only users,
 such as ``gpupool journal show``, share the exact same decoding without taking
 ownership of the file.
 
-Schema version 1:
+Schema version 2 (version 1 and the migrations from it: :data:`MIGRATIONS`):
 
 * ``gpupool_meta(name, value)``: ``created_at``, ``created_by`` (gpupool
   version).
@@ -13,12 +13,23 @@ Schema version 1:
 * ``tasks``: one row per task key with its latest state and, once final, its
   result as JSON. ``starts`` counts how often the task entered RUNNING over
   all runs, ``interrupted`` how often a crash was found to have cut it short.
+  ``learned_resources`` (from version 2) is the reservation out-of-memory
+  retries moved the task to, as JSON (``{"min_memory_mb": 12288,
+  "exclusive": false}``): a resumed run starts the task with it.
 * ``events``: every state change, in commit order (an audit trail; also what
   the crash test checks "finished exactly once" against).
 * ``process_groups``: process groups of running subprocess jobs.
 
 ``PRAGMA application_id`` marks the file as a gpupool journal and
 ``PRAGMA user_version`` holds the schema version.
+
+Versions: a new journal is made with the version 1 DDL (:data:`SCHEMA_V1`)
+and then every migration, the path an old journal takes too, so both end
+the same. ``MIGRATIONS[i]`` holds the statements that take version ``i + 1``
+to ``i + 2``; an older journal opened for writing is upgraded in the
+transaction that takes ownership (:func:`upgrade`), and one opened read-only
+(``gpupool journal show``) is read as it is (:func:`read_records` asks the
+file's version which columns it has), never written.
 """
 
 from __future__ import annotations
@@ -30,27 +41,34 @@ from typing import Any
 import attrs
 
 from .._core.errors import JournalError
+from .._core.growth import LearnedMemory
 from .._core.results import TaskResult, TaskStatus
-from .codec import decode_json
+from .codec import canonical_json, decode_json
 
 __all__ = [
     "APPLICATION_ID",
+    "MIGRATIONS",
+    "SCHEMA_V1",
     "SCHEMA_VERSION",
     "TaskRecord",
     "check_header",
     "count_statuses",
+    "decode_learned",
+    "encode_learned",
     "read_records",
+    "upgrade",
 ]
 
 #: "GPPJ" as a big-endian int: marks an SQLite file as a gpupool journal.
 APPLICATION_ID = 0x4750504A
-SCHEMA_VERSION = 1
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in TaskStatus)
 
-SCHEMA = f"""
+#: The version 1 DDL, as gpupool first wrote it: never changed (a new journal is
+#: made with it and then migrated, as an old one is).
+SCHEMA_V1 = f"""
 CREATE TABLE gpupool_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -99,8 +117,29 @@ CREATE TABLE process_groups (
     PRIMARY KEY (key, pgid)
 );
 PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 1;
 """
+
+#: ``MIGRATIONS[i]``: the statements that take schema version ``i + 1`` to ``i + 2``.
+#: Each is self-contained (a column added with its default), and the version is set
+#: by :func:`upgrade`, not by them.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 2: the reservation out-of-memory retries taught a task (docs/memory.md).
+    ("ALTER TABLE tasks ADD COLUMN learned_resources TEXT",),
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Take a journal of schema ``version`` to :data:`SCHEMA_VERSION`.
+
+    Runs inside the caller's transaction (the one that takes ownership), so
+    an upgrade that fails half-way leaves the file at its old version.
+    """
+    for statements in MIGRATIONS[version - 1 :]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def check_header(path: str) -> None:
@@ -123,17 +162,17 @@ def check_header(path: str) -> None:
         )
 
 
-def check_schema(conn: sqlite3.Connection, path: str) -> bool:
-    """Check the file is a gpupool journal this version can read.
+def check_schema(conn: sqlite3.Connection, path: str) -> int:
+    """Check the file is a gpupool journal this version can read; its schema version.
 
-    Returns False for a fresh, empty database (the caller creates the schema).
+    Returns 0 for a fresh, empty database (the caller creates the schema).
     """
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if app_id == 0 and version == 0:
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables == 0:
-            return False
+            return 0
     if app_id != APPLICATION_ID:
         raise JournalError(
             f"{path!r} is an SQLite database but not a gpupool journal "
@@ -144,7 +183,7 @@ def check_schema(conn: sqlite3.Connection, path: str) -> bool:
             f"journal {path!r} has schema version {version}, written by a newer gpupool; "
             f"this version reads schema versions up to {SCHEMA_VERSION}: upgrade gpupool"
         )
-    return True
+    return int(version)
 
 
 @attrs.frozen
@@ -166,6 +205,8 @@ class TaskRecord:
     created_at: float
     updated_at: float
     finished_at: float | None
+    #: The reservation out-of-memory retries moved the task to (None: never).
+    learned_resources: LearnedMemory | None = None
 
     def to_result(self) -> TaskResult:
         """The `TaskResult` a resumed run returns for this task."""
@@ -186,6 +227,29 @@ _COLUMNS = (
     "key, fn, item, status, attempts, starts, interrupted, gpu_indices, value, error, "
     "traceback, duration_s, created_at, updated_at, finished_at"
 )
+# What each schema version has beyond version 1's columns (a version 1 journal
+# read as it is gives NULL for them).
+_COLUMNS_BY_VERSION = {1: f"{_COLUMNS}, NULL", 2: f"{_COLUMNS}, learned_resources"}
+
+
+def _columns(conn: sqlite3.Connection) -> str:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return _COLUMNS_BY_VERSION[min(max(version, 1), SCHEMA_VERSION)]
+
+
+def encode_learned(learned: LearnedMemory) -> str:
+    """``learned`` as the ``learned_resources`` column holds it (canonical JSON)."""
+    return canonical_json({"min_memory_mb": learned.min_memory_mb, "exclusive": learned.exclusive})
+
+
+def decode_learned(text: object) -> LearnedMemory | None:
+    """The ``learned_resources`` column read back; ``ValueError``/``TypeError`` if damaged."""
+    if text is None:
+        return None
+    value = decode_json(_typed("learned_resources", text, str))
+    if not isinstance(value, dict) or set(value) != {"min_memory_mb", "exclusive"}:
+        raise ValueError(f"learned_resources is {text!r}, not a learned reservation")
+    return LearnedMemory(value["min_memory_mb"], value["exclusive"])
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
@@ -220,6 +284,7 @@ def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
         created_at=_typed("created_at", row[12], (int, float)),
         updated_at=_typed("updated_at", row[13], (int, float)),
         finished_at=None if row[14] is None else _typed("finished_at", row[14], (int, float)),
+        learned_resources=decode_learned(row[15]),
     )
 
 
@@ -231,13 +296,13 @@ def _typed(column: str, value: Any, kind: type | tuple[type, ...]) -> Any:
 
 
 def read_record(conn: sqlite3.Connection, key: str) -> TaskRecord | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE key = ?", (key,)).fetchone()
+    row = conn.execute(f"SELECT {_columns(conn)} FROM tasks WHERE key = ?", (key,)).fetchone()
     return None if row is None else _record(row)
 
 
 def read_records(conn: sqlite3.Connection) -> Iterator[TaskRecord]:
     """Every task, in the order the tasks were first submitted."""
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY rowid"):
+    for row in conn.execute(f"SELECT {_columns(conn)} FROM tasks ORDER BY rowid"):
         yield _record(row)
 
 

@@ -50,19 +50,24 @@ import attrs
 
 from .._core.checks import check_bool, check_choice, check_int
 from .._core.errors import JournalEncodingError, JournalError, JournalInUse
+from .._core.growth import LearnedMemory
 from .._core.results import TaskResult, TaskStatus
 from .._system import procfs
 from .._system.groups import LeftoverProcessGroup, kill_process_groups
 from .codec import canonical_json, check_key
 from .owner import ProcessIdentity, current_identity, is_alive
 from .schema import (
-    SCHEMA,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
     TaskRecord,
     check_header,
     check_schema,
     count_statuses,
+    decode_learned,
+    encode_learned,
     read_record,
     read_records,
+    upgrade,
 )
 
 __all__ = [
@@ -211,8 +216,11 @@ class Journal:
                 )
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if not check_schema(conn, self.path):
+                version = check_schema(conn, self.path)
+                if not version:
                     _create_schema(conn)
+                elif version < SCHEMA_VERSION:
+                    upgrade(conn, version)  # in this transaction: all of it or none
                 self._take_owner_slot(conn)
                 self._requeue_unfinished(conn)
                 conn.execute("COMMIT")
@@ -420,10 +428,16 @@ class Journal:
         *,
         attempt: int,
         gpu_indices: tuple[int, ...] = (),
+        learned: LearnedMemory | None = None,
+        note: str | None = None,
     ) -> None:
         """Commit a non-final state change of an in-flight task.
 
         Entering RUNNING counts a start of the task (``TaskRecord.starts``).
+        ``learned`` (with RETRYING after an attempt ran out of GPU memory) is
+        the reservation the task's next attempt asks for, kept for the task's
+        later starts (:meth:`learned_resources`) in the same commit. ``note``
+        goes with the event.
         """
         if not isinstance(status, TaskStatus) or status.is_final:
             raise ValueError(f"record() takes a non-final TaskStatus, got {status!r}; use finish()")
@@ -442,7 +456,12 @@ class Journal:
                     key,
                 ),
             )
-            self._event(conn, key, status, attempt, now)
+            if learned is not None:
+                conn.execute(
+                    "UPDATE tasks SET learned_resources = ? WHERE key = ?",
+                    (encode_learned(learned), key),
+                )
+            self._event(conn, key, status, attempt, now, note)
 
     def finish(self, result: TaskResult) -> TaskResult:
         """Commit the final state of an in-flight task and return its result.
@@ -482,6 +501,25 @@ class Journal:
                 self._event(conn, result.key, result.status, result.attempts, now)
             self._active.discard(result.key)  # committed: no longer in flight
         return result
+
+    def learned_resources(self, key: str) -> LearnedMemory | None:
+        """The reservation out-of-memory retries moved task ``key`` to, in this
+        run or an earlier one; ``None`` if they never did."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT learned_resources FROM tasks WHERE key = ?", (key,))
+                .fetchone()
+            )
+        if row is None:
+            return None
+        try:
+            return decode_learned(row[0])
+        except (ValueError, TypeError) as exc:
+            raise JournalError(
+                f"the journal's row for task {key!r} is damaged ({exc}); "
+                "restore the journal from a copy, or start a new one"
+            ) from None
 
     def in_flight(self, key: str) -> bool:
         """Whether ``key`` was claimed and has not finished yet."""
@@ -589,9 +627,11 @@ def _reusable(status: TaskStatus, retry_failed: bool) -> bool:
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
+    """The version 1 tables, then every migration: the path an old journal takes."""
+    for statement in SCHEMA_V1.split(";"):
         if statement.strip():
             conn.execute(statement)
+    upgrade(conn, 1)
     conn.execute(
         "INSERT INTO gpupool_meta VALUES ('created_at', ?), ('created_by', ?)",
         (repr(time.time()), _version()),

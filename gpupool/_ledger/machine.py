@@ -672,6 +672,7 @@ class MachineCore:
         """Make this pool's allocation for a machine grant."""
         indices = sorted(self._local_index[u] for u in granted.gpu_uuids)
         uuid_of = {i: u for u, i in self._local_index.items()}
+        total_of = {g.uuid: g.memory_total_mb for g in self._snapshot}
         allocation = GPUAllocation(
             next(self._allocation_ids),
             tuple(indices),
@@ -681,6 +682,7 @@ class MachineCore:
             granted.experiment_id,
             self._pool_id,
             self._hook,
+            tuple(total_of.get(uuid_of[i], 0) for i in indices),
         )
         self._mine[allocation.id] = _Mine(allocation, granted.id, request, ticket)
         if ticket is not None:

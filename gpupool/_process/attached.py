@@ -19,7 +19,6 @@ would in the foreground).
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
@@ -28,7 +27,7 @@ import anyio
 from .._core.checks import check_finite_seconds, check_instance
 from .._core.model import GPUAllocation, StartedProcess
 from .proctree import TOKEN_VARIABLE, JobTracker
-from .run import DEFAULT_GRACE_PERIOD, _end_job, _track
+from .run import DEFAULT_GRACE_PERIOD, _end_job, _track, job_environment
 from .started import announce_start
 
 __all__ = ["run_attached"]
@@ -44,7 +43,9 @@ async def run_attached(
 ) -> int:
     """Run ``args`` (no shell) on ``allocation``'s GPUs with the caller's stdio; its return code.
 
-    The environment is ``os.environ``, then ``env``, then ``allocation.env``.
+    The environment is ``run_process``'s (``run.job_environment``):
+    ``os.environ``, a shared allocation's memory caps, ``env``, then the
+    allocation's devices.
     ``on_start(pid)`` is called once the process exists, before the
     ``on_process_started`` hooks. The return code follows :mod:`subprocess`
     (``-N``: ended by signal N). Starting a command that does not exist
@@ -56,7 +57,7 @@ async def run_attached(
     if not command or not command[0]:
         raise ValueError(f"args must be a non-empty command, got {args!r}")
     token = uuid.uuid4().hex
-    child_env = {**os.environ, **(env or {}), **allocation.env, TOKEN_VARIABLE: token}
+    child_env = {**job_environment(allocation, env), TOKEN_VARIABLE: token}
     process = await anyio.open_process(
         command, stdin=None, stdout=None, stderr=None, env=child_env, start_new_session=True
     )

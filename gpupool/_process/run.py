@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -60,6 +59,7 @@ from .._core.checks import (
 )
 from .._core.errors import GPUPoolError
 from .._core.model import GPUAllocation, StartedProcess
+from .._core.oom import CUDA_OOM_PATTERN
 from .._system.procfs import ProcInfo
 from .proctree import TOKEN_VARIABLE, JobTracker, killpg_quietly, signal_all
 from .started import announce_start
@@ -71,26 +71,12 @@ __all__ = [
     "ProcessFailed",
     "ProcessResult",
     "SupportsRegisterProcess",
+    "job_environment",
     "run_process",
 ]
 
 #: Seconds between SIGTERM and SIGKILL unless the caller says otherwise.
 DEFAULT_GRACE_PERIOD = 5.0
-
-#: Messages that CUDA, PyTorch, TensorFlow and JAX/XLA print when device
-#: memory runs out. Matched case-insensitively against the job's output.
-CUDA_OOM_PATTERN = re.compile(
-    rb"CUDA out of memory"
-    rb"|CUDA error: out of memory"
-    rb"|torch(?:\.cuda)?\.OutOfMemoryError"
-    rb"|CUDA_ERROR_OUT_OF_MEMORY"
-    rb"|cudaErrorMemoryAllocation"
-    rb"|CUBLAS_STATUS_ALLOC_FAILED"
-    rb"|CUDNN_STATUS_ALLOC_FAILED"
-    rb"|RESOURCE_EXHAUSTED: Out of memory"
-    rb"|OOM when allocating tensor",
-    re.IGNORECASE,
-)
 
 # Only the tail of a long log is searched for an out-of-memory message: the
 # message is in the traceback at the end, and a log may be gigabytes long.
@@ -208,6 +194,12 @@ class ProcessFailed(GPUPoolError, subprocess.CalledProcessError):
         self.output = result.output
         self.stderr = None
 
+    @property
+    def cuda_oom(self) -> bool:
+        """Whether the command's output showed a CUDA out-of-memory error
+        (``result.cuda_oom``); what the runner's out-of-memory retries go by."""
+        return self.result.cuda_oom
+
     def __str__(self) -> str:
         # CalledProcessError has its own __str__; ours is the message built above.
         return str(self.args[0])
@@ -249,10 +241,12 @@ async def run_process(
 
     ``cmd`` is either a sequence of arguments, run directly (no shell), or a
     string, run by ``/bin/sh -c`` (pipes, ``&&`` and redirections work; quote
-    with care). The child's environment is ``os.environ``, then ``env``, then
-    ``allocation.env`` (``CUDA_VISIBLE_DEVICES`` with the GPUs' UUIDs and
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so the job cannot escape its GPUs by
-    accident. stdin is ``/dev/null``. stdout and stderr go, interleaved, to
+    with care). The child's environment is ``os.environ``, then the memory
+    caps of a shared allocation (``allocation.memory_env``: docs/memory.md),
+    then ``env``, then ``allocation.device_env`` (``CUDA_VISIBLE_DEVICES``
+    with the GPUs' UUIDs and ``CUDA_DEVICE_ORDER=PCI_BUS_ID``): ``env`` may
+    set a framework's memory settings otherwise, but the job cannot escape
+    its GPUs by accident. stdin is ``/dev/null``. stdout and stderr go, interleaved, to
     ``log_path`` (appended to, so the output of retries accumulates) or, without
     one, into :attr:`ProcessResult.output`.
 
@@ -297,9 +291,7 @@ async def run_process(
     check_bool("check", check, allowed="a bool")
 
     token = uuid.uuid4().hex
-    child_env = {**os.environ, **extra_env}
-    if allocation is not None:
-        child_env.update(allocation.env)
+    child_env = job_environment(allocation, extra_env)
     child_env[TOKEN_VARIABLE] = token
 
     log_file: IO[bytes] | None = None
@@ -380,6 +372,17 @@ async def run_process(
         output_tail=_last_lines(end),
     )
     return result.check() if check else result
+
+
+def job_environment(
+    allocation: GPUAllocation | None, env: Mapping[str, str] | None
+) -> dict[str, str]:
+    """A job's environment: ``os.environ``, the allocation's memory caps, ``env``,
+    then the allocation's devices. The caps are defaults that ``env`` may
+    override (docs/memory.md); the devices are not."""
+    if allocation is None:
+        return {**os.environ, **(env or {})}
+    return {**os.environ, **allocation.memory_env, **(env or {}), **allocation.device_env}
 
 
 async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float) -> int:

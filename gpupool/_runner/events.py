@@ -19,6 +19,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.checks import check_callable
+from .._core.request import Resources
 from .._core.results import TaskResult, TaskStatus
 
 __all__ = ["EventHub", "TaskEvent", "TaskJournal"]
@@ -38,6 +39,14 @@ class TaskEvent:
     ``error`` is ``"Type: message"`` for the event that ends a failed attempt.
     ``from_journal`` marks a final event replayed from a journal rather than
     run now.
+
+    ``resources`` is the request the task's GPU attempts make as of this
+    event (``None`` for a CPU-only task, and for a result replayed from a
+    journal): on RETRYING, the request of the *next* attempt. It changes when
+    an attempt ran out of GPU memory and the request grew, and a resumed task
+    starts with the size its journal learned (docs/memory.md).
+    ``out_of_memory`` marks the event that ends an attempt (RETRYING or
+    final) which failed because GPU memory ran out.
     """
 
     key: str
@@ -47,6 +56,8 @@ class TaskEvent:
     gpu_indices: tuple[int, ...] = ()
     error: str | None = None
     from_journal: bool = False
+    resources: Resources | None = None
+    out_of_memory: bool = False
 
 
 @final
@@ -111,12 +122,14 @@ class TaskJournal(Protocol):
     it, and asks :meth:`finished` before running a key, so a restarted sweep
     returns finished results instead of running them again.
 
-    A journal may also offer, by name (the SQLite journal offers all four;
+    A journal may also offer, by name (the SQLite journal offers all five;
     the runner asks every journal alike): ``default_key(fn, item)``, the key of
     a task submitted without one (else tasks are numbered, ``task-0``, ...);
     ``storable(result)``, the result as the journal can store it;
-    ``describe(key, fn, item)``, called at submit; and
-    ``on_process_started(key)``, the hook for the task's ``run_process`` jobs.
+    ``describe(key, fn, item)``, called at submit;
+    ``on_process_started(key)``, the hook for the task's ``run_process`` jobs;
+    and ``learned_resources(key)``, the ``LearnedMemory`` out-of-memory retries
+    taught the key (or ``None``), with which a task that runs is started.
     """
 
     async def finished(self, key: str) -> TaskResult | None:

@@ -57,7 +57,9 @@ from .._core.checks import (
     shown,
 )
 from .._core.errors import PoolClosed
+from .._core.growth import LearnedMemory, apply_learned, grow_after_oom
 from .._core.model import GPUAllocation, OnProcessStarted
+from .._core.oom import is_out_of_memory
 from .._core.request import (
     RUNNER_DEFAULT_GPUS,
     ResourceOptions,
@@ -196,6 +198,10 @@ class ParallelRunner:
         # What run_process calls for task `key`'s jobs (gpupool._process.started).
         self._process_groups: Callable[[str], OnProcessStarted] | None = getattr(
             self._journal, "on_process_started", None
+        )
+        # The reservation out-of-memory retries taught a key in an earlier run.
+        self._learned: Callable[[str], LearnedMemory | None] | None = getattr(
+            self._journal, "learned_resources", None
         )
         self._hub = EventHub()
         # By key: every unfinished task, and the finished ones whose key was
@@ -586,11 +592,13 @@ class ParallelRunner:
         gpu_indices: tuple[int, ...] = (),
         error: str | None = None,
         result: TaskResult | None = None,
+        out_of_memory: bool = False,
     ) -> None:
         """THE place every state change goes through: journal first, then subscribers."""
         task.status = status
         if self._journal is None and not self._hub.active:
             return
+        from_journal = result is not None and result.from_journal
         event = TaskEvent(
             key=task.key,
             status=status,
@@ -598,7 +606,9 @@ class ParallelRunner:
             attempt=attempt,
             gpu_indices=gpu_indices,
             error=error,
-            from_journal=result is not None and result.from_journal,
+            from_journal=from_journal,
+            resources=task.resources if task.resources.required_gpus and not from_journal else None,
+            out_of_memory=out_of_memory,
         )
         if self._journal is not None and not event.from_journal:
             await self._journal_write(event, result)
@@ -647,6 +657,8 @@ class ParallelRunner:
                         result.gpu_indices,
                         result.error,
                         result,
+                        out_of_memory=result.exception is not None
+                        and is_out_of_memory(result.exception),
                     )
                 except _Unrecorded:
                     result = self._unrecorded(task)
@@ -699,11 +711,17 @@ class ParallelRunner:
         That is the journal's record of a finished task (``from_journal``), or,
         once the journal has failed, the unrecorded end: a task that is not
         journaled is not run, and the run stops (see `_journal_write`).
+
+        A task that runs starts with the reservation its journal learned
+        (`_start_as_learned`), read here: a journal that fails to say stops the
+        run as a failed claim does.
         """
         assert self._journal is not None
         if self._journal_failure is None:
             try:
                 prior = await self._journal.finished(task.key)
+                if prior is None:
+                    self._start_as_learned(task)
             except Exception as error:
                 self._stop_for_journal(error)
             else:
@@ -712,6 +730,24 @@ class ParallelRunner:
                 if self._journal_failure is None:
                     return None
         return self._unrecorded(task)
+
+    def _start_as_learned(self, task: TaskHandle[Any]) -> None:
+        """Start a GPU task with the reservation its journal learned in an earlier run."""
+        if self._learned is None or not task.resources.required_gpus:
+            return
+        learned = self._learned(task.key)  # a journal's failure: the caller stops the run
+        if learned is not None:
+            task.resources = apply_learned(task.resources, learned, self._gpu_totals())
+
+    def _gpu_totals(self) -> dict[int, int]:
+        """Each healthy GPU's total memory, by index: what growth is capped by
+        (none once the pool has closed: its next acquire says so)."""
+        assert self._pool is not None
+        try:
+            gpus = self._pool.statistics().gpus
+        except PoolClosed:
+            return {}
+        return {g.index: g.memory_total_mb for g in gpus if g.healthy}
 
     def _cancelled(self, task: TaskHandle[Any]) -> TaskResult:
         return TaskResult(
@@ -735,8 +771,18 @@ class ParallelRunner:
                 attempt <= spec.retries and should_retry(spec.retry_on, outcome.error)
             ):
                 return outcome.result(task.key, attempt, started)
+            out_of_memory = is_out_of_memory(outcome.error)
+            if out_of_memory and task.resources.required_gpus:
+                # The next attempt asks for more (gpupool._core.growth); the
+                # RETRYING event carries it, and the journal learns it first.
+                task.resources = grow_after_oom(task.resources, self._gpu_totals())
             await self._record(
-                task, TaskStatus.RETRYING, attempt, outcome.gpu_indices, error_text(outcome.error)
+                task,
+                TaskStatus.RETRYING,
+                attempt,
+                outcome.gpu_indices,
+                error_text(outcome.error),
+                out_of_memory=out_of_memory,
             )
             await anyio.sleep(
                 backoff_delay(attempt, initial=spec.retry_backoff, jitter=random.random())
@@ -756,7 +802,7 @@ class ParallelRunner:
                 # pool.acquire checkpoints next: a yield here too costs, with no gain.
                 await self._gpu_gate.acquire(checkpoint=False)
                 try:
-                    allocation = await self._pool.acquire(spec.resources, experiment_id=task.key)
+                    allocation = await self._pool.acquire(task.resources, experiment_id=task.key)
                 finally:
                     self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices

@@ -75,6 +75,9 @@ class TaskHandle(Generic[ItemT]):
         self.status = TaskStatus.QUEUED
         self.result: TaskResult | None = None
         self._spec = spec
+        #: What the task's next attempt asks the pool for: the submitted request,
+        #: grown after an attempt ran out of GPU memory, or as a journal learned it.
+        self.resources = spec.resources
         self._scope = anyio.CancelScope()
         self._done: anyio.Event | None = None
         self._callbacks: list[Callable[[TaskHandle[ItemT]], object]] = []

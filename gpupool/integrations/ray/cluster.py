@@ -345,6 +345,7 @@ class RayCluster(RemoteGPUs):
             granted.exclusive,
             experiment_id,
             self._id,
+            gpu_memory_total_mb=granted.gpu_memory_total_mb,
         )
         self._held[allocation.id] = lease
         return allocation

@@ -101,8 +101,10 @@ class TaskWorker:
                 self._stop.discard(number)
                 raise TaskInterrupted("the task was stopped before it started")
         # The process serves these GPUs only, so their variables stay set between
-        # tasks; set again only if a task changed them.
-        for name, value in allocation.env.items():
+        # tasks; set again only if a task changed them. The devices alone: a shared
+        # allocation's memory caps (docs/memory.md) are read once, when a framework
+        # starts, so in a reused worker they would hold for the next task's too.
+        for name, value in allocation.device_env.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
         if call.is_async:
