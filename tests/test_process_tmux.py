@@ -111,16 +111,20 @@ async def test_a_killed_window_ends_the_job_and_says_so(
 ) -> None:
     window = _window("doomed")
     started: list[int] = []
+    ready = anyio.Event()
+
+    def on_start(pid: int) -> None:
+        started.append(pid)
+        ready.set()
 
     async def kill_window() -> None:
-        while not started:
-            await anyio.sleep(0.05)
+        await ready.wait()
         assert tmux_server.run("kill-window", "-t", "=tests:doomed").returncode == 0
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(kill_window)
         result = await run_process_via(
-            window, "sleep 60", on_start=started.append, check=False, log_path=tmp_path / "log"
+            window, "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log"
         )
     assert window.lost is not None
     assert "tmux window 'doomed' was closed" in window.lost
@@ -133,10 +137,14 @@ async def test_a_killed_wrapper_ends_the_job_and_says_so(
 ) -> None:
     window = _window("wrapped")
     started: list[int] = []
+    ready = anyio.Event()
+
+    def on_start(pid: int) -> None:
+        started.append(pid)
+        ready.set()
 
     async def kill_wrapper() -> None:
-        while not started:
-            await anyio.sleep(0.05)
+        await ready.wait()
         info = read_stat(started[0])
         assert info is not None
         os.kill(info.ppid, signal.SIGKILL)  # the wrapper is the job's parent
@@ -144,7 +152,7 @@ async def test_a_killed_wrapper_ends_the_job_and_says_so(
     async with anyio.create_task_group() as tg:
         tg.start_soon(kill_wrapper)
         result = await run_process_via(
-            window, "sleep 60", on_start=started.append, check=False, log_path=tmp_path / "log"
+            window, "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log"
         )
     assert window.lost is not None
     assert "wrapper in tmux window 'wrapped' was killed" in window.lost
