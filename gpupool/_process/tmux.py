@@ -151,11 +151,14 @@ class TmuxSession:
     async def _owner_of(self, name: str) -> str | None:
         """``@gpupool_owner`` of session ``name``: None if there is no such session,
         ``""`` if it is not a gpupool run's."""
+        # has-session, since display-message of a missing session prints nothing and
+        # exits 0 when the server runs.
+        exists = await _tmux("has-session", "-t", f"={name}", check=False)
+        if exists.returncode != 0:
+            return None
         shown = await _tmux(
             "display-message", "-p", "-t", f"={name}:", "#{" + OWNER_OPTION + "}", check=False
         )
-        if shown.returncode != 0:
-            return None
         return shown.stdout.decode(errors="replace").strip()
 
     async def _pick_name(self) -> str:
