@@ -330,3 +330,22 @@ def test_attach_finds_a_job_by_key_line_or_prefix(
             run.kill()
     assert attach.returncode == 1
     assert "attaching needs a terminal" in attach.stderr
+
+
+def test_logs_follows_a_job_in_a_window_to_its_end(tmp_path: Path, tmux_server: TmuxServer) -> None:
+    _jobs(tmp_path, WAITING_JOB)
+    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
+    follow: subprocess.Popen[str] | None = None
+    try:
+        _pid(tmp_path, "pid")
+        follow = _start(tmux_server, "logs", "talk", "--follow", cwd=tmp_path)
+        (tmp_path / "go").touch()
+        out, err = _finish(follow)
+        _finish(run)
+    finally:
+        for process in (run, follow):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert follow.returncode == 0, err
+    assert out == "hello-from-talk\nbye-from-talk\n"
