@@ -349,3 +349,22 @@ def test_logs_follows_a_job_in_a_window_to_its_end(tmp_path: Path, tmux_server: 
                 process.communicate()
     assert follow.returncode == 0, err
     assert out == "hello-from-talk\nbye-from-talk\n"
+
+
+def test_ctrl_c_typed_in_the_window_interrupts_the_job(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    _jobs(tmp_path, WAITING_JOB)
+    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
+    try:
+        pid = _pid(tmp_path, "pid")
+        assert tmux_server.run("send-keys", "-t", "=jobs_txt:talk", "C-c").returncode == 0
+        _, err = _finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, err
+    assert not _alive(pid)
+    [(status, error)] = _journal(tmp_path, "SELECT status, error FROM tasks")
+    assert status == "failed"
+    assert "tmux window" not in str(error)  # the job was interrupted, its window is fine

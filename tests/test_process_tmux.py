@@ -166,3 +166,12 @@ async def test_a_missing_command_is_the_same_error_as_directly(
     for launcher in launchers:
         with pytest.raises(FileNotFoundError):
             await run_process_via(launcher, ["/no/such/program"], log_path=tmp_path / "log")
+
+
+async def test_the_job_starts_with_the_signal_dispositions_it_gets_directly(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    """Regression: the wrapper ignored SIGINT and SIGHUP, and a job inherits ignored
+    signals across exec, so a Ctrl-C typed in the window could not interrupt it."""
+    direct, tmux = await _both(tmp_path, "grep -E '^Sig(Ign|Blk)' /proc/self/status")
+    assert tmux.output_tail == direct.output_tail

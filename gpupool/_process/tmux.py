@@ -266,6 +266,7 @@ class TmuxWindow:
             "cwd": None if cwd is None else str(cwd),
             "log": None if log is None else str(log),
             "keep_failed_s": self.session.keep_failed_s,
+            "ignored": _ignored_signals(),
         }
         await stream.send(json.dumps(spec).encode() + b"\n")
         reply = await _receive(buffered)
@@ -284,6 +285,17 @@ class TmuxWindow:
         if self.state_path is not None:
             await anyio.to_thread.run_sync(self.state_path.write_text, self.state.dump())
         return TmuxJob(self, buffered, job_pid, procfs.start_time(job_pid))
+
+
+def _ignored_signals() -> list[int]:
+    """The signals a direct child would start with ignored: those this process ignores,
+    but SIGPIPE and SIGXFSZ, which Python ignores for itself and ``subprocess`` resets."""
+    restored = {int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))}
+    return [
+        int(signum)
+        for signum in signal.valid_signals()
+        if signum not in restored and signal.getsignal(signum) is signal.SIG_IGN
+    ]
 
 
 async def _accept(

@@ -43,6 +43,7 @@ server's, which need not be able to import gpupool.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -69,6 +70,19 @@ class _Wrapper:
         self.reported_hangup = False
         #: How long a failed job's window stays open (from the spec).
         self.keep_failed_s = 0.0
+        #: The job's leader while it runs (for a Ctrl-C typed in the window).
+        self.job_pid: int | None = None
+
+    def hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP: the window is gone. Reported by the loop; the job is gpupool's to end."""
+        self.hung_up = True
+        self.terminal = False
+
+    def interrupt(self, signum: int, frame: object) -> None:
+        """SIGINT (Ctrl-C typed in the window): the job's process group gets it."""
+        if self.job_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.job_pid, signal.SIGINT)
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.connected:
@@ -100,6 +114,21 @@ class _Wrapper:
             self.terminal = False
 
 
+def _dispositions(ignored: frozenset[int]) -> None:
+    """In the job, before exec: the signal dispositions it would get as gpupool's child.
+
+    A job inherits ignored signals across exec. tmux leaves SIGTTIN and
+    SIGTTOU ignored in a window's process, and gpupool's may differ (``nohup``);
+    so every signal is reset, then those ``gpupool run`` ignores (``ignored``)
+    are ignored, as they would be in direct mode.
+    """
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+
+
 def _returncode(status: os.waitid_result) -> int:
     if status.si_code == os.CLD_EXITED:
         return status.si_status
@@ -125,6 +154,7 @@ def _serve(wrapper: _Wrapper) -> int:
             cwd=spec["cwd"],
             env=spec["env"],
             start_new_session=True,
+            preexec_fn=functools.partial(_dispositions, frozenset(spec.get("ignored", ()))),
         )
     except OSError as error:
         wrapper.send({"error": error.errno or 0, "message": str(error)})
@@ -133,18 +163,8 @@ def _serve(wrapper: _Wrapper) -> int:
     output = job.stdout.fileno()
     os.set_blocking(output, False)
 
-    def interrupt(signum: int, frame: object) -> None:
-        if returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(job.pid, signal.SIGINT)
-
-    def hangup(signum: int, frame: object) -> None:
-        wrapper.hung_up = True
-        wrapper.terminal = False
-
     returncode: int | None = None
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGHUP, hangup)
+    wrapper.job_pid = job.pid
     wrapper.send({"started": job.pid})
     finished = False
     output_open = True
@@ -157,6 +177,7 @@ def _serve(wrapper: _Wrapper) -> int:
             status = os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             if status is not None:
                 returncode = _returncode(status)
+                wrapper.job_pid = None  # exited: its group is no longer ours to signal
                 wrapper.send({"exited": returncode})
                 if not wrapper.connected:
                     drain_until = time.monotonic() + _DRAIN_S
@@ -211,10 +232,13 @@ def _linger(returncode: int, seconds: float) -> None:
 
 def main(argv: list[str]) -> int:
     """``python -I tmux_shim.py SOCKET``: run the job gpupool sends over ``SOCKET``."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler is in place
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    control.connect(argv[0])
     wrapper = _Wrapper(control)
+    # Handlers, not SIG_IGN: an ignored signal stays ignored in the job across
+    # exec, a handled one is reset to its default there, as in direct mode.
+    signal.signal(signal.SIGHUP, wrapper.hangup)
+    signal.signal(signal.SIGINT, wrapper.interrupt)
+    control.connect(argv[0])
     try:
         returncode = _serve(wrapper)
     finally:
