@@ -368,3 +368,21 @@ def test_ctrl_c_typed_in_the_window_interrupts_the_job(
     [(status, error)] = _journal(tmp_path, "SELECT status, error FROM tasks")
     assert status == "failed"
     assert "tmux window" not in str(error)  # the job was interrupted, its window is fine
+
+
+def test_jobs_started_together_each_get_a_window_of_the_one_session(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    wait = "while [ ! -e go ]; do sleep 0.05; done"
+    _jobs(tmp_path, *(f"[name=j{i} gpus=0] touch marks/j{i}; {wait}" for i in range(4)))
+    run = _start(tmux_server, "run", "jobs.txt", "--tmux", "--max-parallel", "4", cwd=tmp_path)
+    try:
+        wait_for(lambda: len(tmux_server.windows()) == 4, "four windows")
+        assert sorted(tmux_server.windows()) == [("jobs_txt", f"j{i}") for i in range(4)]
+        (tmp_path / "go").touch()
+        out, err = _finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert "4 succeeded, 0 failed" in out
