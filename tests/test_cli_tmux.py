@@ -386,3 +386,24 @@ def test_jobs_started_together_each_get_a_window_of_the_one_session(
             run.kill()
     assert run.returncode == 0, err
     assert "4 succeeded, 0 failed" in out
+
+
+def test_a_window_stopped_with_ctrl_s_never_stops_the_job_or_its_log(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    """Regression: the wrapper wrote to the window blocking, so a person's Ctrl-S (XOFF)
+    in the window stopped the wrapper, then the log, then the job on a full pipe."""
+    _jobs(tmp_path, "[name=chatty gpus=0] while [ ! -e go ]; do sleep 0.05; done; seq 1 100000")
+    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
+    try:
+        wait_for(lambda: ("jobs_txt", "chatty") in tmux_server.windows(), "the window")
+        assert tmux_server.run("send-keys", "-t", "=jobs_txt:chatty", "C-s").returncode == 0
+        (tmp_path / "go").touch()
+        out, err = _finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert "1 succeeded, 0 failed" in out
+    lines = (tmp_path / "jobs.txt.logs" / "chatty.log").read_text().split()
+    assert lines == [str(n) for n in range(1, 100001)]

@@ -56,6 +56,8 @@ from typing import Any
 
 #: How long the output may take to drain once the job is over.
 _DRAIN_S = 1.0
+#: At most this much output waits for a window that is slow to take it (or stopped).
+_BACKLOG = 1 << 20
 #: How often the leader's exit is looked for.
 _POLL_S = 0.05
 
@@ -70,6 +72,8 @@ class _Wrapper:
         self.reported_hangup = False
         #: How long a failed job's window stays open (from the spec).
         self.keep_failed_s = 0.0
+        #: Output the window has not taken yet.
+        self.backlog = b""
         #: The job's leader while it runs (for a Ctrl-C typed in the window).
         self.job_pid: int | None = None
 
@@ -106,12 +110,29 @@ class _Wrapper:
         return [json.loads(line) for line in lines if line.strip()]
 
     def show(self, data: bytes) -> None:
-        if not self.terminal:
+        """Queue ``data`` for the window; the oldest is dropped past :data:`_BACKLOG`."""
+        if self.terminal:
+            self.backlog = (self.backlog + data)[-_BACKLOG:]
+            self.flush_terminal()
+
+    def flush_terminal(self) -> None:
+        """Write what the window can take now, never waiting for it.
+
+        The window is a view: the job must never wait for it (a person who types
+        Ctrl-S in the window stops the terminal's output, which would otherwise
+        stop this loop, then the log, then the job, blocked on a full pipe).
+        """
+        if not self.terminal or not self.backlog:
             return
         try:
-            os.write(sys.stdout.fileno(), data)
+            written = os.write(sys.stdout.fileno(), self.backlog)
+        except BlockingIOError:
+            return
         except OSError:  # the window is gone (EIO): the log still gets everything
             self.terminal = False
+            self.backlog = b""
+            return
+        self.backlog = self.backlog[written:]
 
 
 def _dispositions(ignored: frozenset[int]) -> None:
@@ -189,9 +210,12 @@ def _serve(wrapper: _Wrapper) -> int:
         if wrapper.connected:
             readable.append(wrapper.control.fileno())
         try:
-            ready, _, _ = select.select(readable, [], [], _POLL_S)
+            waiting = [sys.stdout.fileno()] if wrapper.terminal and wrapper.backlog else []
+            ready, writable, _ = select.select(readable, waiting, [], _POLL_S)
         except InterruptedError:  # pragma: no cover - Python retries select itself
             continue
+        if writable:
+            wrapper.flush_terminal()
         if output in ready:
             try:
                 chunk = os.read(output, 65536)
@@ -234,6 +258,7 @@ def main(argv: list[str]) -> int:
     """``python -I tmux_shim.py SOCKET``: run the job gpupool sends over ``SOCKET``."""
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     wrapper = _Wrapper(control)
+    os.set_blocking(sys.stdout.fileno(), False)
     # Handlers, not SIG_IGN: an ignored signal stays ignored in the job across
     # exec, a handled one is reset to its default there, as in direct mode.
     signal.signal(signal.SIGHUP, wrapper.hangup)
@@ -243,7 +268,11 @@ def main(argv: list[str]) -> int:
         returncode = _serve(wrapper)
     finally:
         control.close()
-    if returncode != 0 and wrapper.terminal:
+    if returncode != 0 and wrapper.terminal and wrapper.keep_failed_s > 0:
+        # The window stays for a person to read: the end of the output first.
+        os.set_blocking(sys.stdout.fileno(), True)
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), wrapper.backlog)
         _linger(returncode, wrapper.keep_failed_s)
     return 0
 
