@@ -407,3 +407,42 @@ def test_a_window_stopped_with_ctrl_s_never_stops_the_job_or_its_log(
     assert "1 succeeded, 0 failed" in out
     lines = (tmp_path / "jobs.txt.logs" / "chatty.log").read_text().split()
     assert lines == [str(n) for n in range(1, 100001)]
+
+
+def test_attach_inside_tmux_switches_the_client_to_the_jobs_window(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    _jobs(tmp_path, WAITING_JOB)
+    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        _pid(tmp_path, "pid")
+        assert (
+            tmux_server.run("new-session", "-d", "-s", "mine", "-c", str(tmp_path)).returncode == 0
+        )
+        client = subprocess.Popen(
+            ["script", "-qfec", "tmux attach -t =mine", "/dev/null"],
+            env=_env(tmux_server),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: any(c.startswith("mine:") for c in tmux_server.clients()), "the client")
+        # Typed in the person's own session, where $TMUX names this server.
+        typed = f"{sys.executable} -m gpupool attach talk"
+        assert tmux_server.run("send-keys", "-t", "=mine:", typed, "Enter").returncode == 0
+        wait_for(lambda: "jobs_txt:talk" in tmux_server.clients(), "the switch to the job")
+        # The person's client itself moved (switch-client), not a nested one started.
+        assert tmux_server.clients() == ["jobs_txt:talk"]
+        (tmp_path / "go").touch()
+        _finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if client is not None:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            assert client.stdin is not None
+            client.stdin.close()
+    assert run.returncode == 0
