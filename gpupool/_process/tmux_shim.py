@@ -13,7 +13,13 @@ window stays the job's owner through a Unix socket. Design, and why:
   therefore behaves the same in both modes (no terminal, same buffering).
 * **Output is teed**: every chunk goes to the log file (appended) and to the
   window, so a person attached sees it live and the log is what direct mode
-  writes.
+  writes. The window is a view the job never waits for: it is written
+  without blocking, from a backlog of at most 1 MiB (a window stopped with
+  Ctrl-S loses the oldest of it; the log loses nothing).
+* **Signal dispositions are a direct child's**: tmux leaves some signals
+  ignored in a window's process, and a job inherits ignored signals across
+  exec; the job is started with every signal at its default but those that
+  ``gpupool run`` itself ignores (sent in the spec).
 * **The leader stays unreaped until gpupool says so**: its exit is seen with
   ``waitid(WNOWAIT)``, reported, and the leader is reaped only after gpupool
   has ended the rest of the job and sent ``finish``. Until then its pid
@@ -29,7 +35,7 @@ window stays the job's owner through a Unix socket. Design, and why:
   wrapper then sees the leader exit and ends.
 
 Protocol, one JSON object per line. gpupool sends the spec first (``args``,
-``env``, ``cwd``, ``log``, ``keep_failed_s``); the wrapper answers
+``env``, ``cwd``, ``log``, ``keep_failed_s``, ``ignored``); the wrapper answers
 ``{"started": PID}`` (or ``{"error": ERRNO, "message": ...}``), then
 ``{"exited": RETURNCODE}`` and ``{"hangup": true}`` as they happen; gpupool
 sends ``{"finish": true}`` once the job is over, and the wrapper drains the
