@@ -175,3 +175,24 @@ async def test_the_job_starts_with_the_signal_dispositions_it_gets_directly(
     signals across exec, so a Ctrl-C typed in the window could not interrupt it."""
     direct, tmux = await _both(tmp_path, "grep -E '^Sig(Ign|Blk)' /proc/self/status")
     assert tmux.output_tail == direct.output_tail
+
+
+async def test_a_session_name_taken_by_someone_else_between_jobs_is_left_to_them(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    session = TmuxSession("tests", owner="/tests/journal")
+    first = await run_process_via(session.window("one"), "true", log_path=tmp_path / "log")
+    assert first.ok
+    wait_for(lambda: tmux_server.windows() == [], "the run's session to end with its window")
+    assert (
+        tmux_server.run("new-session", "-d", "-s", "tests", "-n", "theirs", "sleep 60").returncode
+        == 0
+    )
+    seen: list[list[tuple[str, str]]] = []
+    await run_process_via(
+        session.window("two"),
+        "true",
+        log_path=tmp_path / "log",
+        on_start=lambda pid: seen.append(tmux_server.windows()),
+    )
+    assert sorted(seen[0]) == [("tests", "theirs"), ("tests-2", "two")]

@@ -176,9 +176,13 @@ class TmuxSession:
         fmt = "#{pane_pid} #{window_id} #{socket_path}"
         where = ["-c", str(cwd)] if cwd is not None else []
         async with self._lock:
-            if self.name is None:
+            owner = None if self.name is None else await self._owner_of(self.name)
+            if self.name is None or owner not in (None, self.owner):
+                # First window, or the session ended with its last window and
+                # something else took its name since: never a window in theirs.
                 self.name = await self._pick_name()
-            if await self._owner_of(self.name) is None:
+                owner = await self._owner_of(self.name)
+            if owner is None:
                 created = await _tmux(
                     "new-session",
                     "-d",
