@@ -270,6 +270,13 @@ def test_a_failed_jobs_window_stays_for_tmux_keep_failed_seconds(
     assert ("jobs_txt", "bad") in tmux_server.windows()
     wait_for(lambda: "closes in 30s" in tmux_server.pane_text("=jobs_txt:bad"), "the note")
     assert "oops" in tmux_server.pane_text("=jobs_txt:bad")
+    [wrapper] = [
+        int(line)
+        for line in tmux_server.run("list-panes", "-a", "-F", "#{pane_pid}").stdout.split()
+    ]
+    # Closing the window (or ending the server) ends the wait at once.
+    assert tmux_server.run("kill-server").returncode == 0
+    wait_for(lambda: not _alive(wrapper), "the lingering wrapper to go", timeout=5)
 
 
 def test_a_session_of_the_same_name_that_is_not_the_runs_is_left_alone(

@@ -244,8 +244,9 @@ def _serve(wrapper: _Wrapper) -> int:
     return returncode
 
 
-def _linger(returncode: int, seconds: float) -> None:
-    """Keep a failed job's window open a while, so that a person can read its end."""
+def _linger(wrapper: _Wrapper, returncode: int, seconds: float) -> None:
+    """Keep a failed job's window open a while, so that a person can read its end;
+    not past the window itself (closed by a person, or the tmux server killed)."""
     if seconds <= 0:
         return
     how = f"exit code {returncode}" if returncode >= 0 else f"killed by signal {-returncode}"
@@ -257,7 +258,9 @@ def _linger(returncode: int, seconds: float) -> None:
         )
     except OSError:
         return
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while not wrapper.hung_up and time.monotonic() < deadline:
+        time.sleep(min(_POLL_S * 4, max(0.0, deadline - time.monotonic())))
 
 
 def main(argv: list[str]) -> int:
@@ -279,7 +282,7 @@ def main(argv: list[str]) -> int:
         os.set_blocking(sys.stdout.fileno(), True)
         with contextlib.suppress(OSError):
             os.write(sys.stdout.fileno(), wrapper.backlog)
-        _linger(returncode, wrapper.keep_failed_s)
+        _linger(wrapper, returncode, wrapper.keep_failed_s)
     return 0
 
 
