@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from .._core.errors import GPUPoolError, ProviderError
-from . import demo, journal, release, reserve, run, status
+from . import attach, demo, journal, logs, release, reserve, run, status
 
 __all__ = ["build_parser", "main"]
 
 #: The subcommand modules, in the order ``gpupool --help`` lists them.
-COMMANDS = (run, demo, status, reserve, release, journal)
+COMMANDS = (run, logs, attach, demo, status, reserve, release, journal)
 
 
 def _version() -> str:

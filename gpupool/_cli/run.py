@@ -53,8 +53,17 @@ from .._journal.adapter import RunnerJournal
 from .._journal.store import Journal
 from .._ledger.location import DEFAULT
 from .._pool.pool import GPUResourcePool
+from .._process.launch import DIRECT, Launcher
 from .._process.proctree import killpg_quietly
-from .._process.run import DEFAULT_GRACE_PERIOD, run_process
+from .._process.run import DEFAULT_GRACE_PERIOD, run_process_via
+from .._process.tmux import (
+    TmuxError,
+    TmuxSession,
+    TmuxWindow,
+    session_name,
+    tmux_command,
+    window_name,
+)
 from .._runner.events import TaskEvent
 from .._runner.remote import RemoteGPUs
 from .._runner.runner import ParallelRunner
@@ -90,6 +99,8 @@ EXIT_INTERRUPTED = 130
 
 #: How often ``--watch`` looks at the jobs file's size, modification time and inode.
 WATCH_INTERVAL = 0.5
+#: Seconds the tmux window of a failed job stays open (``--tmux-keep-failed``).
+DEFAULT_KEEP_FAILED = 60.0
 
 
 class _UsageError(Exception):
@@ -124,6 +135,10 @@ class RunOptions:
     ray: str | None = None
     #: Under ``ray``: what each node calls for its GPUs (``None``: NVML).
     node_provider: Callable[[], Any] | None = None
+    #: ``--tmux``: each job in a window of a detached tmux session (docs/jobs.md).
+    tmux: bool = False
+    #: ``--tmux-keep-failed``: seconds the window of a failed job stays open.
+    tmux_keep_failed: float = DEFAULT_KEEP_FAILED
 
     @property
     def journal_path(self) -> Path:
@@ -228,6 +243,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="run again the jobs that failed or timed out in an earlier run",
     )
+    parser.add_argument(
+        "--tmux",
+        action="store_true",
+        help="start each job in a window of a detached tmux session named after JOBS_FILE, "
+        "to look in with `gpupool attach KEY` (the tmux server: $TMUX, else $TMUX_TMPDIR)",
+    )
+    parser.add_argument(
+        "--tmux-keep-failed",
+        type=seconds_arg,
+        default=DEFAULT_KEEP_FAILED,
+        metavar="SECONDS",
+        help="with --tmux: how long the window of a failed job stays open "
+        f"(default {DEFAULT_KEEP_FAILED:g}; a job that succeeded closes its window at once)",
+    )
     add_ray_options(
         parser,
         use="run the GPU jobs on the nodes of (their logs come back to --log-dir; "
@@ -262,6 +291,8 @@ def command(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             ray=args.ray,
             node_provider=provider,
+            tmux=args.tmux,
+            tmux_keep_failed=args.tmux_keep_failed,
         )
     )
 
@@ -310,9 +341,12 @@ class _Session:
     interrupted: bool = False
     bad_appended_lines: int = 0
     run_scope: anyio.CancelScope | None = None
+    tmux: TmuxSession | None = None
 
     async def main(self) -> int:
         options = self.options
+        if options.tmux:
+            self.tmux = self._tmux_session()
         reader = JobsFileReader(
             options.jobs_file,
             JobDefaults(
@@ -408,6 +442,27 @@ class _Session:
                 f"gpupool run: killed {len(killed)} leftover process group(s) "
                 "of an earlier run that died"
             )
+
+    def _tmux_session(self) -> TmuxSession:
+        """The run's tmux session (``--tmux``), checked before anything runs."""
+        if self.options.ray is not None:
+            raise _UsageError("--tmux and --ray cannot go together: --ray jobs run on the nodes")
+        try:
+            tmux_command()
+        except TmuxError as error:
+            raise _UsageError(str(error)) from None
+        return TmuxSession(
+            session_name(self.options.jobs_file),
+            owner=os.path.abspath(self.options.journal_path),
+            keep_failed_s=self.options.tmux_keep_failed,
+        )
+
+    def _window(self, job: JobSpec) -> TmuxWindow | None:
+        """Under ``--tmux``, the window ``job`` starts in (its state beside its log)."""
+        if self.tmux is None:
+            return None
+        state = self._log_file(job).with_name(job.log_name + ".tmux")
+        return self.tmux.window(window_name(job.label), state_path=state)
 
     def _capacity_check(self) -> JobCheck:
         """Why a job could never start on the GPUs as they are now, or None.
@@ -536,8 +591,11 @@ class _Session:
         env = {**self.options.job_env, "GPUPOOL_JOB_KEY": job.key}
         if allocation is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU-only job must not touch the GPUs
+        window = self._window(job)
+        launcher: Launcher = DIRECT if window is None else window
         try:
-            result = await run_process(
+            result = await run_process_via(
+                launcher,
                 job.command,
                 allocation=allocation,
                 log_path=log,
@@ -550,6 +608,8 @@ class _Session:
         finally:
             for pid in started:
                 self.groups.discard(pid)
+        if window is not None and window.lost is not None:
+            raise TmuxError(f"the job was ended: {window.lost}")
         result.check(with_tail=False)  # the summary names the log; outcomes stay one line
         return {
             "returncode": result.returncode,

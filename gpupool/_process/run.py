@@ -43,7 +43,7 @@ import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Protocol, final, runtime_checkable
+from typing import Protocol, final, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -61,6 +61,7 @@ from .._core.errors import GPUPoolError
 from .._core.model import GPUAllocation, StartedProcess
 from .._core.oom import CUDA_OOM_PATTERN
 from .._system.procfs import ProcInfo
+from .launch import DIRECT, Launcher
 from .proctree import TOKEN_VARIABLE, JobTracker, killpg_quietly, signal_all
 from .started import announce_start
 
@@ -73,6 +74,7 @@ __all__ = [
     "SupportsRegisterProcess",
     "job_environment",
     "run_process",
+    "run_process_via",
 ]
 
 #: Seconds between SIGTERM and SIGKILL unless the caller says otherwise.
@@ -274,6 +276,41 @@ async def run_process(
     ``register_process`` may return an awaitable, which is awaited. If any of
     these raises, the job is ended and the error propagates.
     """
+    return await run_process_via(
+        DIRECT,
+        cmd,
+        allocation=allocation,
+        timeout=timeout,
+        log_path=log_path,
+        env=env,
+        cwd=cwd,
+        grace_period=grace_period,
+        pool=pool,
+        on_start=on_start,
+        check=check,
+    )
+
+
+async def run_process_via(
+    launcher: Launcher,
+    cmd: str | Sequence[str | os.PathLike[str]],
+    *,
+    allocation: GPUAllocation | None = None,
+    timeout: float | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    grace_period: float = DEFAULT_GRACE_PERIOD,
+    pool: SupportsRegisterProcess | None = None,
+    on_start: Callable[[int], object] | None = None,
+    check: bool = True,
+) -> ProcessResult:
+    """:func:`run_process`, with the job's leader started by ``launcher``.
+
+    The one code path of every launch mode (``gpupool run`` and ``gpupool run
+    --tmux``): only the start differs (``gpupool._process.launch``); the hooks,
+    the tracking, the ending of the job and the reading of its log are the same.
+    """
     args = _check_command(cmd)
     if allocation is not None:
         check_instance("allocation", allocation, GPUAllocation, "a GPUAllocation or None")
@@ -294,24 +331,11 @@ async def run_process(
     child_env = job_environment(allocation, extra_env)
     child_env[TOKEN_VARIABLE] = token
 
-    log_file: IO[bytes] | None = None
     start_offset = 0
     if log is not None:
-        log_file, start_offset = await anyio.to_thread.run_sync(_open_log, log)
+        start_offset = await anyio.to_thread.run_sync(_log_size, log)
     started = anyio.current_time()
-    try:
-        process = await anyio.open_process(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file if log_file is not None else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env=child_env,
-            start_new_session=True,
-        )
-    finally:
-        if log_file is not None:
-            log_file.close()  # the child holds its own descriptor
+    process = await launcher.start(args, env=child_env, cwd=workdir, log=log)
 
     tracker = JobTracker(process.pid, token)
     chunks: list[bytes] = []
@@ -337,7 +361,7 @@ async def run_process(
             tg.start_soon(_track, tracker, tracking)
             try:
                 with anyio.move_on_after(timeout) as waiting:
-                    await process.wait()
+                    await process.wait_or_lost()
                 timed_out = waiting.cancelled_caught
             finally:
                 tracking.cancel()
@@ -385,7 +409,17 @@ def job_environment(
     return {**os.environ, **allocation.memory_env, **(env or {}), **allocation.device_env}
 
 
-async def _end_job(process: anyio.abc.Process, tracker: JobTracker, grace: float) -> int:
+class _Leader(Protocol):
+    """What ending a job needs of its leader (an ``anyio`` process or a ``JobProcess``)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+
+
+async def _end_job(process: _Leader, tracker: JobTracker, grace: float) -> int:
     """Make every process of the job exit; reap the leader. Returns the leftovers count."""
     leader = process.pid
     signalled: set[tuple[int, int]] = set()
@@ -477,9 +511,10 @@ async def _await(awaitable: Awaitable[object]) -> None:
     await awaitable
 
 
-def _open_log(path: Path) -> tuple[IO[bytes], int]:
-    handle = path.open("ab")
-    return handle, handle.tell()
+def _log_size(path: Path) -> int:
+    """Where this run's part of the log will start; the log's directory must exist."""
+    with path.open("ab") as handle:
+        return handle.tell()
 
 
 def _read_log_end(path: Path, start: int) -> bytes:

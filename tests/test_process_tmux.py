@@ -1,0 +1,198 @@
+"""run_process_via a tmux window: the same results and the same ending of jobs as direct mode.
+
+Real tmux (a private server, see tests/tmux_server.py), real processes, on
+asyncio and trio. Each case runs the same job both ways and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gpupool._process.launch import DIRECT, Launcher
+from gpupool._process.run import ProcessResult, run_process_via
+from gpupool._process.tmux import TmuxSession, TmuxWindow
+from gpupool._system.procfs import read_stat
+from tests.tmux_server import TmuxServer, tmux_server, wait_for
+
+pytestmark = pytest.mark.anyio
+__all__ = ["tmux_server"]  # the fixture, used by name
+
+
+def _alive(pid: int) -> bool:
+    info = read_stat(pid)
+    return info is not None and info.alive
+
+
+def _window(name: str = "job") -> TmuxWindow:
+    return TmuxSession("tests", owner="/tests/journal").window(name)
+
+
+async def _both(tmp_path: Path, command: str, **options: object) -> list[ProcessResult]:
+    results = []
+    for launcher in (DIRECT, _window()):
+        log = tmp_path / f"{type(launcher).__name__}.log"
+        results.append(
+            await run_process_via(launcher, command, log_path=log, check=False, **options)  # type: ignore[arg-type]
+        )
+    return results
+
+
+async def test_a_job_ends_the_same_under_tmux_as_directly(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    command = 'echo out; echo err >&2; echo "CUDA out of memory" ; [ -t 1 ] && echo tty; exit 3'
+    direct, tmux = await _both(tmp_path, command)
+    assert (tmux.returncode, tmux.output_tail, tmux.cuda_oom) == (
+        3,
+        "out\nerr\nCUDA out of memory",
+        True,
+    )
+    assert (direct.returncode, direct.output_tail, direct.cuda_oom) == (
+        tmux.returncode,
+        tmux.output_tail,
+        tmux.cuda_oom,
+    )
+    # The log holds exactly the job's bytes in both modes (no terminal, no \r).
+    assert (tmp_path / "TmuxWindow.log").read_bytes() == (
+        tmp_path / "DirectLauncher.log"
+    ).read_bytes()
+
+
+async def test_the_environment_and_directory_are_the_callers_not_the_tmux_servers(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    (tmp_path / "here").mkdir()
+    command = 'echo "$MY_VAR $GPUPOOL_JOB_TOKEN" | wc -w; pwd; echo "${TMUX_TMPDIR:-unset}"'
+    direct, tmux = await _both(tmp_path, command, env={"MY_VAR": "x"}, cwd=tmp_path / "here")
+    assert tmux.output_tail == direct.output_tail
+    assert tmux.output_tail.splitlines()[:2] == ["2", str(tmp_path / "here")]
+
+
+async def test_a_timeout_ends_the_whole_job_a_grandchild_too(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    pids = tmp_path / "pids"
+    command = (
+        f"trap '' TERM; (trap '' TERM; sleep 60) & echo $! > {pids}; "
+        f"setsid sleep 60 & echo $! >> {pids}; exec sleep 60"
+    )
+    result = await run_process_via(
+        _window(), command, timeout=1, grace_period=0.3, check=False, log_path=tmp_path / "log"
+    )
+    assert result.timed_out
+    assert result.returncode == -signal.SIGKILL  # ignored SIGTERM
+    assert result.leftovers == 2
+    for pid in map(int, pids.read_text().split()):
+        assert not _alive(pid)
+    assert not _alive(result.pid)
+
+
+async def test_a_cancelled_caller_ends_the_job_before_the_cancellation_propagates(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    started: list[int] = []
+    with anyio.move_on_after(1.5):
+        await run_process_via(
+            _window(), "sleep 60", on_start=started.append, log_path=tmp_path / "log"
+        )
+    [pid] = started
+    assert not _alive(pid)
+    # The window closes with its wrapper, which exits just after the job is reaped.
+    wait_for(lambda: tmux_server.windows() == [], "the window to close", timeout=10)
+
+
+async def test_a_killed_window_ends_the_job_and_says_so(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    window = _window("doomed")
+    started: list[int] = []
+    ready = anyio.Event()
+
+    def on_start(pid: int) -> None:
+        started.append(pid)
+        ready.set()
+
+    async def kill_window() -> None:
+        await ready.wait()
+        assert tmux_server.run("kill-window", "-t", "=tests:doomed").returncode == 0
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_window)
+        result = await run_process_via(
+            window, "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log"
+        )
+    assert window.lost is not None
+    assert "tmux window 'doomed' was closed" in window.lost
+    assert result.returncode == -signal.SIGTERM  # ended by gpupool, as on a cancel
+    assert not _alive(result.pid)
+
+
+async def test_a_killed_wrapper_ends_the_job_and_says_so(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    window = _window("wrapped")
+    started: list[int] = []
+    ready = anyio.Event()
+
+    def on_start(pid: int) -> None:
+        started.append(pid)
+        ready.set()
+
+    async def kill_wrapper() -> None:
+        await ready.wait()
+        info = read_stat(started[0])
+        assert info is not None
+        os.kill(info.ppid, signal.SIGKILL)  # the wrapper is the job's parent
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_wrapper)
+        result = await run_process_via(
+            window, "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log"
+        )
+    assert window.lost is not None
+    assert "wrapper in tmux window 'wrapped' was killed" in window.lost
+    assert not _alive(result.pid)
+
+
+async def test_a_missing_command_is_the_same_error_as_directly(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    launchers: list[Launcher] = [DIRECT, _window()]
+    for launcher in launchers:
+        with pytest.raises(FileNotFoundError):
+            await run_process_via(launcher, ["/no/such/program"], log_path=tmp_path / "log")
+
+
+async def test_the_job_starts_with_the_signal_dispositions_it_gets_directly(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    """Regression: the wrapper ignored SIGINT and SIGHUP, and a job inherits ignored
+    signals across exec, so a Ctrl-C typed in the window could not interrupt it."""
+    direct, tmux = await _both(tmp_path, "grep -E '^Sig(Ign|Blk)' /proc/self/status")
+    assert tmux.output_tail == direct.output_tail
+
+
+async def test_a_session_name_taken_by_someone_else_between_jobs_is_left_to_them(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    session = TmuxSession("tests", owner="/tests/journal")
+    first = await run_process_via(session.window("one"), "true", log_path=tmp_path / "log")
+    assert first.ok
+    wait_for(lambda: tmux_server.windows() == [], "the run's session to end with its window")
+    assert (
+        tmux_server.run("new-session", "-d", "-s", "tests", "-n", "theirs", "sleep 60").returncode
+        == 0
+    )
+    seen: list[list[tuple[str, str]]] = []
+    await run_process_via(
+        session.window("two"),
+        "true",
+        log_path=tmp_path / "log",
+        on_start=lambda pid: seen.append(tmux_server.windows()),
+    )
+    assert sorted(seen[0]) == [("tests", "theirs"), ("tests-2", "two")]
