@@ -46,6 +46,8 @@ class _Event(Protocol):
     def attempt(self) -> int: ...
     @property
     def gpu_indices(self) -> tuple[int, ...]: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 @final
@@ -146,7 +148,11 @@ class RunnerJournal:
             journal.finish(result)
         elif event.status is not TaskStatus.QUEUED:  # finished() committed QUEUED
             journal.record(
-                event.key, event.status, attempt=event.attempt, gpu_indices=event.gpu_indices
+                event.key,
+                event.status,
+                attempt=event.attempt,
+                gpu_indices=event.gpu_indices,
+                error=event.error,
             )
 
     def on_process_started(self, key: str) -> OnProcessStarted:

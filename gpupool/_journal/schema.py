@@ -4,7 +4,7 @@ Kept apart from `Journal` (which writes and owns) so that read-only users,
 such as ``gpupool journal show``, share the exact same decoding without taking
 ownership of the file.
 
-Schema version 1:
+Schema version 2 (version 1 plus the GPUs of each event, see `MIGRATIONS`):
 
 * ``gpupool_meta(name, value)``: ``created_at``, ``created_by`` (gpupool
   version).
@@ -14,11 +14,19 @@ Schema version 1:
   result as JSON. ``starts`` counts how often the task entered RUNNING over
   all runs, ``interrupted`` how often a crash was found to have cut it short.
 * ``events``: every state change, in commit order (an audit trail; also what
-  the crash test checks "finished exactly once" against).
+  the crash test checks "finished exactly once" against), with the GPUs the
+  attempt held (``gpu_indices``, JSON; NULL in rows written by version 1,
+  where only the task's last attempt's GPUs were kept, in ``tasks``).
 * ``process_groups``: process groups of running subprocess jobs.
 
 ``PRAGMA application_id`` marks the file as a gpupool journal and
 ``PRAGMA user_version`` holds the schema version.
+
+A new file gets the version 1 tables and then every migration, in the same
+transaction, so a new journal and an upgraded one are the same by
+construction. An older journal opened by a `Journal` (a writer) is upgraded
+in the transaction that takes ownership; readers (``gpupool journal show``,
+``plot``) never write, and read every version up to `SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -35,22 +43,28 @@ from .codec import decode_json
 
 __all__ = [
     "APPLICATION_ID",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
+    "EventRecord",
     "TaskRecord",
     "check_header",
     "count_statuses",
+    "create_schema",
+    "migrate",
+    "read_events",
     "read_records",
 ]
 
 #: "GPPJ" as a big-endian int: marks an SQLite file as a gpupool journal.
 APPLICATION_ID = 0x4750504A
-SCHEMA_VERSION = 1
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in TaskStatus)
 
-SCHEMA = f"""
+#: The tables of schema version 1, as the first gpupool wrote them; a new
+#: journal is this plus `MIGRATIONS` (`create_schema`).
+SCHEMA_V1 = f"""
 CREATE TABLE gpupool_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -98,9 +112,17 @@ CREATE TABLE process_groups (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (key, pgid)
 );
-PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+#: Version 1 -> 2: the GPUs each event's attempt held, so that every attempt
+#: of a retried task is drawn on its own GPUs (``gpupool journal plot``). NULL
+#: in the rows version 1 wrote: unknown, not "no GPU".
+EVENTS_GPU_INDICES = ("ALTER TABLE events ADD COLUMN gpu_indices TEXT",)
+
+#: ``MIGRATIONS[i]``: the statements that take schema version ``i + 1`` to
+#: ``i + 2``, run in one transaction with the rest of an open.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (EVENTS_GPU_INDICES,)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
 def check_header(path: str) -> None:
@@ -123,17 +145,18 @@ def check_header(path: str) -> None:
         )
 
 
-def check_schema(conn: sqlite3.Connection, path: str) -> bool:
-    """Check the file is a gpupool journal this version can read.
+def check_schema(conn: sqlite3.Connection, path: str) -> int:
+    """Check the file is a gpupool journal this version can read; return its
+    schema version.
 
-    Returns False for a fresh, empty database (the caller creates the schema).
+    Returns 0 for a fresh, empty database (the caller creates the schema).
     """
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if app_id == 0 and version == 0:
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables == 0:
-            return False
+            return 0
     if app_id != APPLICATION_ID:
         raise JournalError(
             f"{path!r} is an SQLite database but not a gpupool journal "
@@ -144,7 +167,33 @@ def check_schema(conn: sqlite3.Connection, path: str) -> bool:
             f"journal {path!r} has schema version {version}, written by a newer gpupool; "
             f"this version reads schema versions up to {SCHEMA_VERSION}: upgrade gpupool"
         )
-    return True
+    if version < 1:
+        raise JournalError(f"journal {path!r} has no schema version (user_version {version})")
+    return int(version)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables of a new journal (the caller's transaction): version 1,
+    then every migration."""
+    _execute_script(conn, SCHEMA_V1)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    migrate(conn, 1)
+
+
+def migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Take a journal of schema ``version`` to `SCHEMA_VERSION`, in the caller's
+    transaction (SQLite's DDL and ``user_version`` roll back with it)."""
+    for statements in MIGRATIONS[version - 1 :]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(), which COMMITs first: this runs inside the open's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 @attrs.frozen
@@ -201,9 +250,6 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
 
 def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
     (key, fn, item, status, attempts, starts, interrupted, gpus, value, error, tb) = row[:11]
-    gpu_indices = decode_json(_typed("gpu_indices", gpus, str))
-    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
-        raise ValueError(f"gpu_indices is {gpus!r}, not a JSON list of ints")
     return TaskRecord(
         key=_typed("key", key, str),
         fn=_typed("fn", fn, str),
@@ -212,7 +258,7 @@ def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
         attempts=_typed("attempts", attempts, int),
         starts=_typed("starts", starts, int),
         interrupted=_typed("interrupted", interrupted, int),
-        gpu_indices=tuple(gpu_indices),
+        gpu_indices=_gpu_list(gpus),
         value=None if value is None else decode_json(_typed("value", value, str)),
         error=None if error is None else _typed("error", error, str),
         traceback=None if tb is None else _typed("traceback", tb, str),
@@ -239,6 +285,63 @@ def read_records(conn: sqlite3.Connection) -> Iterator[TaskRecord]:
     """Every task, in the order the tasks were first submitted."""
     for row in conn.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY rowid"):
         yield _record(row)
+
+
+@attrs.frozen
+class EventRecord:
+    """One row of ``events``: a task moved to ``status`` at ``at`` (Unix time).
+
+    ``gpu_indices`` is None where the journal did not record them (schema
+    version 1): unknown, which is not the same as ``()``, a CPU-only attempt.
+    ``note`` is why a task was queued again, or a failed attempt's error.
+    """
+
+    seq: int
+    key: str
+    status: TaskStatus
+    attempt: int
+    at: float
+    pid: int
+    note: str | None
+    gpu_indices: tuple[int, ...] | None
+
+
+def read_events(conn: sqlite3.Connection, version: int) -> Iterator[EventRecord]:
+    """Every event, in commit order, from a journal of schema ``version``."""
+    gpus = "gpu_indices" if version >= 2 else "NULL"
+    rows = conn.execute(
+        f"SELECT seq, key, status, attempt, at, pid, note, {gpus} FROM events ORDER BY seq"
+    )
+    for row in rows:
+        try:
+            yield _event(row)
+        except (ValueError, TypeError) as exc:
+            raise JournalError(
+                f"the journal's event {row[0]!r} (task {row[1]!r}) is damaged ({exc}); "
+                "restore the journal from a copy, or start a new one"
+            ) from None
+
+
+def _event(row: tuple[Any, ...]) -> EventRecord:
+    seq, key, status, attempt, at, pid, note, gpus = row
+    return EventRecord(
+        seq=_typed("seq", seq, int),
+        key=_typed("key", key, str),
+        status=TaskStatus(status),
+        attempt=_typed("attempt", attempt, int),
+        at=float(_typed("at", at, (int, float))),
+        pid=_typed("pid", pid, int),
+        note=None if note is None else _typed("note", note, str),
+        gpu_indices=None if gpus is None else _gpu_list(gpus),
+    )
+
+
+def _gpu_list(text: Any) -> tuple[int, ...]:
+    """A ``gpu_indices`` column: a JSON list of ints."""
+    gpu_indices = decode_json(_typed("gpu_indices", text, str))
+    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
+        raise ValueError(f"gpu_indices is {text!r}, not a JSON list of ints")
+    return tuple(gpu_indices)
 
 
 def count_statuses(conn: sqlite3.Connection) -> dict[TaskStatus, int]:

@@ -56,11 +56,13 @@ from .._system.groups import LeftoverProcessGroup, kill_process_groups
 from .codec import canonical_json, check_key
 from .owner import ProcessIdentity, current_identity, is_alive
 from .schema import (
-    SCHEMA,
+    SCHEMA_VERSION,
     TaskRecord,
     check_header,
     check_schema,
     count_statuses,
+    create_schema,
+    migrate,
     read_record,
     read_records,
 )
@@ -211,8 +213,11 @@ class Journal:
                 )
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if not check_schema(conn, self.path):
+                version = check_schema(conn, self.path)
+                if version == 0:
                     _create_schema(conn)
+                elif version < SCHEMA_VERSION:
+                    migrate(conn, version)  # an older journal, upgraded with this open
                 self._take_owner_slot(conn)
                 self._requeue_unfinished(conn)
                 conn.execute("COMMIT")
@@ -274,7 +279,7 @@ class Journal:
                 "interrupted = interrupted + ? WHERE key = ?",
                 (now, int(status == TaskStatus.RUNNING.value and previous is not None), key),
             )
-            self._event(conn, key, TaskStatus.QUEUED, attempts, now, note)
+            self._event(conn, key, TaskStatus.QUEUED, attempts, now, note, ())
         groups = conn.execute(
             "SELECT key, pgid, leader_start_time, boot_id FROM process_groups ORDER BY rowid"
         ).fetchall()
@@ -361,10 +366,13 @@ class Journal:
         attempt: int,
         now: float,
         note: str | None = None,
+        gpu_indices: tuple[int, ...] | None = None,
     ) -> None:
+        gpus = None if gpu_indices is None else canonical_json(list(gpu_indices))
         conn.execute(
-            "INSERT INTO events (key, status, attempt, at, pid, note) VALUES (?, ?, ?, ?, ?, ?)",
-            (key, status.value, attempt, now, self._pid, note),
+            "INSERT INTO events (key, status, attempt, at, pid, note, gpu_indices) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, status.value, attempt, now, self._pid, note, gpus),
         )
 
     # -- task states ----------------------------------------------------------
@@ -407,7 +415,7 @@ class Journal:
                     "fn = excluded.fn, item = COALESCE(excluded.item, item)",
                     (key, fn, item_json, now, now),
                 )
-                self._event(conn, key, TaskStatus.QUEUED, 0, now)
+                self._event(conn, key, TaskStatus.QUEUED, 0, now, gpu_indices=())
             # Only now that the COMMIT went through: a claim that failed to commit
             # leaves nothing in flight, so nothing of it is ever recorded later.
             self._active.add(key)
@@ -420,10 +428,13 @@ class Journal:
         *,
         attempt: int,
         gpu_indices: tuple[int, ...] = (),
+        error: str | None = None,
     ) -> None:
         """Commit a non-final state change of an in-flight task.
 
         Entering RUNNING counts a start of the task (``TaskRecord.starts``).
+        ``error`` is a failed attempt's ``"Type: message"`` (with RETRYING),
+        kept as the event's note.
         """
         if not isinstance(status, TaskStatus) or status.is_final:
             raise ValueError(f"record() takes a non-final TaskStatus, got {status!r}; use finish()")
@@ -442,7 +453,7 @@ class Journal:
                     key,
                 ),
             )
-            self._event(conn, key, status, attempt, now)
+            self._event(conn, key, status, attempt, now, error, gpu_indices)
 
     def finish(self, result: TaskResult) -> TaskResult:
         """Commit the final state of an in-flight task and return its result.
@@ -479,7 +490,14 @@ class Journal:
                     ),
                 )
                 conn.execute("DELETE FROM process_groups WHERE key = ?", (result.key,))
-                self._event(conn, result.key, result.status, result.attempts, now)
+                self._event(
+                    conn,
+                    result.key,
+                    result.status,
+                    result.attempts,
+                    now,
+                    gpu_indices=result.gpu_indices,
+                )
             self._active.discard(result.key)  # committed: no longer in flight
         return result
 
@@ -589,9 +607,7 @@ def _reusable(status: TaskStatus, retry_failed: bool) -> bool:
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    create_schema(conn)
     conn.execute(
         "INSERT INTO gpupool_meta VALUES ('created_at', ?), ('created_by', ?)",
         (repr(time.time()), _version()),
