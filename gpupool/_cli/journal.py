@@ -292,7 +292,7 @@ def _plot(path: str, output: str, title: str | None) -> None:
     print(f"journal {path}: wrote {output}")
 
 
-_DEFAULT_JOB_KEY = re.compile(r"job-[0-9a-f]{16}")
+_DEFAULT_JOB_KEY = re.compile(r"job-[0-9a-f]{16}(~[0-9]+)?")  # jobs_file.py: no name=
 
 
 def bar_label(record: TaskRecord) -> str:

@@ -96,7 +96,10 @@ def render(timeline: Timeline, path: str, *, title: str) -> None:
     data = buffer.getvalue()
     if fmt != "png":
         svg = _with_titles(data, timeline)
-        data = (svg if fmt == "svg" else _page(svg, timeline, title)).encode()
+        if fmt == "svg":
+            data = ('<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + svg).encode()
+        else:
+            data = _page(svg, timeline, title).encode()
     _write_atomically(path, data)
 
 

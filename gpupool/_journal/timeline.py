@@ -338,9 +338,15 @@ def _title(kind: LaneKind, gpu: int | None) -> str:
 
 
 def _rows(attempts: list[Attempt]) -> list[tuple[Attempt, int]]:
-    """Each attempt with its row: the lowest one free at its start (a bar that
-    ends as another starts leaves its row free)."""
-    free_at: list[float] = []  # per row, when its last bar ends
+    """Each attempt with its row: the lowest one free at its start.
+
+    Two bars overlap when each starts before the other ends, so a bar that
+    ends as another starts leaves its row free, and an instant attempt
+    (start == end) inside another bar gets a row of its own rather than
+    hide under it. Taken in order of start, this uses as few rows as the
+    most bars that overlap one another.
+    """
+    free_at: list[float] = []  # per row, when its latest bar ends
     rows: list[tuple[Attempt, int]] = []
     for attempt in sorted(attempts, key=lambda a: (a.start, a.end, a.key, a.attempt)):
         row = next((r for r, end in enumerate(free_at) if end <= attempt.start), len(free_at))
