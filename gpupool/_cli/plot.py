@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import html
 import io
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -47,6 +48,8 @@ COLOURS = {
     Outcome.RUNNING: "#0072b2",
 }
 _HATCHED = {Outcome.RUNNING: "//", Outcome.INTERRUPTED: "xx"}
+# A hatch is drawn in the edge colour: a tint of the bar's own, so labels stay readable.
+_HATCH_EDGE = {Outcome.RUNNING: "#4d9bd1", Outcome.INTERRUPTED: "#7d8793"}
 
 _SVG_NS = "http://www.w3.org/2000/svg"
 _SVG_PREFIXES = {
@@ -158,13 +161,15 @@ def _draw_queue(ax: Axes, timeline: Timeline) -> None:
     top = max(ys)
     ax.set_ylim(0, max(top, 1) * 1.15)
     ax.set_yticks(sorted({0, top}))
-    ax.set_ylabel("waiting", fontsize=9, rotation=0, ha="right", va="center")
+    ax.set_ylabel("tasks\nwaiting", fontsize=9, rotation=0, ha="right", va="center")
     ax.tick_params(labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
 def _draw_lanes(ax: Axes, timeline: Timeline, offsets: list[float], total_rows: float) -> None:
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
     for index, (lane, y) in enumerate(zip(timeline.lanes, offsets, strict=True)):
         if index % 2 == 0:
             ax.axhspan(y - 0.5, y + lane.rows - 0.5, color="#f2f4f7", zorder=0, linewidth=0)
@@ -178,7 +183,10 @@ def _draw_lanes(ax: Axes, timeline: Timeline, offsets: list[float], total_rows: 
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     start = datetime.datetime.fromtimestamp(timeline.origin, datetime.timezone.utc)
-    ax.set_xlabel(f"seconds since the first event ({start:%Y-%m-%d %H:%M:%S} UTC)", fontsize=9)
+    unit, scale, step = time_axis(timeline.end - timeline.origin)
+    ax.xaxis.set_major_locator(MultipleLocator(step))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / scale:g}"))
+    ax.set_xlabel(f"{unit} since the first event ({start:%Y-%m-%d %H:%M:%S} UTC)", fontsize=9)
     for number, t in enumerate(timeline.run_starts, start=2):
         x = t - timeline.origin
         ax.axvline(x, color="#56606b", linestyle="--", linewidth=0.8, zorder=1)
@@ -189,6 +197,26 @@ def _draw_lanes(ax: Axes, timeline: Timeline, offsets: list[float], total_rows: 
         ax.text(
             x, -0.55, "now ", fontsize=8, va="bottom", ha="right", color=COLOURS[Outcome.RUNNING]
         )
+
+
+_NICE_STEPS = (1, 2, 2.5, 5, 10, 15, 20, 30, 60)
+
+
+def time_axis(horizon: float) -> tuple[str, float, float]:
+    """The time axis for a run of ``horizon`` seconds: its unit, the seconds in
+    one unit, and a tick step (in seconds) of a round number of units giving 4
+    to 12 ticks. Hours-long runs are read in minutes or hours, not in seconds."""
+    unit, scale = ("seconds", 1.0)
+    if horizon > 3 * 3600:
+        unit, scale = ("hours", 3600.0)
+    elif horizon > 5 * 60:
+        unit, scale = ("minutes", 60.0)
+    span = max(horizon / scale, 1e-9)
+    magnitude = 10.0 ** math.floor(math.log10(span / 10))
+    step = next(
+        (magnitude * n for n in _NICE_STEPS if span / (magnitude * n) <= 12), magnitude * 100
+    )
+    return unit, scale, step * scale
 
 
 def _draw_bars(ax: Axes, timeline: Timeline, offsets: list[float], horizon: float) -> None:
@@ -211,7 +239,7 @@ def _draw_bars(ax: Axes, timeline: Timeline, offsets: list[float], horizon: floa
             left=left,
             height=_BAR_HEIGHT,
             color=COLOURS[attempt.outcome],
-            edgecolor="white",
+            edgecolor=_HATCH_EDGE.get(attempt.outcome, "white"),
             linewidth=0.6,
             hatch=_HATCHED.get(attempt.outcome),
             zorder=2,
@@ -261,7 +289,12 @@ def _legend(figure: Figure, timeline: Timeline, height: float) -> None:
 
     shown = [o for o in Outcome if any(a.outcome is o for a in timeline.attempts)]
     handles: list[Artist] = [
-        Patch(facecolor=COLOURS[o], hatch=_HATCHED.get(o), edgecolor="white", label=o.value)
+        Patch(
+            facecolor=COLOURS[o],
+            hatch=_HATCHED.get(o),
+            edgecolor=_HATCH_EDGE.get(o, "white"),
+            label=o.value,
+        )
         for o in shown
     ]
     if any(a.attempt > 1 for a in timeline.attempts):
