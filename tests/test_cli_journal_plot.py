@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from gpupool import FakeGPUProvider, GPUAllocation, GPUResourcePool, ParallelRunner, TaskStatus
+from gpupool import (
+    FakeGPUProvider,
+    GPUAllocation,
+    GPUResourcePool,
+    Journal,
+    ParallelRunner,
+    TaskStatus,
+)
 from gpupool._cli.journal import main
 
 pytest.importorskip("matplotlib")
@@ -218,6 +225,17 @@ def test_a_live_journal_is_drawn_up_to_now_without_disturbing_its_run(tmp_path: 
             "SELECT count(*) FROM events WHERE note LIKE '%interrupted%'"
         ).fetchone() == (0,)
     conn.close()
+
+
+def test_a_journal_where_nothing_ran_yet_is_drawn_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    with Journal(path) as journal:
+        assert journal.claim("queued-only") is None
+    out = tmp_path / "new.svg"
+    assert main(["journal", "plot", str(path), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert _bars(text) == []
+    assert "no attempt has started yet" in _texts(text)
 
 
 def test_an_unknown_extension_is_a_usage_error_and_writes_nothing(

@@ -86,7 +86,8 @@ def render(timeline: Timeline, path: str, *, title: str) -> None:
     fmt = format_of(path)
     pyplot = _pyplot()
     with pyplot.rc_context({"svg.fonttype": "none", "svg.hashsalt": "gpupool"}):
-        figure = draw(timeline, title=title)
+        # The page has the title as its heading: not twice.
+        figure = draw(timeline, title=None if fmt == "html" else title)
         try:
             buffer = io.BytesIO()
             # No creation date in the file: the same journal draws the same bytes.
@@ -117,7 +118,7 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def draw(timeline: Timeline, *, title: str) -> Figure:
+def draw(timeline: Timeline, *, title: str | None) -> Figure:
     """The figure: how many tasks wait (a strip on top), then one lane per GPU
     and one for CPU-only attempts, a bar per attempt and GPU."""
     pyplot = _pyplot()
@@ -132,11 +133,14 @@ def draw(timeline: Timeline, *, title: str) -> Figure:
     )
     horizon = max(timeline.end - timeline.origin, 1e-3)
     _draw_queue(queue, timeline)
-    _draw_lanes(lanes, timeline, offsets, total_rows)
+    _draw_lanes(lanes, timeline, offsets, total_rows, horizon)
     lanes.set_xlim(0, horizon * 1.01)
-    figure.suptitle(title, x=0.01, y=1 - 0.08 / height, ha="left", va="top", fontsize=11)
+    if title:
+        figure.suptitle(title, x=0.01, y=1 - 0.08 / height, ha="left", va="top", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.12 / height))
     _draw_bars(lanes, timeline, offsets, horizon)
+    if not timeline.bars:
+        lanes.text(0.5, 0.5, "no attempt has started yet", transform=lanes.transAxes, ha="center")
     _legend(figure, timeline, height)
     drawn: Figure = figure
     return drawn
@@ -167,7 +171,9 @@ def _draw_queue(ax: Axes, timeline: Timeline) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _draw_lanes(ax: Axes, timeline: Timeline, offsets: list[float], total_rows: float) -> None:
+def _draw_lanes(
+    ax: Axes, timeline: Timeline, offsets: list[float], total_rows: float, horizon: float
+) -> None:
     from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     for index, (lane, y) in enumerate(zip(timeline.lanes, offsets, strict=True)):
@@ -183,7 +189,7 @@ def _draw_lanes(ax: Axes, timeline: Timeline, offsets: list[float], total_rows: 
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     start = datetime.datetime.fromtimestamp(timeline.origin, datetime.timezone.utc)
-    unit, scale, step = time_axis(timeline.end - timeline.origin)
+    unit, scale, step = time_axis(horizon)
     ax.xaxis.set_major_locator(MultipleLocator(step))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / scale:g}"))
     ax.set_xlabel(f"{unit} since the first event ({start:%Y-%m-%d %H:%M:%S} UTC)", fontsize=9)
@@ -203,9 +209,9 @@ _NICE_STEPS = (1, 2, 2.5, 5, 10, 15, 20, 30, 60)
 
 
 def time_axis(horizon: float) -> tuple[str, float, float]:
-    """The time axis for a run of ``horizon`` seconds: its unit, the seconds in
-    one unit, and a tick step (in seconds) of a round number of units giving 4
-    to 12 ticks. Hours-long runs are read in minutes or hours, not in seconds."""
+    """The time axis for a run of ``horizon`` seconds (> 0): its unit, the seconds
+    in one unit, and a tick step (in seconds) of a round number of units giving
+    at most 12 ticks. Hours-long runs are read in minutes or hours, not seconds."""
     unit, scale = ("seconds", 1.0)
     if horizon > 3 * 3600:
         unit, scale = ("hours", 3600.0)
