@@ -23,6 +23,7 @@ from gpupool import (
     TaskStatus,
 )
 from gpupool._cli.journal import main
+from gpupool._cli.plot import time_axis
 
 pytest.importorskip("matplotlib")
 
@@ -292,3 +293,21 @@ def test_without_matplotlib_the_error_names_the_extra(run_journal: Path, tmp_pat
         "gpupool: error: gpupool journal plot needs matplotlib: pip install 'gpupool[plot]'\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("horizon", "unit", "step_in_units"),
+    [
+        (0.001, "seconds", 0.0001),
+        (5.8, "seconds", 0.5),
+        (299, "seconds", 25),
+        (3000, "minutes", 5),
+        (2 * 86400, "hours", 5),
+    ],
+)
+def test_long_runs_are_read_in_minutes_or_hours(
+    horizon: float, unit: str, step_in_units: float
+) -> None:
+    got_unit, scale, step = time_axis(horizon)
+    assert (got_unit, step / scale) == (unit, pytest.approx(step_in_units))
+    assert horizon / step <= 12

@@ -255,3 +255,65 @@ def test_rows_never_overlap_and_are_as_few_as_the_most_bars_that_overlap(
     ordered = sorted(attempts, key=lambda a: (a.start, a.end, a.key))
     most = max(1 + sum(_overlap(a, b) for a in ordered[:i]) for i, b in enumerate(ordered))
     assert lane.rows == most
+
+
+@st.composite
+def runner_logs(draw: st.DrawFn) -> tuple[Log, int]:
+    """Events as the runner records them for a few tasks (QUEUED, then per attempt
+    WAITING_FOR_GPU for a GPU task, RUNNING, then RETRYING or a final state; the
+    last task may stop anywhere), interleaved in time; and how many RUNNING."""
+    per_task: list[list[tuple[float, str, TaskStatus, int, tuple[int, ...]]]] = []
+    for number in range(draw(st.integers(1, 6))):
+        key, t = f"k{number}", draw(st.floats(0, 10))
+        gpus = tuple(sorted(draw(st.sets(st.integers(0, 3), max_size=2))))
+        events = [(t, key, S.QUEUED, 0, ())]
+        attempts = draw(st.integers(1, 3))
+        for attempt in range(1, attempts + 1):
+            if gpus:
+                events.append((t, key, S.WAITING_FOR_GPU, attempt, ()))
+            t += draw(st.floats(0, 5))
+            events.append((t, key, S.RUNNING, attempt, gpus))
+            t += draw(st.floats(0, 5))
+            last = attempt == attempts
+            end = (
+                draw(st.sampled_from([S.SUCCEEDED, S.FAILED, S.TIMED_OUT])) if last else S.RETRYING
+            )
+            events.append((t, key, end, attempt, gpus))
+            t += draw(st.floats(0, 2))
+        per_task.append(events)
+    # The last task's events may be cut anywhere: a live run, or one that died.
+    per_task[-1] = per_task[-1][: draw(st.integers(1, len(per_task[-1])))]
+    log = Log()
+    # Commit order: by time, a task's own events in their order.
+    ordered = sorted(
+        ((e[0], task, i), e) for task, events in enumerate(per_task) for i, e in enumerate(events)
+    )
+    for _, (at, key, status, attempt, gpus) in ordered:
+        log.add(key, status, at, attempt, gpus)
+    return log, sum(e[2] is S.RUNNING for events in per_task for e in events)
+
+
+@given(runner_logs(), st.booleans())
+def test_every_running_event_is_one_attempt_and_a_tasks_attempts_follow_each_other(
+    drawn: tuple[Log, int], live: bool
+) -> None:
+    log, runs = drawn
+    now = max(e.at for e in log.events) + 1 if live else None
+    timeline = build_timeline([], log.events, now=now)
+    assert len(timeline.attempts) == runs
+    for key in {a.key for a in timeline.attempts}:
+        mine = sorted((a for a in timeline.attempts if a.key == key), key=lambda a: a.attempt)
+        assert [a.attempt for a in mine] == list(range(1, len(mine) + 1))
+        for before, after in itertools.pairwise(mine):
+            assert before.outcome is Outcome.RETRIED
+            assert before.end <= after.ready_at <= after.start
+    for attempt in timeline.attempts:
+        assert attempt.ready_at <= attempt.start <= attempt.end <= timeline.end
+        # What is still open runs until now in a live run; else its run died (one pid
+        # here, so nothing is interrupted by a takeover).
+        cut_short = Outcome.INTERRUPTED if not live else Outcome.RUNNING
+        assert attempt.outcome is not (Outcome.RUNNING if not live else Outcome.INTERRUPTED)
+        if attempt.outcome is cut_short and live:
+            assert attempt.end == now
+    for wait in timeline.waits:
+        assert timeline.origin <= wait.start <= wait.end <= timeline.end
