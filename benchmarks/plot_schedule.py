@@ -6,7 +6,9 @@
 One trace on 8 GPUs: a steady stream of 1-GPU jobs (about 85% load) into
 which two 8-GPU jobs and one 4-GPU job arrive (triangles), scheduled by
 strict FIFO, greedy first-fit and gpupool's policy without and with exact
-duration hints. Each bar is one job on one GPU, coloured by the job's size.
+duration hints. Each bar is one job on one GPU, coloured by the job's size;
+the bars are laid out by the same code as ``gpupool journal plot``'s
+(``gpupool._journal.timeline.lay_out``: one bar per GPU a job held).
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from gpupool.sim import BackfillPolicy, FifoPolicy, GreedyPolicy, Job, simulate  # noqa: E402
+from gpupool._journal.timeline import Attempt, Bar, Outcome, lay_out  # noqa: E402
+from gpupool.sim import (  # noqa: E402
+    BackfillPolicy,
+    FifoPolicy,
+    GreedyPolicy,
+    Job,
+    SimResult,
+    simulate,
+)
 
 GPUS = 8
 COLOURS = {1: "#9ecae1", 2: "#4292c6", 4: "#fd8d3c", 8: "#d62728"}
@@ -44,6 +55,45 @@ def trace(hints: bool, seed: int = 1) -> list[Job]:
     ]
 
 
+def draw_jobs(ax: Axes, result: SimResult) -> None:
+    """One bar per job and GPU, placed by the timeline's layout; jobs are keyed by
+    their position in the result, so the colour can be looked up again."""
+    attempts = [
+        Attempt(
+            key=str(number),
+            attempt=1,
+            ready_at=record.job.arrival,
+            start=record.start,
+            end=record.end,
+            gpu_indices=tuple(record.gpu_indices),
+            outcome=Outcome.SUCCEEDED,
+        )
+        for number, record in enumerate(result.records)
+    ]
+    lanes, bars = lay_out(attempts)
+    # The simulator runs the real core, which never gives one GPU to two jobs.
+    assert all(lane.rows == 1 for lane in lanes), "a GPU held by two jobs at once"
+
+    def trace_order(bar: Bar) -> tuple[int, int]:
+        record = result.records[int(bar.attempt.key)]
+        return int(bar.attempt.key), record.gpu_indices.index(lanes[bar.lane].gpu)
+
+    # In trace order, as the jobs were submitted: where bars touch, the later one's
+    # edge is drawn on top.
+    for bar in sorted(bars, key=trace_order):
+        gpus = result.records[int(bar.attempt.key)].job.gpus
+        big = gpus == GPUS
+        ax.barh(
+            lanes[bar.lane].gpu,
+            bar.attempt.end - bar.attempt.start,
+            left=bar.attempt.start,
+            height=0.8,
+            color=COLOURS[gpus],
+            edgecolor="black" if big else "white",
+            linewidth=0.8 if big else 0.5,
+        )
+
+
 def main() -> None:
     panels = [
         ("strict FIFO", FifoPolicy(), False),
@@ -57,18 +107,7 @@ def main() -> None:
     horizon = max(r.makespan for _, r in results)
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 9), sharex=True)
     for ax, (title, result) in zip(axes, results, strict=True):
-        for record in result.records:
-            big = record.job.gpus == GPUS
-            for gpu in record.gpu_indices:
-                ax.barh(
-                    gpu,
-                    record.end - record.start,
-                    left=record.start,
-                    height=0.8,
-                    color=COLOURS[record.job.gpus],
-                    edgecolor="black" if big else "white",
-                    linewidth=0.8 if big else 0.5,
-                )
+        draw_jobs(ax, result)
         waits = ", ".join(f"{r.wait:,.0f} s" for r in result.records if r.job.gpus > 1)
         ax.set_title(
             f"{title}: all done at {result.makespan:,.0f} s; the 8-, 4- and 8-GPU jobs "

@@ -21,6 +21,7 @@ class Event:
     status: TaskStatus
     attempt: int = 1
     gpu_indices: tuple[int, ...] = ()
+    error: str | None = None
 
 
 def _groups(path: Path) -> list[tuple[str, int]]:

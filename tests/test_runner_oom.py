@@ -82,7 +82,9 @@ async def test_a_task_that_runs_out_of_memory_grows_until_it_fits(tmp_path: Path
         assert journal.learned_resources("train") == LearnedMemory(16 * GIB, exclusive=False)
     with sqlite3.connect(path) as conn:
         notes = [n for (n,) in conn.execute("SELECT note FROM events WHERE status = 'retrying'")]
-    assert notes == [
+    # Each retrying event's note: the attempt's error, then what the next one asks for.
+    assert [note.split("; ", 1)[0].split(":")[0] for note in notes] == ["OutOfMemoryError"] * 2
+    assert [note.split("; ", 1)[1] for note in notes] == [
         "out of GPU memory; the next attempt asks for 8192 MB shared",
         "out of GPU memory; the next attempt asks for 16384 MB shared",
     ]

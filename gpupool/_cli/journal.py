@@ -1,15 +1,16 @@
 """``gpupool journal``: look into a task journal without disturbing its runner.
 
 ``show`` prints status counts and the failures, ``export`` writes every task
-as JSON lines or CSV, ``unlock`` clears the owner of a journal whose owner
-cannot be checked from this host. ``show`` and ``export`` open the file
-read-only, so they work while a runner owns it (WAL lets readers and the
-writer go on side by side).
+as JSON lines or CSV, ``plot`` draws the run as a timeline (``gpupool._cli.plot``),
+``unlock`` clears the owner of a journal whose owner cannot be checked from
+this host. ``show``, ``export`` and ``plot`` open the file read-only, so they
+work while a runner owns it (WAL lets readers and the writer go on side by
+side), on every schema version this gpupool reads (they never upgrade it).
 
 Wiring: `add_parser` adds the ``journal`` command to an argparse subparsers
 object and sets ``handler`` (arguments -> exit code), the convention of
 ``gpupool._cli.main``. Errors print one line ``gpupool: error: ...`` to stderr and
-return exit code 2, a damaged journal included (SQLite's "database disk image
+return exit code 2, a damaged journal and a missing matplotlib (``plot``) included (SQLite's "database disk image
 is malformed", or a row the journal cannot decode). A reader that goes away
 (``gpupool journal export J | head``) is a normal end: `BrokenPipeError` is
 left to ``gpupool._cli.main.main``, which exits 0 quietly.
@@ -23,8 +24,10 @@ import csv
 import datetime
 import json
 import os
+import re
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
@@ -35,9 +38,18 @@ from rich.text import Text
 from .._core.errors import JournalError
 from .._core.results import TaskStatus
 from .._journal.owner import ProcessIdentity, is_alive
-from .._journal.schema import TaskRecord, check_header, check_schema, count_statuses, read_records
+from .._journal.schema import (
+    TaskRecord,
+    check_header,
+    check_schema,
+    count_statuses,
+    read_events,
+    read_records,
+)
+from .._journal.timeline import build_timeline
 from .args import int_arg
 from .console import OutputConsole
+from .plot import MissingMatplotlib, format_of, render
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -93,6 +105,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="only tasks in this state (repeatable)",
     )
 
+    plot = commands.add_parser(
+        "plot",
+        help="draw the run as a timeline (PNG, SVG or HTML)",
+        description=(
+            "Draw the run as a timeline: one lane per GPU and one for CPU-only tasks, a bar "
+            "per attempt coloured by how it ended, arrows from a failed attempt to its retry, "
+            "and how many tasks waited. Works on a finished journal and on one a run is "
+            "writing (what runs is drawn up to now). Needs matplotlib: "
+            "pip install 'gpupool[plot]'."
+        ),
+    )
+    plot.add_argument("file", metavar="FILE", help="the journal file")
+    plot.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        required=True,
+        help="the picture to write: .png, .svg or .html (the extension chooses)",
+    )
+    plot.add_argument("--title", help="the picture's title (default: the journal's name and size)")
+
     unlock = commands.add_parser(
         "unlock",
         help="clear the owner of a journal whose runner is gone",
@@ -120,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
                     _export(records, args.format, sys.stdout)
                 else:
                     _export_to_file(records, args.format, args.output)
+        elif args.journal_command == "plot":
+            _plot(args.file, args.output, args.title)
         else:
             _unlock(args.file)
     except BrokenPipeError:
@@ -130,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             "from a copy, or try `sqlite3 FILE .recover`)"
         )
         return 2
-    except (JournalError, OSError) as exc:
+    except (JournalError, OSError, ValueError, MissingMatplotlib) as exc:
         _error(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
         return 2
     return 0
@@ -252,6 +287,47 @@ def _show_learned(records: list[TaskRecord], console: Console) -> None:
             Text(r.key), r.status.value, Text(describe_item(r.item)), r.learned_resources.describe()
         )
     console.print(table)
+
+
+def _plot(path: str, output: str, title: str | None) -> None:
+    format_of(output)  # a wrong extension is refused before anything is read
+    with _read_only(path) as conn:
+        version = check_schema(conn, path)
+        conn.execute("BEGIN")  # one snapshot of a journal that a live run writes on
+        try:
+            records = list(read_records(conn))
+            events = list(read_events(conn, version))
+            owner = _owner(conn)
+        finally:
+            conn.execute("COMMIT")
+    # An owner that is alive (or on another host, which cannot be checked) is
+    # running: what is open is drawn up to now. A dead one's is cut short.
+    live = owner is not None and is_alive(owner) is not False
+    timeline = build_timeline(records, events, now=time.time() if live else None, label=bar_label)
+    if title is None:
+        title = (
+            f"{os.path.basename(path)}: {len(records)} tasks, {len(timeline.attempts)} attempts"
+            + (f", live (owned by pid {owner.pid})" if live and owner is not None else "")
+        )
+    render(timeline, output, title=title)
+    print(f"journal {path}: wrote {output}")
+
+
+_DEFAULT_JOB_KEY = re.compile(r"job-[0-9a-f]{16}(~[0-9]+)?")  # jobs_file.py: no name=
+
+
+def bar_label(record: TaskRecord) -> str:
+    """What a task's bars say: a ``gpupool run`` job's name, else ``line N``; another
+    task's item in a few words, else its key."""
+    item = record.item
+    if isinstance(item, dict) and isinstance(item.get("line"), int) and "command" in item:
+        if _DEFAULT_JOB_KEY.fullmatch(record.key):
+            return f"line {item['line']}"
+        return record.key
+    if item is None:
+        return record.key
+    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def describe_item(item: Any) -> str:

@@ -54,6 +54,8 @@ class _Event(Protocol):
     def resources(self) -> Resources | None: ...
     @property
     def out_of_memory(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 @final
@@ -154,14 +156,15 @@ class RunnerJournal:
             journal.finish(result)
         elif event.status is not TaskStatus.QUEUED:  # finished() committed QUEUED
             learned: LearnedMemory | None = None
-            note: str | None = None
+            notes = [event.error] if event.error else []
             if (
                 event.status is TaskStatus.RETRYING
                 and event.out_of_memory
                 and event.resources is not None
             ):
                 learned = LearnedMemory.of(event.resources)
-                note = f"out of GPU memory; the next attempt asks for {learned.describe()}"
+                notes.append(f"out of GPU memory; the next attempt asks for {learned.describe()}")
+            note = "; ".join(notes) or None
             journal.record(
                 event.key,
                 event.status,

@@ -17,7 +17,9 @@ Schema version 2 (version 1 and the migrations from it: :data:`MIGRATIONS`):
   retries moved the task to, as JSON (``{"min_memory_mb": 12288,
   "exclusive": false}``): a resumed run starts the task with it.
 * ``events``: every state change, in commit order (an audit trail; also what
-  the crash test checks "finished exactly once" against).
+  the crash test checks "finished exactly once" against), with the GPUs the
+  attempt held (``gpu_indices``, JSON, from version 2; NULL in rows written by
+  version 1, where only the task's last attempt's GPUs were kept, in ``tasks``).
 * ``process_groups``: process groups of running subprocess jobs.
 
 ``PRAGMA application_id`` marks the file as a gpupool journal and
@@ -28,8 +30,9 @@ and then every migration, the path an old journal takes too, so both end
 the same. ``MIGRATIONS[i]`` holds the statements that take version ``i + 1``
 to ``i + 2``; an older journal opened for writing is upgraded in the
 transaction that takes ownership (:func:`upgrade`), and one opened read-only
-(``gpupool journal show``) is read as it is (:func:`read_records` asks the
-file's version which columns it has), never written.
+(``gpupool journal show``, ``plot``) is read as it is (:func:`read_records`
+and :func:`read_events` ask the file's version which columns it has), never
+written.
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_V1",
     "SCHEMA_VERSION",
+    "EventRecord",
     "TaskRecord",
     "check_header",
     "count_statuses",
+    "create_schema",
     "decode_learned",
     "encode_learned",
+    "read_events",
     "read_records",
     "upgrade",
 ]
@@ -124,8 +130,14 @@ PRAGMA user_version = 1;
 #: Each is self-contained (a column added with its default), and the version is set
 #: by :func:`upgrade`, not by them.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 2: the reservation out-of-memory retries taught a task (docs/memory.md).
-    ("ALTER TABLE tasks ADD COLUMN learned_resources TEXT",),
+    (
+        # 2: the reservation out-of-memory retries taught a task (docs/memory.md).
+        "ALTER TABLE tasks ADD COLUMN learned_resources TEXT",
+        # 2: the GPUs each event's attempt held, so that every attempt of a
+        # retried task is drawn on its own GPUs (``gpupool journal plot``).
+        # NULL in the rows version 1 wrote: unknown, not "no GPU".
+        "ALTER TABLE events ADD COLUMN gpu_indices TEXT",
+    ),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -140,6 +152,16 @@ def upgrade(conn: sqlite3.Connection, version: int) -> None:
         for statement in statements:
             conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The tables of a new journal, in the caller's transaction: the version 1
+    DDL, then every migration (the path an old journal takes)."""
+    # Not executescript(), which COMMITs first: this runs inside the open's transaction.
+    for statement in SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    upgrade(conn, 1)
 
 
 def check_header(path: str) -> None:
@@ -183,6 +205,8 @@ def check_schema(conn: sqlite3.Connection, path: str) -> int:
             f"journal {path!r} has schema version {version}, written by a newer gpupool; "
             f"this version reads schema versions up to {SCHEMA_VERSION}: upgrade gpupool"
         )
+    if version < 1:
+        raise JournalError(f"journal {path!r} has no schema version (user_version {version})")
     return int(version)
 
 
@@ -265,9 +289,6 @@ def _record(row: tuple[Any, ...]) -> TaskRecord:
 
 def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
     (key, fn, item, status, attempts, starts, interrupted, gpus, value, error, tb) = row[:11]
-    gpu_indices = decode_json(_typed("gpu_indices", gpus, str))
-    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
-        raise ValueError(f"gpu_indices is {gpus!r}, not a JSON list of ints")
     return TaskRecord(
         key=_typed("key", key, str),
         fn=_typed("fn", fn, str),
@@ -276,7 +297,7 @@ def _decode_row(row: tuple[Any, ...]) -> TaskRecord:
         attempts=_typed("attempts", attempts, int),
         starts=_typed("starts", starts, int),
         interrupted=_typed("interrupted", interrupted, int),
-        gpu_indices=tuple(gpu_indices),
+        gpu_indices=_gpu_list(gpus),
         value=None if value is None else decode_json(_typed("value", value, str)),
         error=None if error is None else _typed("error", error, str),
         traceback=None if tb is None else _typed("traceback", tb, str),
@@ -304,6 +325,63 @@ def read_records(conn: sqlite3.Connection) -> Iterator[TaskRecord]:
     """Every task, in the order the tasks were first submitted."""
     for row in conn.execute(f"SELECT {_columns(conn)} FROM tasks ORDER BY rowid"):
         yield _record(row)
+
+
+@attrs.frozen
+class EventRecord:
+    """One row of ``events``: a task moved to ``status`` at ``at`` (Unix time).
+
+    ``gpu_indices`` is None where the journal did not record them (schema
+    version 1): unknown, which is not the same as ``()``, a CPU-only attempt.
+    ``note`` is why a task was queued again, or a failed attempt's error.
+    """
+
+    seq: int
+    key: str
+    status: TaskStatus
+    attempt: int
+    at: float
+    pid: int
+    note: str | None
+    gpu_indices: tuple[int, ...] | None
+
+
+def read_events(conn: sqlite3.Connection, version: int) -> Iterator[EventRecord]:
+    """Every event, in commit order, from a journal of schema ``version``."""
+    gpus = "gpu_indices" if version >= 2 else "NULL"
+    rows = conn.execute(
+        f"SELECT seq, key, status, attempt, at, pid, note, {gpus} FROM events ORDER BY seq"
+    )
+    for row in rows:
+        try:
+            yield _event(row)
+        except (ValueError, TypeError) as exc:
+            raise JournalError(
+                f"the journal's event {row[0]!r} (task {row[1]!r}) is damaged ({exc}); "
+                "restore the journal from a copy, or start a new one"
+            ) from None
+
+
+def _event(row: tuple[Any, ...]) -> EventRecord:
+    seq, key, status, attempt, at, pid, note, gpus = row
+    return EventRecord(
+        seq=_typed("seq", seq, int),
+        key=_typed("key", key, str),
+        status=TaskStatus(status),
+        attempt=_typed("attempt", attempt, int),
+        at=float(_typed("at", at, (int, float))),
+        pid=_typed("pid", pid, int),
+        note=None if note is None else _typed("note", note, str),
+        gpu_indices=None if gpus is None else _gpu_list(gpus),
+    )
+
+
+def _gpu_list(text: Any) -> tuple[int, ...]:
+    """A ``gpu_indices`` column: a JSON list of ints."""
+    gpu_indices = decode_json(_typed("gpu_indices", text, str))
+    if not isinstance(gpu_indices, list) or not all(type(index) is int for index in gpu_indices):
+        raise ValueError(f"gpu_indices is {text!r}, not a JSON list of ints")
+    return tuple(gpu_indices)
 
 
 def count_statuses(conn: sqlite3.Connection) -> dict[TaskStatus, int]:

@@ -57,12 +57,12 @@ from .._system.groups import LeftoverProcessGroup, kill_process_groups
 from .codec import canonical_json, check_key
 from .owner import ProcessIdentity, current_identity, is_alive
 from .schema import (
-    SCHEMA_V1,
     SCHEMA_VERSION,
     TaskRecord,
     check_header,
     check_schema,
     count_statuses,
+    create_schema,
     decode_learned,
     encode_learned,
     read_record,
@@ -282,7 +282,7 @@ class Journal:
                 "interrupted = interrupted + ? WHERE key = ?",
                 (now, int(status == TaskStatus.RUNNING.value and previous is not None), key),
             )
-            self._event(conn, key, TaskStatus.QUEUED, attempts, now, note)
+            self._event(conn, key, TaskStatus.QUEUED, attempts, now, note, ())
         groups = conn.execute(
             "SELECT key, pgid, leader_start_time, boot_id FROM process_groups ORDER BY rowid"
         ).fetchall()
@@ -369,10 +369,13 @@ class Journal:
         attempt: int,
         now: float,
         note: str | None = None,
+        gpu_indices: tuple[int, ...] | None = None,
     ) -> None:
+        gpus = None if gpu_indices is None else canonical_json(list(gpu_indices))
         conn.execute(
-            "INSERT INTO events (key, status, attempt, at, pid, note) VALUES (?, ?, ?, ?, ?, ?)",
-            (key, status.value, attempt, now, self._pid, note),
+            "INSERT INTO events (key, status, attempt, at, pid, note, gpu_indices) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, status.value, attempt, now, self._pid, note, gpus),
         )
 
     # -- task states ----------------------------------------------------------
@@ -415,7 +418,7 @@ class Journal:
                     "fn = excluded.fn, item = COALESCE(excluded.item, item)",
                     (key, fn, item_json, now, now),
                 )
-                self._event(conn, key, TaskStatus.QUEUED, 0, now)
+                self._event(conn, key, TaskStatus.QUEUED, 0, now, gpu_indices=())
             # Only now that the COMMIT went through: a claim that failed to commit
             # leaves nothing in flight, so nothing of it is ever recorded later.
             self._active.add(key)
@@ -437,7 +440,9 @@ class Journal:
         ``learned`` (with RETRYING after an attempt ran out of GPU memory) is
         the reservation the task's next attempt asks for, kept for the task's
         later starts (:meth:`learned_resources`) in the same commit. ``note``
-        goes with the event.
+        goes with the event (with RETRYING: the failed attempt's ``"Type:
+        message"``, and what its next attempt asks for after running out of
+        GPU memory).
         """
         if not isinstance(status, TaskStatus) or status.is_final:
             raise ValueError(f"record() takes a non-final TaskStatus, got {status!r}; use finish()")
@@ -461,7 +466,7 @@ class Journal:
                     "UPDATE tasks SET learned_resources = ? WHERE key = ?",
                     (encode_learned(learned), key),
                 )
-            self._event(conn, key, status, attempt, now, note)
+            self._event(conn, key, status, attempt, now, note, gpu_indices)
 
     def finish(self, result: TaskResult) -> TaskResult:
         """Commit the final state of an in-flight task and return its result.
@@ -498,7 +503,14 @@ class Journal:
                     ),
                 )
                 conn.execute("DELETE FROM process_groups WHERE key = ?", (result.key,))
-                self._event(conn, result.key, result.status, result.attempts, now)
+                self._event(
+                    conn,
+                    result.key,
+                    result.status,
+                    result.attempts,
+                    now,
+                    gpu_indices=result.gpu_indices,
+                )
             self._active.discard(result.key)  # committed: no longer in flight
         return result
 
@@ -627,11 +639,7 @@ def _reusable(status: TaskStatus, retry_failed: bool) -> bool:
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    """The version 1 tables, then every migration: the path an old journal takes."""
-    for statement in SCHEMA_V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    upgrade(conn, 1)
+    create_schema(conn)
     conn.execute(
         "INSERT INTO gpupool_meta VALUES ('created_at', ?), ('created_by', ?)",
         (repr(time.time()), _version()),
