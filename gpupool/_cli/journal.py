@@ -34,8 +34,15 @@ from rich.text import Text
 
 from .._core.errors import JournalError
 from .._core.results import TaskStatus
+from .._journal.history import read_only
 from .._journal.owner import ProcessIdentity, is_alive
-from .._journal.schema import TaskRecord, check_header, check_schema, count_statuses, read_records
+from .._journal.schema import (
+    TaskRecord,
+    check_header,
+    check_schema,
+    count_statuses,
+    read_records,
+)
 from .args import int_arg
 from .console import OutputConsole
 
@@ -109,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpupool journal ...``; return the exit code."""
     try:
         if args.journal_command == "show":
-            with _read_only(args.file) as conn:
+            with read_only(args.file) as conn:
                 _show(conn, args.file, args.errors, OutputConsole(highlight=False))
         elif args.journal_command == "export":
-            with _read_only(args.file) as conn:
+            with read_only(args.file) as conn:
                 statuses = set(args.status or [s.value for s in TaskStatus])
                 records = (r for r in read_records(conn) if r.status.value in statuses)
                 if args.output is None:
@@ -147,32 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     code: int = args.handler(args)
     return code
-
-
-@contextlib.contextmanager
-def _read_only(path: str) -> Iterator[sqlite3.Connection]:
-    if not os.path.exists(path):
-        raise JournalError(f"no journal at {path!r}")
-    check_header(path)
-    # Read-write when allowed, so that closing the last connection checkpoints
-    # and removes the -wal/-shm files as usual; query_only keeps it a reader.
-    # Read-only (a journal copied somewhere unwritable) as the fallback.
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23")
-    try:
-        mode = "rw" if os.access(path, os.W_OK) else "ro"
-        conn = sqlite3.connect(f"{uri}?mode={mode}", uri=True)
-        conn.execute("PRAGMA query_only = 1")
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read journal {path!r}: {exc}") from None
-    try:
-        try:
-            if not check_schema(conn, path):
-                raise JournalError(f"{path!r} is an empty file, not a gpupool journal")
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {path!r}: {exc}") from None
-        yield conn
-    finally:
-        conn.close()
 
 
 def _owner(conn: sqlite3.Connection) -> ProcessIdentity | None:

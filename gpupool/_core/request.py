@@ -39,6 +39,7 @@ __all__ = [
     "Resources",
     "check_experiment_id",
     "make_request",
+    "planned_duration",
     "request_of",
 ]
 
@@ -88,6 +89,19 @@ def _duration(value: float | None) -> float | None:
     return check_seconds("expected_duration", value, allow_zero=False, allow_inf=False)
 
 
+def _estimated(value: float | None) -> float | None:
+    return check_seconds("estimated_duration", value, allow_zero=False, allow_inf=False)
+
+
+def planned_duration(request: Resources, *, estimates: bool = True) -> float | None:
+    """The seconds a scheduler plans ``request`` to hold its GPUs: the user's
+    ``expected_duration``, else (with ``estimates``) the ``estimated_duration``."""
+    hint = request.expected_duration
+    if hint is None and estimates:
+        return request.estimated_duration
+    return hint
+
+
 @final
 @attrs.frozen
 class Resources:
@@ -101,6 +115,11 @@ class Resources:
     any). ``expected_duration``: seconds the holder expects to keep
     the GPUs, a hint that lets the default :class:`~gpupool.BackfillPolicy`
     start shorter work early without delaying the queue's head.
+    ``estimated_duration``: the same, but estimated by the system rather
+    than promised by the user (``ParallelRunner`` fills it from history for
+    tasks that give no ``expected_duration``, which always wins). The policy
+    trusts an estimate less than a hint: see ``docs/scheduling.md``,
+    "Durations learned from history".
 
     A wrong type is a ``TypeError``, a wrong value a ``ValueError``, and an
     ``allowed_gpus`` that no request could be granted from an
@@ -115,6 +134,8 @@ class Resources:
     allowed_gpus: frozenset[int] | None = attrs.field(default=None, converter=_allowed)
     #: Seconds; a scheduling hint.
     expected_duration: float | None = attrs.field(default=None, converter=_duration)
+    #: Seconds; a scheduling hint estimated from history (not a keyword of acquire or map).
+    estimated_duration: float | None = attrs.field(default=None, converter=_estimated, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.required_gpus and not self.exclusive and self.min_memory_mb == 0:

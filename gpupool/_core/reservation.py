@@ -5,6 +5,12 @@ granting these GPUs to that request now delay the head? The plan answers from
 the live allocations' ``expected_duration`` hints (an allocation without a
 hint, or past it, has no known end), for exclusive heads (waiting for whole
 GPUs) and shared ones (waiting for memory), and with ``max_parallel`` slots.
+
+A plan made with ``estimates=False`` reads only the users' hints
+(``expected_duration``) and treats a duration the system estimated
+(``estimated_duration``) as none: what the policy does once the head's
+patience is spent, so that estimates that turn out too short cannot keep
+delaying it (``backfill.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Collection
 from typing import TypeAlias
 
 from .policy import SchedulerView
-from .request import Resources
+from .request import Resources, planned_duration
 
 __all__ = ["Plan"]
 
@@ -35,8 +41,11 @@ class Plan:
     Built in O(GPUs + holders); each later check costs O(GPUs of the request).
     """
 
-    def __init__(self, view: SchedulerView, head: Resources, now: float) -> None:
+    def __init__(
+        self, view: SchedulerView, head: Resources, now: float, *, estimates: bool = True
+    ) -> None:
         self.now = now
+        self.estimates = estimates
         self.need = head.required_gpus
         self.memory = head.min_memory_mb
         self.capacity = view.hosts(head)
@@ -48,7 +57,7 @@ class Plan:
         self._protected: set[int] | None = None
         limit = view.max_parallel
         if head.exclusive and not any(
-            h.request.expected_duration is not None for h in view.holdings()
+            planned_duration(h.request, estimates=estimates) is not None for h in view.holdings()
         ):
             # The common case without hints, in O(holders) and no more: nothing can be
             # reserved, as the head cannot start on the idle GPUs alone. (A GPU settling
@@ -68,7 +77,7 @@ class Plan:
         exclusive = head.exclusive
         for holding in view.holdings():
             # When it should end by its hint; unknown (inf) without a hint or past it.
-            hint = holding.request.expected_duration
+            hint = planned_duration(holding.request, estimates=estimates)
             end = _INF if hint is None else holding.granted_at + hint
             if end < now:
                 end = _INF
@@ -131,7 +140,7 @@ class Plan:
         return self._shared_free_time(index, (end, request.min_memory_mb))
 
     def _end(self, request: Resources) -> float:
-        hint = request.expected_duration
+        hint = planned_duration(request, estimates=self.estimates)
         return _INF if hint is None else self.now + hint
 
     def _lost(self, chosen: tuple[int, ...], request: Resources) -> int:
