@@ -214,6 +214,25 @@ def test_an_estimate_cannot_overtake_a_head_whose_patience_is_spent() -> None:
     assert result.records[6].start >= head.end
 
 
+def test_an_outlived_estimate_is_extended_an_outlived_hint_is_not() -> None:
+    """Job A says (or is estimated) 10 s and runs 100 s. At t=20 it has outlived that:
+    an estimate is doubled until it lies ahead (40), so the head still has a reserved
+    start and a short newcomer backfills; an outlived hint leaves the end unknown, and
+    the newcomer (not a batch-mate) waits behind the head."""
+
+    def trace(**a_duration: float) -> list[Job]:
+        return [
+            Job(arrival=0, gpus=1, duration=100, **a_duration),
+            Job(arrival=1, gpus=2, duration=10),
+            Job(arrival=20, gpus=1, duration=5, estimate=5),
+        ]
+
+    estimated = simulate(trace(estimate=10), gpus=2, policy=BackfillPolicy(batch_window=0))
+    hinted = simulate(trace(hint=10), gpus=2, policy=BackfillPolicy(batch_window=0))
+    assert estimated.records[2].start == 20
+    assert hinted.records[2].start == hinted.records[1].end == 110
+
+
 @st.composite
 def estimated_traces(draw: st.DrawFn) -> list[Job]:
     """Random traces on 4 GPUs whose jobs give no hint, but estimates that may be right,

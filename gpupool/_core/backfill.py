@@ -37,7 +37,9 @@ GPUs, and the overrun delays it by no more than the overrun itself.
 Estimates. A duration the system estimated from history
 (``estimated_duration``, which ``ParallelRunner`` fills for tasks that give
 no ``expected_duration``) counts as a hint in rule 1 only while the head is
-patient (within ``patience`` of reaching the front). Estimates are wrong
+patient (within ``patience`` of reaching the front); one that a holder
+outlived is extended (doubled until it lies ahead, ``reservation.py``)
+rather than dropped. Estimates are wrong
 more often than hints, and a too-short one delays the head by its overrun;
 were they trusted for good, a stream of short-estimated newcomers could each
 overrun in turn and delay the head without end. Once patience is spent the
