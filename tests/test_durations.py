@@ -13,13 +13,14 @@ import math
 import statistics
 from collections.abc import Hashable
 
+import attrs
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
 from gpupool import BackfillPolicy, Resources
 from gpupool._core.durations import DEFAULT_RECENT, DurationEstimator, task_shape
-from gpupool._core.request import planned_duration
+from gpupool._core.request import planned_duration, with_estimate
 from gpupool.sim import Job, simulate
 
 from .strategies import gpus
@@ -270,3 +271,24 @@ def test_wrong_estimates_keep_the_documented_bound(
     for record in result.records:
         if record.reached_front_at is not None:
             assert record.start <= record.reached_front_at + patience + longest
+
+
+@given(
+    request=st.builds(
+        Resources,
+        required_gpus=st.integers(0, 4),
+        min_memory_mb=st.integers(1, 10_000),
+        exclusive=st.just(True),
+        priority=st.integers(-2, 2),
+        expected_duration=st.none() | st.floats(1, 1e4),
+    ),
+    seconds=st.floats(1e-3, 1e6),
+)
+def test_with_estimate_is_evolve_with_only_the_estimate_checked(
+    request: Resources, seconds: float
+) -> None:
+    made = with_estimate(request, seconds)
+    assert made == attrs.evolve(request, estimated_duration=seconds)
+    assert hash(made) == hash(attrs.evolve(request, estimated_duration=seconds))
+    with pytest.raises(ValueError, match="estimated_duration"):
+        with_estimate(request, 0)

@@ -38,7 +38,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
@@ -65,6 +65,7 @@ from .._core.request import (
     ResourceOptions,
     Resources,
     request_of,
+    with_estimate,
 )
 from .._core.results import TaskResult, TaskStatus
 from .._journal.adapter import RunnerJournal, open_journal
@@ -218,6 +219,9 @@ class ParallelRunner:
         self._history_sources = _history_sources(history)
         # Where estimates of tasks' durations come from; fed with the history on enter.
         self._durations = DurationEstimator() if learn_durations else None
+        # Each task spec's shape (task_shape), by the spec's identity: made once per
+        # spec, not per task, as tasks of one map share their spec.
+        self._shapes: dict[int, tuple[TaskSpec, Hashable]] = {}
         self._hub = EventHub()
         # By key: every unfinished task, and the finished ones whose key was
         # given (by the user or the journal), so that a key runs once.
@@ -849,18 +853,24 @@ class ParallelRunner:
     def _estimated(self, task: TaskHandle[Any], request: Resources) -> Resources:
         """``request`` with the estimate of ``task``'s duration, if there is one."""
         assert self._durations is not None
-        estimate = self._durations.estimate(task.key, task_shape(_name_of(task._spec.fn), request))
+        estimate = self._durations.estimate(task.key, self._shape(task._spec))
         if estimate is None:
             return request
-        return attrs.evolve(request, estimated_duration=estimate)
+        return with_estimate(request, estimate)
 
     def _learn(self, task: TaskHandle[Any], duration: float | None) -> None:
         """``task`` held its GPUs for ``duration`` seconds in a successful attempt."""
         request = task._spec.resources
         if self._durations is None or duration is None or not request.required_gpus:
             return
-        shape = task_shape(_name_of(task._spec.fn), request)
-        self._durations.observe(task.key, shape, max(duration, 0.0))
+        self._durations.observe(task.key, self._shape(task._spec), max(duration, 0.0))
+
+    def _shape(self, spec: TaskSpec) -> Hashable:
+        known = self._shapes.get(id(spec))
+        if known is None:
+            # The spec is kept with its shape, so that its id is not reused meanwhile.
+            known = self._shapes[id(spec)] = (spec, task_shape(_name_of(spec.fn), spec.resources))
+        return known[1]
 
     async def _call(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
         if spec.is_async or (self._remote is not None and allocation is not None):
