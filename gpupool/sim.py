@@ -14,7 +14,9 @@ choose it::
 Each job asks for ``gpus`` GPUs at ``arrival``, holds them for ``duration``
 seconds from the moment it is granted, then releases them. ``hint`` is what
 it passes as ``expected_duration`` (it need not equal ``duration``: that is
-how to study jobs that outlive their hints).
+how to study jobs that outlive their hints). ``estimate`` is what it passes
+as ``estimated_duration``, a duration the system learned from history rather
+than a promise (docs/scheduling.md, "Durations learned from history").
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Job:
     priority: int = 0
     allowed_gpus: frozenset[int] | None = None
     name: str | None = None
+    #: Passed as ``estimated_duration`` (trusted less than a hint); ``None``: none.
+    estimate: float | None = None
 
 
 @attrs.frozen
@@ -219,6 +223,8 @@ class _Run:
             allowed_gpus=job.allowed_gpus,
             expected_duration=job.hint,
         )
+        if job.estimate is not None:
+            request = attrs.evolve(request, estimated_duration=job.estimate)
         began = time.process_time()
         submission = self.core.submit(request, now)
         self.core_seconds += time.process_time() - began

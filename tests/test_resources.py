@@ -185,7 +185,9 @@ async def test_runner_entry_points_take_the_value(
         return 0 if allocation is None else len(allocation.gpu_indices)
 
     two = Resources(2, min_memory_mb=500)
-    async with ParallelRunner(pool, max_parallel=2) as runner:
+    # Without learned durations: with them, a task after the first finished ones asks
+    # for the value with an estimated_duration (tests/test_runner_durations.py).
+    async with ParallelRunner(pool, max_parallel=2, learn_durations=False) as runner:
         handle = runner.submit(gpus, 0, resources=two, key="one")
         mapped = await runner.map(gpus, [1, 2], resources=two)
         per_item = await runner.map(gpus, [1, 2], resources=lambda n: Resources(n))

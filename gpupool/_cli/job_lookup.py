@@ -26,9 +26,10 @@ from typing import Any, final
 import attrs
 
 from .._core.results import TaskStatus
+from .._journal.history import read_only
 from .._journal.owner import is_alive
 from .._journal.schema import TaskRecord, read_records
-from .journal import _owner, _read_only
+from .journal import journal_owner
 
 __all__ = ["FoundJob", "JobLookupError", "add_job_arguments", "find_job", "journal_path"]
 
@@ -105,9 +106,9 @@ def journal_path(jobs_file: Path | None, journal: Path | None) -> Path:
 
 def find_job(selector: str, journal: Path, *, log_dir: Path | None = None) -> FoundJob:
     """The job ``selector`` names in ``journal``; :class:`JobLookupError` if none or several."""
-    with _read_only(str(journal)) as conn:
+    with read_only(str(journal)) as conn:
         records = list(read_records(conn))
-        owner = _owner(conn)
+        owner = journal_owner(conn)
     record = _select(selector, records, journal)
     alive = owner is not None and is_alive(owner) is not False
     return FoundJob(record, journal, log_of(record, journal, log_dir), alive)

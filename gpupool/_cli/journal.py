@@ -37,6 +37,7 @@ from rich.text import Text
 
 from .._core.errors import JournalError
 from .._core.results import TaskStatus
+from .._journal.history import read_only
 from .._journal.owner import ProcessIdentity, is_alive
 from .._journal.schema import (
     TaskRecord,
@@ -143,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpupool journal ...``; return the exit code."""
     try:
         if args.journal_command == "show":
-            with _read_only(args.file) as conn:
+            with read_only(args.file) as conn:
                 _show(conn, args.file, args.errors, OutputConsole(highlight=False))
         elif args.journal_command == "export":
-            with _read_only(args.file) as conn:
+            with read_only(args.file) as conn:
                 statuses = set(args.status or [s.value for s in TaskStatus])
                 records = (r for r in read_records(conn) if r.status.value in statuses)
                 if args.output is None:
@@ -185,33 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-@contextlib.contextmanager
-def _read_only(path: str) -> Iterator[sqlite3.Connection]:
-    if not os.path.exists(path):
-        raise JournalError(f"no journal at {path!r}")
-    check_header(path)
-    # Read-write when allowed, so that closing the last connection checkpoints
-    # and removes the -wal/-shm files as usual; query_only keeps it a reader.
-    # Read-only (a journal copied somewhere unwritable) as the fallback.
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23")
-    try:
-        mode = "rw" if os.access(path, os.W_OK) else "ro"
-        conn = sqlite3.connect(f"{uri}?mode={mode}", uri=True)
-        conn.execute("PRAGMA query_only = 1")
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read journal {path!r}: {exc}") from None
-    try:
-        try:
-            if not check_schema(conn, path):
-                raise JournalError(f"{path!r} is an empty file, not a gpupool journal")
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {path!r}: {exc}") from None
-        yield conn
-    finally:
-        conn.close()
-
-
-def _owner(conn: sqlite3.Connection) -> ProcessIdentity | None:
+def journal_owner(conn: sqlite3.Connection) -> ProcessIdentity | None:
     row = conn.execute(
         "SELECT pid, start_time, boot_id, hostname FROM gpupool_owner WHERE slot = 1"
     ).fetchone()
@@ -220,7 +195,7 @@ def _owner(conn: sqlite3.Connection) -> ProcessIdentity | None:
 
 def _show(conn: sqlite3.Connection, path: str, max_errors: int, console: Console) -> None:
     counts = count_statuses(conn)
-    owner = _owner(conn)
+    owner = journal_owner(conn)
     if owner is None:
         state = "not in use"
     else:
@@ -291,13 +266,13 @@ def _show_learned(records: list[TaskRecord], console: Console) -> None:
 
 def _plot(path: str, output: str, title: str | None) -> None:
     format_of(output)  # a wrong extension is refused before anything is read
-    with _read_only(path) as conn:
+    with read_only(path) as conn:
         version = check_schema(conn, path)
         conn.execute("BEGIN")  # one snapshot of a journal that a live run writes on
         try:
             records = list(read_records(conn))
             events = list(read_events(conn, version))
-            owner = _owner(conn)
+            owner = journal_owner(conn)
         finally:
             conn.execute("COMMIT")
     # An owner that is alive (or on another host, which cannot be checked) is
@@ -419,7 +394,7 @@ def _unlock(path: str) -> None:
         try:
             if not check_schema(conn, path):
                 raise JournalError(f"{path!r} is an empty file, not a gpupool journal")
-            owner = _owner(conn)
+            owner = journal_owner(conn)
             if owner is not None and is_alive(owner):
                 raise JournalError(
                     f"journal {path!r} is in use by {owner.describe()}, which is alive; "

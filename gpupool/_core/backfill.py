@@ -34,6 +34,19 @@ treated as one without a hint: the head's reservation is dropped and rule 2
 takes over, so once the head's patience is used up nothing new may take its
 GPUs, and the overrun delays it by no more than the overrun itself.
 
+Estimates. A duration the system estimated from history
+(``estimated_duration``, which ``ParallelRunner`` fills for tasks that give
+no ``expected_duration``) counts as a hint in rule 1 only while the head is
+patient (within ``patience`` of reaching the front); one that a holder
+outlived is extended (doubled until it lies ahead, ``reservation.py``)
+rather than dropped. Estimates are wrong
+more often than hints, and a too-short one delays the head by its overrun;
+were they trusted for good, a stream of short-estimated newcomers could each
+overrun in turn and delay the head without end. Once patience is spent the
+plan reads users' hints alone, so the bound above holds whatever the
+estimates were: a request at the front starts within ``patience`` plus the
+time for the allocations running then to end (users' hints not exceeded).
+
 Cost. Waiters are grouped by *shape* (GPUs, memory, exclusive,
 allowed_gpus, hint rounded to a power of two), first come first served
 within a shape, and a scheduling pass looks only at the oldest waiter of at
@@ -54,7 +67,7 @@ import attrs
 
 from .checks import check_int, check_seconds
 from .policy import SchedulerView
-from .request import Resources
+from .request import Resources, planned_duration
 from .reservation import Plan
 from .waiters import Waiter, WaitQueue
 
@@ -67,7 +80,7 @@ _INF = math.inf
 
 
 def _shape(request: Resources) -> Shape:
-    hint = request.expected_duration
+    hint = planned_duration(request)
     bucket = None if hint is None else math.frexp(hint)[1]
     return (
         request.required_gpus,
@@ -282,7 +295,8 @@ class BackfillPolicy(_ShapeQueues):
                             return  # no GPU is free: nobody else fits either
                     break
                 if plan is None:
-                    plan = Plan(view, head.request, now)
+                    # Estimates count only while the head is patient (see the docstring).
+                    plan = Plan(view, head.request, now, estimates=patient)
                     if plan.shadow is not None:
                         start = self._reserved.get(head.ticket, _INF)
                         self._reserved[head.ticket] = min(start, plan.shadow)

@@ -5,6 +5,14 @@ granting these GPUs to that request now delay the head? The plan answers from
 the live allocations' ``expected_duration`` hints (an allocation without a
 hint, or past it, has no known end), for exclusive heads (waiting for whole
 GPUs) and shared ones (waiting for memory), and with ``max_parallel`` slots.
+
+A holder that outlived its estimate is planned to end when the estimate,
+doubled until it lies ahead, says (``_extended``); one that outlived a user's
+hint has an unknown end. A plan made with ``estimates=False`` reads only the users' hints
+(``expected_duration``) and treats a duration the system estimated
+(``estimated_duration``) as none: what the policy does once the head's
+patience is spent, so that estimates that turn out too short cannot keep
+delaying it (``backfill.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Collection
 from typing import TypeAlias
 
 from .policy import SchedulerView
-from .request import Resources
+from .request import Resources, planned_duration
 
 __all__ = ["Plan"]
 
@@ -23,6 +31,24 @@ _INF = math.inf
 
 #: (expected end, memory reserved per GPU) of one shared allocation on one GPU.
 _Use: TypeAlias = "tuple[float, int]"
+
+
+def _extended(granted_at: float, estimate: float | None, now: float) -> float:
+    """When a holder that outlived its *estimate* should end: the estimate doubled until
+    that lies ahead of ``now``.
+
+    Tsafrir, Etsion and Feitelson's correction of a prediction that turned out short:
+    the job is still expected to end, later. A user's hint that was outlived gets no
+    such credit (its end is unknown, as docs/scheduling.md has always said). On the
+    batch benchmark with durations +-30% off their history, planning outlived
+    estimates as unknown gave makespan/LB 1.067 (median of 5 seeds, in the
+    simulator), worse than no estimates at all (1.049); extended, 1.036. Only while
+    the head is patient: afterwards no estimate counts (``backfill.py``).
+    """
+    assert estimate is not None
+    while granted_at + estimate <= now:
+        estimate *= 2
+    return granted_at + estimate
 
 
 class Plan:
@@ -35,8 +61,11 @@ class Plan:
     Built in O(GPUs + holders); each later check costs O(GPUs of the request).
     """
 
-    def __init__(self, view: SchedulerView, head: Resources, now: float) -> None:
+    def __init__(
+        self, view: SchedulerView, head: Resources, now: float, *, estimates: bool = True
+    ) -> None:
         self.now = now
+        self.estimates = estimates
         self.need = head.required_gpus
         self.memory = head.min_memory_mb
         self.capacity = view.hosts(head)
@@ -48,7 +77,7 @@ class Plan:
         self._protected: set[int] | None = None
         limit = view.max_parallel
         if head.exclusive and not any(
-            h.request.expected_duration is not None for h in view.holdings()
+            planned_duration(h.request, estimates=estimates) is not None for h in view.holdings()
         ):
             # The common case without hints, in O(holders) and no more: nothing can be
             # reserved, as the head cannot start on the idle GPUs alone. (A GPU settling
@@ -68,10 +97,12 @@ class Plan:
         exclusive = head.exclusive
         for holding in view.holdings():
             # When it should end by its hint; unknown (inf) without a hint or past it.
-            hint = holding.request.expected_duration
+            # An estimate it outlived is extended instead (see `_extended`).
+            hint = planned_duration(holding.request, estimates=estimates)
             end = _INF if hint is None else holding.granted_at + hint
             if end < now:
-                end = _INF
+                user_hint = holding.request.expected_duration is not None
+                end = _INF if user_hint else _extended(holding.granted_at, hint, now)
             ends.append(end)
             allocation = holding.allocation
             for index in allocation.gpu_indices:
@@ -131,7 +162,7 @@ class Plan:
         return self._shared_free_time(index, (end, request.min_memory_mb))
 
     def _end(self, request: Resources) -> float:
-        hint = request.expected_duration
+        hint = planned_duration(request, estimates=self.estimates)
         return _INF if hint is None else self.now + hint
 
     def _lost(self, chosen: tuple[int, ...], request: Resources) -> int:

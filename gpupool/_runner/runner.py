@@ -38,10 +38,10 @@ import logging
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -50,12 +50,14 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._core.checks import (
+    check_bool,
     check_finite_seconds,
     check_int,
     check_seconds,
     is_async_callable,
     shown,
 )
+from .._core.durations import DurationEstimator, task_shape
 from .._core.errors import PoolClosed
 from .._core.growth import LearnedMemory, apply_learned, grow_after_oom
 from .._core.model import GPUAllocation, OnProcessStarted
@@ -65,9 +67,11 @@ from .._core.request import (
     ResourceOptions,
     Resources,
     request_of,
+    with_estimate,
 )
 from .._core.results import TaskResult, TaskStatus
 from .._journal.adapter import RunnerJournal, open_journal
+from .._journal.history import read_durations
 from .._journal.store import Journal
 from .._pool.native import Native
 from .._pool.pool import GPUResourcePool
@@ -144,6 +148,14 @@ class ParallelRunner:
     exception or cancellation there cancels them all and releases every GPU.
     A journal that fails to commit a change stops the run: every task is
     cancelled and ``async with`` raises that one error (``docs/journal.md``).
+
+    Durations learned from history (``docs/scheduling.md``): a GPU task that
+    gives no ``expected_duration`` asks the pool with an
+    ``estimated_duration`` learned from ``history`` (journals of earlier
+    runs, as paths or :class:`~gpupool.Journal` objects, one or a list, or a
+    mapping of task keys to durations in seconds), and from tasks of the same
+    function and request that finished earlier in this run (or, on a resumed
+    journal, in the run it resumes). ``learn_durations=False`` turns it off.
     """
 
     #: The journal's first failure, once it failed; the run then stops.
@@ -157,6 +169,8 @@ class ParallelRunner:
         high_level_workers: int = 4,
         low_level_workers: int = 4,
         journal: TaskJournal | Journal | str | os.PathLike[str] | None = None,
+        history: History | None = None,
+        learn_durations: bool = True,
     ) -> None:
         if pool is not None and not isinstance(pool, (GPUResourcePool, RemoteGPUs)):
             raise TypeError(
@@ -203,6 +217,17 @@ class ParallelRunner:
         self._learned: Callable[[str], LearnedMemory | None] | None = getattr(
             self._journal, "learned_resources", None
         )
+        check_bool("learn_durations", learn_durations)
+        if history is not None and not learn_durations:
+            raise ValueError(
+                "history= is what learn_durations=True learns from; pass one or neither"
+            )
+        self._history_sources = _history_sources(history)
+        # Where estimates of tasks' durations come from; fed with the history on enter.
+        self._durations = DurationEstimator() if learn_durations else None
+        # Each task spec's shape (task_shape), by the spec's identity: made once per
+        # spec, not per task, as tasks of one map share their spec.
+        self._shapes: dict[int, tuple[TaskSpec, Hashable]] = {}
         self._hub = EventHub()
         # By key: every unfinished task, and the finished ones whose key was
         # given (by the user or the journal), so that a key runs once.
@@ -255,10 +280,20 @@ class ParallelRunner:
             # is granted. On a thread: the open may wait seconds for SQLite's
             # locks and for the killed jobs to exit, and the loop must not.
             await anyio.to_thread.run_sync(self._own_journal.open)
+        if self._history_sources:
+            # Before any task asks for GPUs; on a thread, as reading a journal is I/O.
+            await anyio.to_thread.run_sync(self._read_history)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         return self
+
+    def _read_history(self) -> None:
+        assert self._durations is not None
+        for source in self._history_sources:
+            self._durations.add_history(
+                source if isinstance(source, Mapping) else read_durations(source)
+            )
 
     async def __aexit__(
         self,
@@ -692,6 +727,8 @@ class ParallelRunner:
             if self._journal is not None:
                 prior = await self._prior(task)
                 if prior is not None:
+                    if prior.status is TaskStatus.SUCCEEDED and prior.attempts == 1:
+                        self._learn(task, prior.duration_s)
                     await self._end(task, prior)
                     return
             if self._journal is not None or self._hub.active:
@@ -767,6 +804,8 @@ class ParallelRunner:
             outcome = await self._attempt(task, attempt)
             if started is None:
                 started = outcome.started
+            if outcome.error is None and outcome.started is not None and outcome.ended is not None:
+                self._learn(task, outcome.ended - outcome.started)
             if outcome.error is None or not (
                 attempt <= spec.retries and should_retry(spec.retry_on, outcome.error)
             ):
@@ -801,8 +840,15 @@ class ParallelRunner:
                 assert self._pool is not None
                 # pool.acquire checkpoints next: a yield here too costs, with no gain.
                 await self._gpu_gate.acquire(checkpoint=False)
+                request = task.resources
+                if (
+                    self._durations is not None
+                    and request.expected_duration is None
+                    and request.estimated_duration is None
+                ):
+                    request = self._estimated(task, request)
                 try:
-                    allocation = await self._pool.acquire(task.resources, experiment_id=task.key)
+                    allocation = await self._pool.acquire(request, experiment_id=task.key)
                 finally:
                     self._gpu_gate.release()
                 outcome.gpu_indices = allocation.gpu_indices
@@ -849,6 +895,28 @@ class ParallelRunner:
                 assert self._pool is not None
                 await self._pool.release(allocation)
         return outcome
+
+    def _estimated(self, task: TaskHandle[Any], request: Resources) -> Resources:
+        """``request`` with the estimate of ``task``'s duration, if there is one."""
+        assert self._durations is not None
+        estimate = self._durations.estimate(task.key, self._shape(task._spec))
+        if estimate is None:
+            return request
+        return with_estimate(request, estimate)
+
+    def _learn(self, task: TaskHandle[Any], duration: float | None) -> None:
+        """``task`` held its GPUs for ``duration`` seconds in a successful attempt."""
+        request = task._spec.resources
+        if self._durations is None or duration is None or not request.required_gpus:
+            return
+        self._durations.observe(task.key, self._shape(task._spec), max(duration, 0.0))
+
+    def _shape(self, spec: TaskSpec) -> Hashable:
+        known = self._shapes.get(id(spec))
+        if known is None:
+            # The spec is kept with its shape, so that its id is not reused meanwhile.
+            known = self._shapes[id(spec)] = (spec, task_shape(_name_of(spec.fn), spec.resources))
+        return known[1]
 
     async def _call(self, spec: TaskSpec, item: Any, allocation: GPUAllocation | None) -> Any:
         if spec.is_async or (self._remote is not None and allocation is not None):
@@ -994,6 +1062,33 @@ def _what_the_pool_can_serve(pool: GPUResourcePool | RemoteGPUs) -> int | None:
     if stats.max_parallel is not None:
         return stats.max_parallel
     return max(1, len(stats.gpus))
+
+
+#: Where a runner learns durations from: a journal (its path, or the object), or
+#: durations by task key.
+HistorySource: TypeAlias = "str | os.PathLike[str] | Journal | Mapping[str, Sequence[float]]"
+History: TypeAlias = "HistorySource | Sequence[HistorySource]"
+
+
+def _history_sources(history: object) -> list[Any]:
+    """``history=`` as a list of sources, oldest first; ``TypeError`` for anything else."""
+    if history is None:
+        return []
+    one = (str, os.PathLike, Journal, Mapping)
+    if isinstance(history, one):
+        return [history]
+    if isinstance(history, Sequence) and all(isinstance(s, one) for s in history):
+        return list(history)
+    raise TypeError(
+        "history must be None, a journal (a path or a gpupool.Journal), a mapping of task "
+        f"keys to durations in seconds, or a list of those, got {shown(history)}"
+    )
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    """A task function's name, as the shape of its tasks (``task_shape``) reads it."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or ''}.{name}"
 
 
 def _open_journal(journal: object) -> RunnerJournal | None:
