@@ -19,6 +19,7 @@ first asks for GPUs, and nothing here imports Hypothesis or trio.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,10 +194,17 @@ def _marker_request(n: object = 1, *, mem: object = None) -> tuple[int, int]:
     )
 
 
+_MARKER_SIGNATURE = inspect.signature(_marker_request)
+
+
 def _wanted(item: pytest.Item, settings: LeaseSettings) -> tuple[int, int] | None:
     """The GPUs (and MB free on each) ``item`` is to hold, or None."""
     marker = item.get_closest_marker("gpus")
     if marker is not None:
+        try:
+            _MARKER_SIGNATURE.bind(*marker.args, **marker.kwargs)
+        except TypeError as error:
+            raise TypeError(f"@pytest.mark.gpus takes (n=1, *, mem=None): {error}") from None
         gpus, memory_mb = _marker_request(*marker.args, **marker.kwargs)
     else:
         gpus, memory_mb = settings.per_test, 0
