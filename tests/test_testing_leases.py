@@ -112,9 +112,7 @@ def test_gpus_per_test_leases_for_every_unmarked_test(
     result.assert_outcomes(passed=3)
 
 
-def test_the_ini_options_work_as_the_command_line(
-    pytester: pytest.Pytester, ledger: str
-) -> None:
+def test_the_ini_options_work_as_the_command_line(pytester: pytest.Pytester, ledger: str) -> None:
     pytester.makeini(
         f"""
         [pytest]
@@ -227,8 +225,18 @@ def test_wrong_options_are_usage_errors(
 def reservation(ledger: str) -> Iterator[subprocess.Popen[str]]:
     """`gpupool reserve` holding the one fake GPU of ``ledger`` until the test ends."""
     with subprocess.Popen(
-        [sys.executable, "-m", "gpupool", "reserve", "--gpus", "1"]
-        + ["--fake-gpus", "1", "--ledger", ledger],
+        [
+            sys.executable,
+            "-m",
+            "gpupool",
+            "reserve",
+            "--gpus",
+            "1",
+            "--fake-gpus",
+            "1",
+            "--ledger",
+            ledger,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -286,8 +294,15 @@ def test_a_suite_killed_mid_test_frees_its_gpus(pytester: pytest.Pytester, ledge
         """,
     )
     first = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_holds.py"]
-        + fake(ledger, 1),
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "test_holds.py",
+            *fake(ledger, 1),
+        ],
         cwd=pytester.path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -80,9 +80,7 @@ def test_a_leaked_allocation_fails_the_test_naming_it(suite: pytest.Pytester) ->
             "after the test: allocation 1 on GPU ?; allocation 2 on GPU ?;*",
         ]
     )
-    assert "test_releases" not in "\n".join(
-        line for line in result.outlines if "leaked" in line
-    )
+    assert "test_releases" not in "\n".join(line for line in result.outlines if "leaked" in line)
 
 
 def test_a_fixture_that_holds_an_allocation_past_the_test_is_no_leak(

@@ -99,9 +99,9 @@ class FakeGPUs:
         if isinstance(value, FakeGPUs):
             given = {
                 "count": value.count,
-                "memory_mb": value.memory_mb,
-                "memory_used_mb": value.memory_used_mb,
-                "utilization_pct": value.utilization_pct,
+                "memory_mb": _uniform(value.memory_mb),
+                "memory_used_mb": _uniform(value.memory_used_mb),
+                "utilization_pct": _uniform(value.utilization_pct),
                 "unhealthy": dict(value.unhealthy),
                 "snapshot_latency_s": value.snapshot_latency_s,
                 "name": value.name,
@@ -172,6 +172,14 @@ _FIELDS = (
     "snapshot_latency_s",
     "name",
 )
+
+
+def _uniform(values: tuple[Any, ...]) -> object:
+    """A per-GPU field copied from another value: one value where all GPUs agree, so
+    that a copy with another ``count`` keeps it."""
+    if len(set(values)) == 1:
+        return values[0]
+    return values or None
 
 
 def _unset(value: object, default: object) -> object:
