@@ -56,7 +56,9 @@ def test_a_leased_test_gets_an_nvml_gpu_by_uuid(
 
 
 def test_gpus_hidden_by_cuda_visible_devices_skip_saying_so(
-    pytester: pytest.Pytester, nvml_machine: tuple[FakeMachine, str], monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    nvml_machine: tuple[FakeMachine, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, ledger = nvml_machine
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
