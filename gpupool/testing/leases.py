@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, final
+from typing import Any, NoReturn, final
 
 import attrs
 import pytest
@@ -158,7 +158,7 @@ class LeaseBroker:
         what = _request_text(gpus, memory_mb)
         pool = self._open()
         if self._unavailable is not None:
-            pytest.skip(f"{what}: {self._unavailable}")
+            _skip(f"{what}: {self._unavailable}")
         if pool is None:
             pytest.fail(f"{what}: {self._broken}", pytrace=False)
         label = f"pytest {nodeid}"
@@ -170,7 +170,7 @@ class LeaseBroker:
             message = f"{what}, more than this machine has: {error}"
             if self._settings.too_many == "fail":
                 pytest.fail(f"{message} (--gpus-too-many=fail)", pytrace=False)
-            pytest.skip(message)
+            _skip(message)
         except PoolTimeout:
             pytest.fail(
                 f"{what} not granted within {self._settings.timeout:g} s (--gpus-timeout): "
@@ -253,6 +253,12 @@ class LeaseBroker:
             for h in status.holders
         )
         return f"{held}; `gpupool status --ledger {self._ledger}` shows the machine"
+
+
+def _skip(reason: str) -> NoReturn:
+    """Skip the test being set up, reported at the test's own line (as a ``skipif``
+    marker's skip is) rather than at this module's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def _leased(allocation: GPUAllocation) -> Lease:
