@@ -227,3 +227,17 @@ def test_the_plugin_registers_its_markers_for_strict_markers(suite: pytest.Pytes
     result = suite.runpytest("--markers")
     for name in ("gpus", "fake_gpus", "gpu_pool", "gpu_runner"):
         result.stdout.fnmatch_lines([f"@pytest.mark.{name}(*"])
+
+
+def test_a_session_without_leased_tests_never_imports_the_lease_machinery(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_unleased(fake_gpus):
+            assert "gpupool.testing.leases" not in sys.modules
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)

@@ -46,29 +46,12 @@ from .._ledger.location import DEFAULT, LEDGER_ENV, resolve_ledger
 from .._ledger.status import machine_status
 from .._pool.pool import GPUResourcePool
 from ..providers.fake import FakeGPUProvider
+from .lease_settings import LeaseSettings
 
-__all__ = ["Lease", "LeaseBroker", "LeaseSettings"]
+__all__ = ["Lease", "LeaseBroker"]
 
 #: What a lease sets for its test, and puts back afterwards.
 _LEASED_VARIABLES = ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES", LEDGER_ENV)
-
-
-@final
-@attrs.frozen
-class LeaseSettings:
-    """The plugin's options (command line over ini), checked once per session."""
-
-    #: GPUs for a test with no ``gpus`` marker (``--gpus-per-test``); 0: none.
-    per_test: int = 0
-    #: Seconds a test waits for its GPUs before it fails (``--gpus-timeout``).
-    timeout: float = 300.0
-    #: What a test that asks for more GPUs (or memory) than the machine has does:
-    #: "skip" or "fail" (``--gpus-too-many``).
-    too_many: str = "skip"
-    #: Fake GPUs instead of the machine's (``--gpus-fake N``), or None.
-    fake_count: int | None = None
-    #: The ledger directory (``--gpus-ledger``); None: the machine's default.
-    ledger: Path | None = None
 
 
 @final

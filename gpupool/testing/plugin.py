@@ -29,11 +29,12 @@ import pytest
 from .._core.checks import check_int, shown
 from .._core.sizes import parse_memory_mb
 from .fakes import FakeGPUs
+from .lease_settings import LeaseSettings
 
 if TYPE_CHECKING:
     from .. import GPUAllocation, GPUResourcePool, ParallelRunner, PoolStatistics
     from ..providers.fake import FakeGPUProvider
-    from .leases import Lease, LeaseBroker, LeaseSettings
+    from .leases import Lease, LeaseBroker
 
 __all__ = ["fake_gpus", "gpu_lease", "gpu_pool", "gpu_runner"]
 
@@ -121,8 +122,6 @@ def _int_setting(config: pytest.Config, name: str, minimum: int) -> int | None:
 
 
 def _settings(config: pytest.Config) -> LeaseSettings:
-    from .leases import LeaseSettings
-
     per_test = _int_setting(config, "gpus_per_test", 0) or 0
     fake = _int_setting(config, "gpus_fake", 1)
     timeout = 300.0
