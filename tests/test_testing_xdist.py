@@ -153,3 +153,28 @@ def test_two_suites_started_at_once_share_the_gpus_of_one_ledger(
     check_each_saw_its_own_gpus(runs)
     assert found == []
     assert concurrent_pairs(runs, "suite") > 0, "the suites never ran at once"
+
+
+def test_with_a_gpu_per_worker_each_worker_keeps_its_own_gpu_for_the_whole_run(
+    pytester: pytest.Pytester, ledger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CUDA reads CUDA_VISIBLE_DEVICES once per process: a worker whose tests moved from
+    # GPU to GPU would run the later ones on the first GPU, held by someone else by then.
+    record_file = pytester.path / "record.jsonl"
+    monkeypatch.setenv("RECORD", str(record_file))
+    pytester.makepyfile(
+        test_leased=RECORDING_TEST.replace("[1, 1, 2, 1, 1, 1, 2, 1] * TIMES", "[1] * 16")
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "4", "-p", "no:randomly", "--gpus-fake", "4", "--gpus-ledger", ledger
+    )
+    result.assert_outcomes(passed=16)
+    runs = records(record_file)
+    gpus_of = {
+        worker: {run["seen"] for run in runs if run["worker"] == worker}
+        for worker in {run["worker"] for run in runs}
+    }
+    assert sorted(gpus_of) == ["gw0", "gw1", "gw2", "gw3"]
+    assert all(len(seen) == 1 for seen in gpus_of.values()), gpus_of
+    assert len(set.union(*gpus_of.values())) == 4, gpus_of
+    assert overlaps(runs) == []

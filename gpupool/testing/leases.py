@@ -14,8 +14,13 @@ own (an anyio blocking portal) and a test's thread waits for its grant. A
 worker asks for the GPUs its previous test held first (``acquire_nowait``
 with ``allowed_gpus``), because CUDA reads ``CUDA_VISIBLE_DEVICES`` once, at
 its initialisation in the process: a worker that stays on its GPUs keeps the
-device its CUDA context is on. Only when those are not free does it wait in
-the queue for any.
+device its CUDA context is on. Before its first lease (or when it asks for
+another number of GPUs) a pytest-xdist worker prefers the GPUs its number
+points at (worker ``gwN`` asking for ``k`` GPUs: indices ``N*k`` to
+``N*k + k - 1``, modulo the GPU count), so that ``pytest -n 8`` on 8 GPUs
+puts each worker on its own GPU from the start instead of wherever the
+race between starting workers leaves it. Only when the preferred GPUs are
+not free does it wait in the queue for any.
 
 This module is imported by the plugin only when a test asks for GPUs.
 """
@@ -168,9 +173,10 @@ class LeaseBroker:
     def _sticky(
         self, pool: GPUResourcePool, gpus: int, memory_mb: int, label: str
     ) -> GPUAllocation | None:
-        """The GPUs this process's last test held, if they are free now without
-        overtaking anyone queued; else None."""
-        if len(self._last) != gpus:
+        """The GPUs this process's last test held (or its worker number points at),
+        if they are free now without overtaking anyone queued; else None."""
+        preferred = self._last if len(self._last) == gpus else self._by_worker(pool, gpus)
+        if not preferred:
             return None
         try:
             allocation: GPUAllocation = self._portal.call(
@@ -178,13 +184,24 @@ class LeaseBroker:
                     pool.acquire_nowait,
                     gpus,
                     min_memory_mb=memory_mb,
-                    allowed_gpus=self._last,
+                    allowed_gpus=preferred,
                     experiment_id=label,
                 )
             )
         except WouldBlock:
             return None
         return allocation
+
+    def _by_worker(self, pool: GPUResourcePool, gpus: int) -> tuple[int, ...]:
+        """The GPUs pytest-xdist worker ``gwN`` prefers, or () outside a worker."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if not (worker.startswith("gw") and worker[2:].isdigit()):
+            return ()
+        total = len(self._portal.call(pool.statistics).gpus)
+        if gpus > total:
+            return ()
+        first = int(worker[2:]) * gpus
+        return tuple(sorted({(first + k) % total for k in range(gpus)}))
 
     def _wait(self, pool: GPUResourcePool, gpus: int, memory_mb: int, label: str) -> GPUAllocation:
         future = self._portal.start_task_soon(
