@@ -48,13 +48,23 @@ def record(gpu_lease, pause):
     with open(os.environ["RECORD"], "a") as out:  # O_APPEND: one write per line
         out.write(line + "\\n")
 
+@pytest.fixture(autouse=True, scope="session")
+def both_suites_started():
+    # With BARRIER set, a suite's first test starts once the other suite has started too.
+    barrier = os.environ.get("BARRIER")
+    if barrier:
+        open(os.path.join(barrier, os.environ["SUITE"]), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+
 @pytest.mark.parametrize(
     "n",
     [pytest.param(n, marks=pytest.mark.gpus(n)) for n in [1, 1, 2, 1, 1, 1, 2, 1] * TIMES],
 )
 def test_leased(gpu_lease, n):
     assert len(gpu_lease.gpu_uuids) == n
-    record(gpu_lease, 0.1 * n)
+    record(gpu_lease, float(os.environ.get("PAUSE", "0.1")) * n)
 """
 
 
@@ -125,6 +135,7 @@ def test_two_suites_started_at_once_share_the_gpus_of_one_ledger(
     pytester: pytest.Pytester, ledger: str
 ) -> None:
     record_file = pytester.path / "record.jsonl"
+    barrier = pytester.mkdir("barrier")
     pytester.makepyfile(test_leased=RECORDING_TEST.replace("TIMES", "1"))
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"]
     command += ["-q", "--gpus-fake", "2", "--gpus-ledger", ledger, "--gpus-timeout", "120"]
@@ -132,7 +143,13 @@ def test_two_suites_started_at_once_share_the_gpus_of_one_ledger(
         subprocess.Popen(
             command,
             cwd=pytester.path,
-            env={**os.environ, "RECORD": str(record_file), "SUITE": name},
+            env={
+                **os.environ,
+                "RECORD": str(record_file),
+                "SUITE": name,
+                "BARRIER": str(barrier),
+                "PAUSE": "0.3",
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
