@@ -37,6 +37,8 @@ import sys, gpupool
 assert gpupool.__file__.startswith(sys.prefix), gpupool.__file__
 print("import gpupool: ok,", len(sys.modules), "modules")
 '
+        # The test helpers import with neither pytest nor Hypothesis installed.
+        "$venv/bin/python" -c 'import gpupool.testing; print("import gpupool.testing: ok")'
         # The demo makes its own temporary directory: keep it inside $work.
         TMPDIR="$work" "$venv/bin/gpupool" demo >"$venv/demo.out" 2>&1 || {
             cat "$venv/demo.out"

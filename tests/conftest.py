@@ -5,6 +5,9 @@ import tempfile
 
 import pytest
 
+# tests/test_testing_*.py run gpupool's pytest plugin in pytest runs of their own.
+pytest_plugins = ["pytester"]
+
 # Pools on (fake) NVML join the machine-wide ledger by default: the tests' own, not the
 # machine's /dev/shm/gpupool. An environment variable, so that the processes the tests
 # start inherit it.

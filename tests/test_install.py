@@ -117,3 +117,37 @@ def test_pool_and_run_blocking_work_without_sniffio_on_asyncio() -> None:
         """
     )
     assert out.splitlines() == ["2", "(0, 1)", "from async code", "from a thread"]
+
+
+def test_gpupool_testing_imports_without_pytest_or_hypothesis() -> None:
+    # A plain install has neither: the fakes work, and a strategy says what to install.
+    out = run_python(
+        """
+        import gpupool.testing as testing
+
+        print(testing.FakeGPUs.of(2).provider().count)
+        try:
+            testing.request_kwargs(2)
+        except ImportError as error:
+            print(error)
+        """,
+        hidden=(*ABSENT_IN_PLAIN_INSTALL, "pytest", "_pytest"),
+    )
+    assert out.splitlines() == [
+        "2",
+        "gpupool.testing's strategies need Hypothesis: pip install hypothesis",
+    ]
+
+
+def test_the_pytest_plugin_imports_neither_hypothesis_nor_trio() -> None:
+    # pytest imports the plugin in every run wherever gpupool is installed.
+    out = run_python(
+        """
+        import sys
+        import gpupool.testing.plugin
+
+        print(sorted(m for m in ("hypothesis", "trio", "gpupool.testing.leases") if m in sys.modules))
+        """,
+        hidden=(),
+    )
+    assert out.split() == ["[]"]

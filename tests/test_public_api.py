@@ -87,3 +87,15 @@ def test_importing_gpupool_does_not_import_optional_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_gpupool_testing_exports_exactly_its_sorted_all() -> None:
+    import gpupool.testing as testing
+
+    assert list(testing.__all__) == sorted(set(testing.__all__))
+    public = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
+    }
+    assert public == set(testing.__all__)

@@ -46,6 +46,7 @@ import attrs
 from .._core.checks import check_instance, check_int, check_str
 from .._core.errors import GPUPoolError
 from .._core.request import Resources
+from .._core.sizes import parse_memory_mb
 
 __all__ = [
     "JobCheck",
@@ -155,19 +156,6 @@ class JobSpec:
         words = re.sub(r"[^A-Za-z0-9.]+", "-", self.command).strip("-.")
         words = words[:_LOG_WORDS].rstrip("-.") or "job"
         return f"{words}_{self.key.removeprefix('job-')}.log"
-
-
-def parse_memory_mb(text: str) -> int:
-    """``"8G"``, ``"8GiB"``, ``"512M"``, ``"1.5G"`` or ``"8000"`` (MB) as MB.
-
-    Units are binary, as NVML reports them: 1G = 1024 MB.
-    """
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
-    if match is None:
-        raise ValueError(f"memory must look like 8G, 512M or 8000 (MB), got {text!r}")
-    number = float(match.group(1))
-    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[match.group(2).upper()]
-    return math.ceil(number * scale)
 
 
 def parse_duration(text: str, *, name: str = "timeout") -> float:
