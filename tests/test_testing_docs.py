@@ -1,6 +1,6 @@
 """docs/testing.md's pytest files, docs/examples/testing/, run as the page says: alone
 (the leased test skips on a machine without GPUs) and under pytest-xdist over fake GPUs.
-And the page shows them as they are."""
+And the page includes them whole (pymdownx.snippets), so it shows what runs."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def ledger() -> Iterator[str]:
 
 @pytest.mark.parametrize("name", FILES)
 def test_the_page_shows_each_example_file_whole(name: str) -> None:
-    text = (EXAMPLES / name).read_text().rstrip()
-    assert f"```python\n{text}\n```" in PAGE.read_text()
+    include = f'--8<-- "docs/examples/testing/{name}"'
+    assert f"```python\n{include}\n```" in PAGE.read_text()
 
 
 def test_the_example_suite_passes_under_xdist_over_fake_gpus(
