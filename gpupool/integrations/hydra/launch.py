@@ -134,7 +134,9 @@ class _Sweep:
         else:
             async with pool, runner:
                 results = await self._map(runner)
-        return [self._job_return(job, result) for job, result in zip(self.jobs, results)]
+        return [
+            self._job_return(job, result) for job, result in zip(self.jobs, results, strict=True)
+        ]
 
     async def _map(self, runner: ParallelRunner) -> list[TaskResult]:
         options = self.options
@@ -249,4 +251,8 @@ class _Sweep:
 
 def _type_name(value: object) -> str:
     kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
