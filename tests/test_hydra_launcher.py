@@ -12,9 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +178,70 @@ def test_a_job_whose_process_dies_fails_alone_with_the_end_of_its_output(
     # Both wrote their record (the dying one just before it died); the other completed.
     assert sorted(r["lr"] for r in _records(tmp_path / "records.jsonl")) == [0.1, 0.2]
     assert "lr=0.1: completed" in done.stdout
+
+
+def test_a_return_value_with_no_json_form_reaches_hydra_but_its_job_runs_again(
+    tmp_path: Path,
+) -> None:
+    args = _sweep_args(tmp_path, "work_s=0", "returns=set", "lr=0.1")
+
+    first = _run("train.py", *args, cwd=tmp_path)
+    second = _run("train.py", *args, cwd=tmp_path)
+
+    for done in (first, second):
+        assert done.returncode == 0, done.stderr
+        assert "has no JSON form, so the journal cannot keep it" in done.stdout
+    assert [r["lr"] for r in _records(tmp_path / "records.jsonl")] == [0.1, 0.1]
+
+
+def test_a_return_value_that_cannot_be_pickled_fails_its_job_saying_why(tmp_path: Path) -> None:
+    done = _run(
+        "train.py", *_sweep_args(tmp_path, "work_s=0", "returns=lock", "lr=0.1"), cwd=tmp_path
+    )
+
+    assert done.returncode == 1
+    assert "Error executing job with overrides" in done.stderr
+    assert "the job's return value, a dict, cannot be pickled" in done.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_ends_the_running_jobs_and_a_rerun_runs_them(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    args = _sweep_args(tmp_path, f"pid_dir={pids}", "lr=0.1,0.01")
+    launcher = subprocess.Popen(
+        [sys.executable, str(APP / "train.py"), *args],
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_APP_WORK_S": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        jobs = [int(p.read_text()) for p in pids.iterdir()]
+        assert len(jobs) == 2, "the jobs did not start"
+
+        launcher.send_signal(signal.SIGTERM)
+        out, _ = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+
+    assert launcher.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM" in out
+    assert not any(_alive(pid) for pid in jobs)
+    assert _records(tmp_path / "records.jsonl") == []  # neither job got to its end
+
+    rerun = _run("train.py", *args, cwd=tmp_path, env={"HYDRA_APP_WORK_S": "0"})
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(r["lr"] for r in _records(tmp_path / "records.jsonl")) == [0.01, 0.1]

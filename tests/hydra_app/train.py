@@ -3,7 +3,8 @@
 Each job appends one JSON line to ``cfg.record``: its learning rate, pid,
 ``CUDA_VISIBLE_DEVICES``, start and end times and output directory. The job
 with ``lr == fail_at_lr`` raises, the one with ``lr == exit_at_lr`` ends its
-process at once (no result); every other one returns a dict.
+process at once (no result); every other one returns a dict
+(``returns=set``: one with no JSON form; ``returns=lock``: one that cannot be pickled).
 
     python tests/hydra_app/train.py -m hydra/launcher=gpupool \\
         hydra.launcher.fake_gpus=2 lr=0.1,0.01,0.5
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import hydra
@@ -27,7 +29,10 @@ class DivergedError(ValueError):
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def train(cfg: DictConfig) -> dict[str, object]:
     started = time.time()
-    time.sleep(cfg.work_s)
+    if cfg.pid_dir is not None:
+        with open(os.path.join(cfg.pid_dir, f"{cfg.lr}.pid"), "w", encoding="utf-8") as file:
+            file.write(str(os.getpid()))
+    time.sleep(float(cfg.work_s))
     record = {
         "lr": cfg.lr,
         "pid": os.getpid(),
@@ -43,6 +48,10 @@ def train(cfg: DictConfig) -> dict[str, object]:
         os._exit(7)
     if str(cfg.lr) == str(cfg.fail_at_lr):
         raise DivergedError(f"loss diverged at lr={cfg.lr}")
+    if cfg.returns == "set":
+        return {"lr": cfg.lr, "tags": {"a", "b"}}
+    if cfg.returns == "lock":
+        return {"lr": cfg.lr, "lock": threading.Lock()}
     return {"lr": cfg.lr, "loss": 1.0 - cfg.lr}
 
 

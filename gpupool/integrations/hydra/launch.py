@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,7 @@ from ..._runner.runner import ParallelRunner
 from ...providers import FakeGPUProvider
 from .jobs import HydraJob, prepare_jobs
 from .options import LauncherOptions
-from .payload import LaunchPayload, read_result, write_job, write_launch
+from .payload import LaunchPayload, read_result, type_name, write_job, write_launch
 from .returns import (
     EarlierJobFailure,
     RemoteTraceback,
@@ -126,17 +127,40 @@ class _Sweep:
         )
 
     async def run(self) -> list[JobReturn]:
+        """Run every job; a SIGTERM or SIGHUP ends them (gracefully) and exits 128 + N."""
+        stopped_by: list[int] = []
+        results: list[TaskResult] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._stop_on_signal, group.cancel_scope, stopped_by)
+            results = await self._run_jobs()
+            group.cancel_scope.cancel()
+        if stopped_by:
+            signum = stopped_by[0]
+            log.error(
+                f"gpupool: stopped by {signal.Signals(signum).name}; the journal has every job "
+                "that finished, and the same command runs the others"
+            )
+            raise SystemExit(128 + signum)
+        return [self._job_return(job, r) for job, r in zip(self.jobs, results, strict=True)]
+
+    async def _stop_on_signal(self, scope: anyio.CancelScope, stopped_by: list[int]) -> None:
+        # Ctrl-C is Python's KeyboardInterrupt, which cancels the run by itself; these two
+        # would otherwise kill this process alone and leave the jobs (in sessions of their
+        # own) running on their GPUs.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                stopped_by.append(signum)
+                scope.cancel()
+                return
+
+    async def _run_jobs(self) -> list[TaskResult]:
         pool = self._pool()
         runner = ParallelRunner(pool, max_parallel=self.options.max_parallel, journal=self.journal)
         if pool is None:
             async with runner:
-                results = await self._map(runner)
-        else:
-            async with pool, runner:
-                results = await self._map(runner)
-        return [
-            self._job_return(job, result) for job, result in zip(self.jobs, results, strict=True)
-        ]
+                return await self._map(runner)
+        async with pool, runner:
+            return await self._map(runner)
 
     async def _map(self, runner: ParallelRunner) -> list[TaskResult]:
         options = self.options
@@ -192,7 +216,7 @@ class _Sweep:
         if sent is not None:
             if sent.status is JobStatus.COMPLETED and result.status is not TaskStatus.SUCCEEDED:
                 log.warning(
-                    f"{job.label}: its return value, a {_type_name(sent._return_value)}, has no "
+                    f"{job.label}: its return value, a {type_name(sent._return_value)}, has no "
                     f"JSON form, so the journal cannot keep it ({result.error}); Hydra gets it "
                     "in this run, but a rerun of this sweep will run the job again. Return "
                     "plain data (float(x), x.tolist()) to make finished jobs resumable."
@@ -247,12 +271,3 @@ class _Sweep:
             )
         elif event.status is TaskStatus.RETRYING:
             log.info(f"{job.label}: failed ({event.error}), retrying")
-
-
-def _type_name(value: object) -> str:
-    kind = type(value)
-    return (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )

@@ -39,6 +39,7 @@ __all__ = [
     "read_job",
     "read_launch",
     "read_result",
+    "type_name",
     "write_atomically",
     "write_job",
     "write_launch",
@@ -62,6 +63,14 @@ class JobResult:
 
     job_return: Any
     traceback: str | None = None
+
+
+def type_name(value: object) -> str:
+    """``dict``, ``numpy.float32``: the type of ``value`` as messages name it."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _dumps(value: object) -> bytes:
@@ -122,7 +131,7 @@ def write_result(path: Path, job_return: Any) -> None:
         value = job_return._return_value
         if error is None:
             message = (
-                f"the job's return value, a {type(value).__module__}.{type(value).__qualname__}, "
+                f"the job's return value, a {type_name(value)}, "
                 f"cannot be pickled to be sent back from the job's process ({exc}); "
                 "return plain data (numbers, strings, lists, dicts)"
             )
