@@ -103,7 +103,9 @@ class _Sweep:
     ) -> None:
         self.options = options
         self.jobs = jobs
-        self.by_key = {job.key: job for job in jobs}
+        self.by_key: dict[str, HydraJob] = {}
+        for job in jobs:  # a job listed twice runs once, as the first of them
+            self.by_key.setdefault(job.key, job)
         self.files = files
         self.journal = journal
         #: The JobReturn each job's process sent back in this run (its last attempt's).
@@ -265,9 +267,10 @@ class _Sweep:
         elif event.status is TaskStatus.SUCCEEDED:
             log.info(f"{job.label}: completed")
         elif event.status.is_final:
+            output = job.output_dir / JOB_OUTPUT
+            where = f"; its output: {output}" if output.exists() else ""  # none if it never ran
             log.info(
-                f"{job.label}: {event.status.name.lower().replace('_', ' ')} ({event.error}); "
-                f"its output: {job.output_dir / JOB_OUTPUT}"
+                f"{job.label}: {event.status.name.lower().replace('_', ' ')} ({event.error}){where}"
             )
         elif event.status is TaskStatus.RETRYING:
             log.info(f"{job.label}: failed ({event.error}), retrying")
