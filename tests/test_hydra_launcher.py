@@ -71,6 +71,7 @@ def test_a_multirun_runs_jobs_at_once_on_their_own_gpus_and_resumes(tmp_path: Pa
     assert first.returncode == 1, first.stderr
     assert "Error executing job with overrides" in first.stderr
     assert "DivergedError: loss diverged at lr=0.5" in first.stderr
+    assert "Hydra plugins scanner" not in first.stderr  # the plugin imports cleanly
     ran = _records(records)
     assert sorted(r["lr"] for r in ran) == [0.001, 0.01, 0.1, 0.5]
     # Each job in its own process, with 2 GPUs of its own; two jobs at once on 4 GPUs.
@@ -245,3 +246,42 @@ def test_sigterm_ends_the_running_jobs_and_a_rerun_runs_them(tmp_path: Path) -> 
 
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(r["lr"] for r in _records(tmp_path / "records.jsonl")) == [0.01, 0.1]
+
+
+def test_two_sweeps_on_one_ledger_never_share_a_gpu(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    records = tmp_path / "records.jsonl"
+
+    def start(name: str, lrs: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(APP / "train.py"),
+                "-m",
+                "hydra/launcher=gpupool",
+                "hydra.launcher.fake_gpus=2",
+                f"hydra.launcher.ledger={ledger}",
+                f"hydra.sweep.dir={tmp_path / name}",
+                f"record={records}",
+                "work_s=1.5",
+                f"lr={lrs}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    sweeps = [start("a", "0.1,0.2"), start("b", "0.3,0.4")]
+    outputs = [sweep.communicate(timeout=100)[0] for sweep in sweeps]
+
+    for sweep, out in zip(sweeps, outputs, strict=True):
+        assert sweep.returncode == 0, out
+    ran = _records(records)
+    assert sorted(r["lr"] for r in ran) == [0.1, 0.2, 0.3, 0.4]
+    for a, b in itertools.combinations(ran, 2):
+        if _overlap(a, b):  # the two pretend GPUs are one machine's: never both holders
+            assert a["cuda_visible_devices"] != b["cuda_visible_devices"], (a, b)
+    for r in ran:  # never three jobs at once on two GPUs, across both sweeps
+        now = [o for o in ran if o is not r and _overlap(r, o)]
+        assert not any(_overlap(a, b) for a, b in itertools.combinations(now, 2))
