@@ -285,3 +285,25 @@ def test_two_sweeps_on_one_ledger_never_share_a_gpu(tmp_path: Path) -> None:
     for r in ran:  # never three jobs at once on two GPUs, across both sweeps
         now = [o for o in ran if o is not r and _overlap(r, o)]
         assert not any(_overlap(a, b) for a, b in itertools.combinations(now, 2))
+
+
+def test_cpu_jobs_see_no_gpu_and_retries_run_a_failed_job_again(tmp_path: Path) -> None:
+    # No fake_gpus and no NVML on the test machine: gpus_per_job=0 opens no GPU driver.
+    done = _run(
+        "train.py",
+        "-m",
+        "hydra/launcher=gpupool",
+        "hydra.launcher.gpus_per_job=0",
+        "hydra.launcher.retries=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"record={tmp_path / 'records.jsonl'}",
+        "work_s=0",
+        "lr=0.1,0.5",
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 1, done.stderr
+    assert "lr=0.5: failed (DivergedError: loss diverged at lr=0.5), retrying" in done.stdout
+    ran = _records(tmp_path / "records.jsonl")
+    assert sorted(r["lr"] for r in ran) == [0.1, 0.5, 0.5]
+    assert {r["cuda_visible_devices"] for r in ran} == {""}
