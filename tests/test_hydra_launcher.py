@@ -307,3 +307,24 @@ def test_cpu_jobs_see_no_gpu_and_retries_run_a_failed_job_again(tmp_path: Path) 
     ran = _records(tmp_path / "records.jsonl")
     assert sorted(r["lr"] for r in ran) == [0.1, 0.5, 0.5]
     assert {r["cuda_visible_devices"] for r in ran} == {""}
+
+
+def test_with_retry_failed_false_a_rerun_reports_the_earlier_failure(tmp_path: Path) -> None:
+    args = [
+        "-m",
+        "hydra/launcher=gpupool",
+        "hydra.launcher.gpus_per_job=0",
+        "hydra.launcher.retry_failed=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"record={tmp_path / 'records.jsonl'}",
+        "work_s=0",
+        "lr=0.1,0.5",
+    ]
+
+    first = _run("train.py", *args, cwd=tmp_path)
+    second = _run("train.py", *args, cwd=tmp_path)
+
+    assert first.returncode == second.returncode == 1
+    assert "EarlierJobFailure" in second.stderr
+    assert "failed in an earlier run of this sweep: DivergedError: loss diverged" in second.stderr
+    assert len(_records(tmp_path / "records.jsonl")) == 2  # the rerun ran nothing
