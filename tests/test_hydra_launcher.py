@@ -328,3 +328,24 @@ def test_with_retry_failed_false_a_rerun_reports_the_earlier_failure(tmp_path: P
     assert "EarlierJobFailure" in second.stderr
     assert "failed in an earlier run of this sweep: DivergedError: loss diverged" in second.stderr
     assert len(_records(tmp_path / "records.jsonl")) == 2  # the rerun ran nothing
+
+
+def test_without_gpus_the_error_says_how_to_use_fake_ones(tmp_path: Path) -> None:
+    # NVML made unusable on any machine: a pynvml that cannot be imported comes first.
+    hidden = tmp_path / "no_nvml"
+    hidden.mkdir()
+    (hidden / "pynvml.py").write_text('raise ImportError("pynvml hidden by the test")\n')
+    args = ["-m", "hydra/launcher=gpupool", f"hydra.sweep.dir={tmp_path / 'sweep'}", "lr=0.1"]
+
+    done = _run(
+        "train.py",
+        *args,
+        f"record={tmp_path / 'records.jsonl'}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(hidden)},
+    )
+
+    assert done.returncode == 1
+    assert "ProviderError" in done.stderr
+    assert "hydra.launcher.fake_gpus=N pretends there are N GPUs" in done.stderr
+    assert _records(tmp_path / "records.jsonl") == []

@@ -18,6 +18,7 @@ a warning saying so when it happens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from ..._core.errors import ProviderError
 from ..._core.model import GPUAllocation
 from ..._core.results import TaskResult, TaskStatus
 from ..._journal.store import Journal
@@ -132,10 +134,18 @@ class _Sweep:
         """Run every job; a SIGTERM or SIGHUP ends them (gracefully) and exits 128 + N."""
         stopped_by: list[int] = []
         results: list[TaskResult] = []
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._stop_on_signal, group.cancel_scope, stopped_by)
-            results = await self._run_jobs()
-            group.cancel_scope.cancel()
+        failure: Exception | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await self._open_pool(stack)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._stop_on_signal, group.cancel_scope, stopped_by)
+                try:
+                    results = await self._run_jobs(pool)
+                except Exception as error:  # raised as itself, not in the group's ExceptionGroup
+                    failure = error
+                group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if stopped_by:
             signum = stopped_by[0]
             log.error(
@@ -144,6 +154,18 @@ class _Sweep:
             )
             raise SystemExit(128 + signum)
         return [self._job_return(job, r) for job, r in zip(self.jobs, results, strict=True)]
+
+    async def _open_pool(self, stack: contextlib.AsyncExitStack) -> GPUResourcePool | None:
+        pool = self._pool()
+        if pool is None:
+            return None
+        try:
+            return await stack.enter_async_context(pool)
+        except ProviderError as error:
+            raise ProviderError(
+                f"{error} With Hydra: hydra.launcher.fake_gpus=N pretends there are N GPUs, "
+                "and hydra.launcher.gpus_per_job=0 runs the jobs on the CPU."
+            ) from error
 
     async def _stop_on_signal(self, scope: anyio.CancelScope, stopped_by: list[int]) -> None:
         # Ctrl-C is Python's KeyboardInterrupt, which cancels the run by itself; these two
@@ -155,13 +177,9 @@ class _Sweep:
                 scope.cancel()
                 return
 
-    async def _run_jobs(self) -> list[TaskResult]:
-        pool = self._pool()
+    async def _run_jobs(self, pool: GPUResourcePool | None) -> list[TaskResult]:
         runner = ParallelRunner(pool, max_parallel=self.options.max_parallel, journal=self.journal)
-        if pool is None:
-            async with runner:
-                return await self._map(runner)
-        async with pool, runner:
+        async with runner:
             return await self._map(runner)
 
     async def _map(self, runner: ParallelRunner) -> list[TaskResult]:
