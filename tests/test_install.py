@@ -19,10 +19,19 @@ import textwrap
 import pytest
 
 #: Modules a plain install of gpupool does not have (they come with trio or the extras).
-ABSENT_IN_PLAIN_INSTALL = ("sniffio", "trio", "optuna", "pynvml", "hypothesis")
+ABSENT_IN_PLAIN_INSTALL = (
+    "sniffio",
+    "trio",
+    "optuna",
+    "pynvml",
+    "hypothesis",
+    "hydra",
+    "omegaconf",
+    "cloudpickle",
+)
 
 #: Modules only a part of gpupool needs, imported when that part is used.
-LAZY = ("rich", "optuna", "pynvml", "hypothesis", "trio")
+LAZY = ("rich", "optuna", "pynvml", "hypothesis", "trio", "hydra", "cloudpickle")
 
 HIDE = textwrap.dedent(
     """

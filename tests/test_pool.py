@@ -403,3 +403,19 @@ async def test_blocked_waiters_cost_almost_no_cpu() -> None:
             tg.cancel_scope.cancel()
         await pool.release(holder)
     assert cpu_used < 0.25, f"50 idle waiters used {cpu_used:.3f} s of CPU in 2 s"
+
+
+async def test_a_pool_cancelled_from_outside_closes_and_the_cancellation_ends_cleanly() -> None:
+    # Regression: __aexit__ awaited aclose()'s checkpoint first, which raised under the
+    # outer cancellation, so the pool's task group was never left and the enclosing
+    # cancel scope's exit failed ("Attempted to exit a cancel scope that isn't the current
+    # task's current cancel scope" on asyncio, "Nursery stack corrupted" on trio). Ctrl-C
+    # under asyncio.run cancels the main task the same way.
+    pool = GPUResourcePool(FakeGPUProvider(count=2))
+    with anyio.CancelScope() as outer:
+        async with pool:
+            await pool.acquire(1)
+            outer.cancel()
+            await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    assert pool.closed

@@ -46,7 +46,7 @@ import attrs
 from .._core.checks import check_instance, check_int, check_str
 from .._core.errors import GPUPoolError
 from .._core.request import Resources
-from .._core.sizes import parse_memory_mb
+from .._core.units import parse_duration, parse_memory_mb
 
 __all__ = [
     "JobCheck",
@@ -156,26 +156,6 @@ class JobSpec:
         words = re.sub(r"[^A-Za-z0-9.]+", "-", self.command).strip("-.")
         words = words[:_LOG_WORDS].rstrip("-.") or "job"
         return f"{words}_{self.key.removeprefix('job-')}.log"
-
-
-def parse_duration(text: str, *, name: str = "timeout") -> float:
-    """``"90"`` or ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1.5h"`` as seconds > 0.
-
-    ``name`` is the key the messages name (``timeout``, ``est``).
-    """
-    cleaned = text.strip().lower()
-    pieces = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", cleaned)
-    allowed = "a duration like 90, 90s, 30m, 2h or 1h30m"
-    if not pieces or "".join(n + u for n, u in pieces) != cleaned:
-        raise ValueError(f"{name} must be {allowed}, got {text!r}")
-    if len(pieces) > 1 and any(unit == "" for _, unit in pieces):
-        raise ValueError(f"{name} must be {allowed} (every part with a unit), got {text!r}")
-    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in pieces)
-    if seconds <= 0:
-        raise ValueError(f"{name} must be > 0, got {text!r}")
-    if not math.isfinite(seconds):
-        raise ValueError(f"{name} must be {allowed}, got {text!r} (too long)")
-    return seconds
 
 
 def _parse_int(key: str, value: str, *, minimum: int | None) -> int:

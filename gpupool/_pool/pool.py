@@ -344,10 +344,14 @@ class GPUResourcePool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            await task_group.__aexit__(None, None, None)
+        try:
+            await self.aclose()  # its checkpoint raises when the body was cancelled from outside
+        finally:
+            # Always left, or the task group's cancel scope stays on the task's stack and the
+            # enclosing scope's exit fails ("cancel scope that isn't the current task's").
+            task_group, self._task_group = self._task_group, None
+            if task_group is not None:
+                await task_group.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close the pool: waiters get :class:`PoolClosed`, nothing more is granted.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .._core.checks import check_int, shown
-from .._core.sizes import parse_memory_mb
+from .._core.units import parse_memory_mb
 from .fakes import FakeGPUs
 from .lease_settings import LeaseSettings
 
