@@ -67,7 +67,7 @@ TIMEOUT_MS = 30_000
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -123,7 +123,9 @@ class Problems:
             self.add(f"HTTP {response.status} for {response.url}")
 
 
-def check_page(page: Page, problems: Problems, base: str, shots: Path, page_spec: tuple[str, str, str, str]) -> None:
+def check_page(
+    page: Page, problems: Problems, base: str, shots: Path, page_spec: tuple[str, str, str, str]
+) -> None:
     name, path, selector, text = page_spec
     problems.where = path
     page.goto(base + path, wait_until="networkidle")
@@ -156,7 +158,9 @@ def check_search(page: Page, problems: Problems, base: str, shots: Path) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--site", type=Path, default=Path("site"), help="the built site (mkdocs build)")
+    parser.add_argument(
+        "--site", type=Path, default=Path("site"), help="the built site (mkdocs build)"
+    )
     parser.add_argument("--screenshots", type=Path, default=Path("site-screenshots"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
@@ -164,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--site {args.site} has no index.html: run `mkdocs build --strict` first")
     args.screenshots.mkdir(parents=True, exist_ok=True)
 
-    with serve(args.site) as base, sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+    with (
+        serve(args.site) as base,
+        sync_playwright() as playwright,
+        tempfile.TemporaryDirectory() as profile,
+    ):
         problems = Problems(base)
         context = playwright.chromium.launch_persistent_context(
             profile,
@@ -191,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"screenshots in {args.screenshots}/: {shots}", file=sys.stderr)
         return 1
     checked = ", ".join(path for _, path, _, _ in PAGES)
-    print(f"browser check: {checked} and the search work; screenshots in {args.screenshots}/: {shots}")
+    print(
+        f"browser check: {checked} and the search work; screenshots in {args.screenshots}/: {shots}"
+    )
     return 0
 
 

@@ -75,7 +75,9 @@ def _fields(cls: griffe.Class, class_kw_only: bool) -> list[griffe.Parameter]:
             continue
         assert isinstance(member, griffe.Attribute)
         value = member.value
-        is_field_call = isinstance(value, griffe.ExprCall) and value.canonical_path in _FIELD_FUNCTIONS
+        is_field_call = (
+            isinstance(value, griffe.ExprCall) and value.canonical_path in _FIELD_FUNCTIONS
+        )
         options = _call_arguments(value) if is_field_call else {}
         if str(options.get("init", "True")) == "False":
             continue
@@ -126,9 +128,7 @@ def _attrs_init(cls: griffe.Class) -> None:
         for parameter in _fields(owner, kw_only):
             parameters.pop(parameter.name, None)
             parameters[parameter.name] = parameter
-    ordered = sorted(
-        parameters.values(), key=lambda p: p.kind is griffe.ParameterKind.keyword_only
-    )
+    ordered = sorted(parameters.values(), key=lambda p: p.kind is griffe.ParameterKind.keyword_only)
     init = griffe.Function(
         "__init__",
         lineno=cls.lineno,
@@ -144,7 +144,9 @@ def _attrs_init(cls: griffe.Class) -> None:
 
 
 def _hide_private_parameters(function: griffe.Function) -> None:
-    private = [p.name for p in function.parameters if p.name.startswith("_") and p.default is not None]
+    private = [
+        p.name for p in function.parameters if p.name.startswith("_") and p.default is not None
+    ]
     for name in private:
         del function.parameters[name]
 
