@@ -13,7 +13,8 @@ on:
 * a console error or an uncaught page error;
 * a request that fails, or a response with status >= 400;
 * a request to any other host than the local server;
-* a page without the content it should show.
+* a page without the content it should show;
+* a link on a checked page to a page of the site that does not answer.
 
 It saves a screenshot of each page (and of the search results) so that a
 person can look at them. Usage (after `mkdocs build --strict`):
@@ -135,6 +136,17 @@ def check_page(
     elif text not in element.inner_text():
         problems.add(f"{selector!r} does not contain {text!r}: {element.inner_text()!r}")
     page.screenshot(path=str(shots / f"{name}.png"))
+    check_links(page, problems)
+
+
+def check_links(page: Page, problems: Problems) -> None:
+    """Every link of the page into the site answers (the reference links to the guide too)."""
+    hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
+    targets = {href.split("#", 1)[0] for href in hrefs if href.startswith(problems.origin)}
+    for target in sorted(targets):
+        response = page.request.get(target)
+        if response.status >= 400:
+            problems.add(f"link to {target} answers HTTP {response.status}")
 
 
 def check_search(page: Page, problems: Problems, base: str, shots: Path) -> None:

@@ -10,8 +10,9 @@ scope of the docstring's object, as Sphinx would, and becomes an *optional*
 autorefs reference, so a role that names a private object (the reference
 renders only public ones) stays plain code instead of a broken link. It also
 turns reST's ``text::`` (a literal block follows) into ``text:``, since the
-indented block after it is a Markdown code block already, and fences
-doctests (``>>>`` paragraphs) as ``pycon`` code.
+indented block after it is a Markdown code block already, fences
+doctests (``>>>`` paragraphs) as ``pycon`` code, and links the guide pages
+a docstring names (``docs/runner.md``) to the page on the site.
 
 Only the rendered docs see the change: the source and ``help()`` keep the
 docstrings as written.
@@ -21,12 +22,20 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
 
 #: A Sphinx role: ``:class:`target```, ``:meth:`~module.Class.method```.
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|exc|data|obj|const):`(?P<target>[^`]+)`")
+#: A guide page named in a docstring, ``docs/runner.md`` or docs/runner.md.
+_GUIDE_PAGE = re.compile(r"``docs/(?P<code>[\w-]+)\.md``|(?<![\w/])docs/(?P<text>[\w-]+)\.md")
+#: The guide's pages: the Markdown files beside docs/_ext/.
+_DOCS = Path(__file__).resolve().parents[1]
+#: From an API reference page (docs/reference/NAME.md, served at reference/NAME/)
+#: to a guide page (docs/PAGE.md, served at PAGE/).
+_GUIDE_URL = "../../{page}/"
 #: A doctest: a paragraph that starts with ``>>>``, up to the next blank line.
 _DOCTEST = re.compile(r"(?m)^(?P<indent>[ ]*)>>> .*(?:\n(?P=indent)\S.*)*")
 #: reST's "a literal block follows" marker at the end of a paragraph.
@@ -70,7 +79,15 @@ def _rewrite(obj: griffe.Object, text: str) -> str:
         indent = match["indent"]
         return f"{indent}```pycon\n{match[0]}\n{indent}```"
 
+    def guide_page(match: re.Match[str]) -> str:
+        page = match["code"] or match["text"]
+        if not (_DOCS / f"{page}.md").is_file():
+            return match[0]
+        shown = f"<code>docs/{page}.md</code>" if match["code"] else f"docs/{page}.md"
+        return f'<a href="{_GUIDE_URL.format(page=page)}">{shown}</a>'
+
     text = _DOCTEST.sub(doctest, text)
+    text = _GUIDE_PAGE.sub(guide_page, text)
     return _LITERAL_MARKER.sub(literal, _ROLE.sub(role, text))
 
 
