@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+#: Every Markdown file the site renders: docs/ and the changelog it includes.
+PAGES = sorted([*DOCS.rglob("*.md"), ROOT / "CHANGELOG.md"])
 ITEM = re.compile(r"^(?:[*-]|\d+\.) ")
 SHALLOW_NESTED_ITEM = re.compile(r"^ {1,3}(?:[*-]|\d+\.) ")
 SHALLOW_BLOCK = re.compile(r"^ {1,3}\S")
@@ -56,7 +59,7 @@ def list_problems(text: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_lists_render_on_the_site_as_on_github(page: Path) -> None:
     assert list_problems(page.read_text()) == []
 
