@@ -1,6 +1,6 @@
-"""The example policy and scorer of docs/scheduling.md, "Writing a policy or a scorer".
+"""The example policy and scorer of docs/policies.md, "Writing a policy or a scorer".
 
-docs/scheduling.md shows this file verbatim (tests/test_policy.py checks that
+docs/policies.md shows this file verbatim (tests/test_policy.py checks that
 it does), and the tests run both with the scheduling core and the async pool.
 Only public names are used: what a custom policy or scorer needs is exported
 from ``gpupool``.

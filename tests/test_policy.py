@@ -537,9 +537,9 @@ def test_the_example_scorer_prefers_the_least_busy_gpu() -> None:
 
 
 def test_the_documented_example_is_the_tested_one() -> None:
-    """docs/scheduling.md shows tests/example_policy.py verbatim."""
+    """docs/policies.md shows tests/example_policy.py verbatim."""
     root = Path(__file__).resolve().parents[1]
-    docs = (root / "docs" / "scheduling.md").read_text()
+    docs = (root / "docs" / "policies.md").read_text()
     source = (root / "tests" / "example_policy.py").read_text()
     assert f"```python\n{source}```" in docs
 
