@@ -25,6 +25,7 @@ from gpupool import (
     GPUAllocation,
     GPUResourcePool,
     LedgerError,
+    ParallelRunner,
     Resources,
     WouldBlock,
 )
@@ -166,6 +167,19 @@ async def test_a_waiters_estimate_is_in_its_row_and_in_the_hold_another_pool_gra
         assert (hold.ticket, hold.gpus) == (waiter.ticket, got[0].gpu_uuids)
         assert hold.estimated_duration == ESTIMATE
         await second.release(got[0])
+
+
+@pytest.mark.anyio
+async def test_a_runners_estimate_from_history_is_in_the_ledger(ledger: Path) -> None:
+    seen: list[float | None] = []
+
+    def train(item: int, allocation: GPUAllocation | None) -> None:
+        seen.append(_only_hold(ledger).estimated_duration)  # while the task holds its GPU
+
+    async with _pool(ledger) as pool, ParallelRunner(pool, history={"cfg": [ESTIMATE]}) as runner:
+        (result,) = await runner.map(train, [0], required_gpus=1, key=lambda i: "cfg")
+    assert result.error is None
+    assert seen == [ESTIMATE]
 
 
 # ------------------------------------------------------------------ formats
