@@ -262,7 +262,7 @@ class MachineCore:
                     submission.ticket, self.member_id, request.required_gpus,
                     request.min_memory_mb, request.exclusive, request.priority, allowed,
                     request.expected_duration, experiment_id, t, wall, None, None, None,
-                    "waiting", None, None,
+                    "waiting", None, None, estimated_duration=request.estimated_duration,
                 )  # fmt: skip
             own, woken = self._record(replica, outcomes, new)
             return submission.ticket, bool(new), own, woken
@@ -733,7 +733,7 @@ class MachineCore:
             state.holds[hold_id] = HoldRow(
                 hold_id, self.member_id, None, a.gpu_uuids, a.memory_mb, a.exclusive, r.priority,
                 r.expected_duration, a.experiment_id, now, time.time(), mine.jobs, self._kind,
-                mine.until, False,
+                mine.until, False, estimated_duration=r.estimated_duration,
             )  # fmt: skip
         for waiting in sorted(self._waiting.values(), key=lambda w: w.submitted_at):
             machine_ticket = state.take_id()
@@ -743,6 +743,7 @@ class MachineCore:
                 machine_ticket, self.member_id, r.required_gpus, r.min_memory_mb, r.exclusive,
                 r.priority, self._allowed(r), r.expected_duration, waiting.experiment_id,
                 waiting.submitted_at, waiting.since, None, None, None, "waiting", None, None,
+                estimated_duration=r.estimated_duration,
             )  # fmt: skip
 
     def _reap(self, state: LedgerState) -> bool:

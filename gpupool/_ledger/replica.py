@@ -6,8 +6,9 @@ Every process that changes the ledger runs the same pure core
 :class:`~gpupool._core.backfill.BackfillPolicy`) over the same state, inside
 the ledger's lock, so every process decides as one pool would: priority,
 then machine-wide arrival (tickets come from the ledger's one counter),
-with the same backfilling rule. A grant made for another process's waiter
-is written into the ledger for that process to collect. No I/O here.
+with the same backfilling rule, planning with the same duration hints and
+estimates (rows carry both). A grant made for another process's waiter is
+written into the ledger for that process to collect. No I/O here.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Replica:
                         hold.priority,
                         None,
                         hold.expected_duration,
+                        hold.estimated_duration,
                     ),
                     hold.granted_at,
                     ticket=hold.ticket,
@@ -142,6 +144,7 @@ class Replica:
             waiter.priority,
             _indices(waiter.gpus, self._order),
             waiter.expected_duration,
+            waiter.estimated_duration,
         )
 
     def _serviceable(self) -> list[WaiterRow]:
@@ -221,6 +224,7 @@ class Replica:
                 kind=grant_kind if owner == member else "allocation",
                 until=None,
                 orphaned=False,
+                estimated_duration=request.estimated_duration,
             )
         # Waiters: decided ones leave the queue (a peer's stay until it collects them).
         for ticket, waiter in waiters_of.items():
@@ -298,6 +302,7 @@ def _request(
     priority: int,
     allowed_gpus: frozenset[int] | None,
     expected_duration: float | None,
+    estimated_duration: float | None,
 ) -> Resources:
     return Resources(
         required_gpus,
@@ -306,6 +311,7 @@ def _request(
         priority=priority,
         allowed_gpus=allowed_gpus,
         expected_duration=expected_duration,
+        estimated_duration=estimated_duration,
     )
 
 

@@ -6,11 +6,26 @@ handful of GPUs, holders and waiters), which is what lets each process run
 the scheduling core over the whole machine's state (``replica.py``). A row
 that does not decode (a damaged or tampered file) raises :class:`Damaged`,
 and the store rebuilds the ledger from the live members rather than trust it.
+
+Formats. ``meta`` holds ``schema``, the format the file is in, and
+``min_schema``, the oldest format a gpupool may know and still share the
+file. Format 1 is :data:`SCHEMA_V1`, frozen; ``MIGRATIONS[i]`` takes format
+``i + 1`` to ``i + 2``. Unlike the journal, which one process owns, a ledger
+is shared by every gpupool on the machine at once, whatever its version, so
+a migration must leave the tables an older gpupool reads and writes as they
+were: that gpupool selects ``*`` and inserts whole rows by position, so a
+column added to ``holds`` or ``waiters`` would make its writes fail, and it
+would take the file for damaged and rebuild it (in its older format) again
+and again. Format 2 therefore adds a table of its own, ``estimates``, which a
+format-1 gpupool never reads (it keeps working and its decisions ignore the
+estimates, as before). A gpupool that meets a ``min_schema`` above what it
+knows refuses the file (:class:`TooNew`) and never rebuilds it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, final
@@ -18,7 +33,10 @@ from typing import Any, TypeVar, final
 import attrs
 
 __all__ = [
+    "MIGRATIONS",
+    "MIN_SCHEMA",
     "SCHEMA",
+    "SCHEMA_V1",
     "SCHEMA_VERSION",
     "Damaged",
     "GPURow",
@@ -26,18 +44,21 @@ __all__ = [
     "LedgerState",
     "MemberRow",
     "SettleRow",
+    "TooNew",
     "WaiterRow",
     "copy",
+    "estimates",
     "load",
     "save",
+    "upgrade",
 ]
 
-SCHEMA_VERSION = 1
+#: The tables with a version each in ``meta`` (``estimates`` from format 2).
+TABLES = ("members", "gpus", "marks", "holds", "waiters", "settles", "estimates")
 
-#: The tables with a version each in ``meta``.
-TABLES = ("members", "gpus", "marks", "holds", "waiters", "settles")
-
-SCHEMA = """
+#: The format 1 DDL, as gpupool first wrote it: never changed (an older gpupool
+#: sharing the ledger reads and writes these tables by position).
+SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE members (
     id TEXT PRIMARY KEY, pid INTEGER NOT NULL, pid_namespace TEXT, uid INTEGER NOT NULL,
@@ -71,9 +92,31 @@ CREATE TABLE settles (
 ) WITHOUT ROWID;
 """
 
+#: ``MIGRATIONS[i]``: the statements that take format ``i + 1`` to ``i + 2``, each
+#: idempotent (an upgrade may meet a file another process upgraded already).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # 2: the durations the system estimated (``Resources.estimated_duration``):
+        # ``id`` is a hold's id or a waiter's ticket (one counter hands out both, so
+        # they never collide); a hold without a row of its own has its ticket's.
+        "CREATE TABLE IF NOT EXISTS estimates (id INTEGER PRIMARY KEY, seconds REAL NOT NULL)",
+    ),
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+#: The oldest format whose gpupool may share a ledger of this one: format 1's
+#: gpupool ignores ``estimates`` and works on.
+MIN_SCHEMA = 1
+
+#: The DDL of a fresh ledger: format 1 and every migration (the path an old file takes).
+SCHEMA = SCHEMA_V1 + "".join(f"{s};\n" for m in MIGRATIONS for s in m)
+
 
 class Damaged(Exception):
     """The ledger's content is not what gpupool writes: it is rebuilt, never trusted."""
+
+
+class TooNew(Exception):
+    """The ledger is in a format this gpupool cannot share: refused, never rebuilt."""
 
 
 @final
@@ -135,6 +178,8 @@ class HoldRow:
     until: float | None
     #: Its member died while jobs of it still ran.
     orphaned: bool
+    #: The system's estimate of how long it is held (``Resources.estimated_duration``).
+    estimated_duration: float | None = attrs.field(default=None, kw_only=True)
 
 
 @final
@@ -162,6 +207,8 @@ class WaiterRow:
     state: str
     hold: int | None
     error: str | None
+    #: The system's estimate of how long it will hold its GPUs once granted.
+    estimated_duration: float | None = attrs.field(default=None, kw_only=True)
 
 
 @final
@@ -195,11 +242,24 @@ class LedgerState:
     #: that rewrites a table adds one, so a process that kept the table as it last
     #: saw it knows when it is still the same without reading it (see :func:`load`).
     versions: dict[str, int] = attrs.Factory(dict)
+    #: The file's format (``meta`` key ``schema``): below :data:`SCHEMA_VERSION`, it
+    #: lacks the tables of the later formats (and their content reads as absent).
+    schema: int = SCHEMA_VERSION
 
     def take_id(self) -> int:
         value = self.next_id
         self.next_id += 1
         return value
+
+
+def _estimate(value: object) -> float | None:
+    """An ``estimates.seconds`` value: positive and finite, as the request's field is."""
+    if value is None:
+        return None
+    seconds = float(value)  # type: ignore[arg-type]  # a TypeError is Damaged too
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"an estimated duration must be positive and finite, got {value!r}")
+    return seconds
 
 
 def _json(text: object) -> Any:
@@ -258,6 +318,7 @@ def _hold(row: Sequence[Any]) -> HoldRow:
         str(row[12]),
         None if row[13] is None else float(row[13]),
         bool(row[14]),
+        estimated_duration=_estimate(row[15]),
     )
 
 
@@ -280,6 +341,7 @@ def _waiter(row: Sequence[Any]) -> WaiterRow:
         str(row[14]),
         None if row[15] is None else int(row[15]),
         row[16],
+        estimated_duration=_estimate(row[17]),
     )
 
 
@@ -299,12 +361,30 @@ _DECODED_MAX = 2048
 R = TypeVar("R")
 
 
+#: How each format's holds and waiters are read: the format 1 columns, then the
+#: estimate (NULL where the file has no ``estimates`` table).
+_HOLDS = {
+    1: "SELECT *, NULL FROM holds ORDER BY id",
+    2: "SELECT holds.*, coalesce(own.seconds, asked.seconds) FROM holds"
+    " LEFT JOIN estimates AS own ON own.id = holds.id"
+    " LEFT JOIN estimates AS asked ON asked.id = holds.ticket ORDER BY holds.id",
+}
+_WAITERS = {
+    1: "SELECT *, NULL FROM waiters ORDER BY ticket",
+    2: "SELECT waiters.*, estimates.seconds FROM waiters"
+    " LEFT JOIN estimates ON estimates.id = waiters.ticket ORDER BY waiters.ticket",
+}
+
+
 def _rows(
-    conn: sqlite3.Connection, table: str, decode: Callable[[Sequence[Any]], R], order: str = ""
+    conn: sqlite3.Connection,
+    table: str,
+    decode: Callable[[Sequence[Any]], R],
+    query: str | None = None,
 ) -> list[R]:
     cache: dict[tuple[Any, ...], R] = _decoded.setdefault(table, {})
     found = []
-    for raw in conn.execute(f"SELECT * FROM {table}{order}"):
+    for raw in conn.execute(query or f"SELECT * FROM {table}"):
         row = cache.get(raw)
         if row is None:
             if len(cache) >= _DECODED_MAX:
@@ -326,6 +406,7 @@ def load(conn: sqlite3.Connection, previous: LedgerState | None = None) -> Ledge
     """
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        schema = _schema(meta)
         versions = {t: int(meta[f"v:{t}"]) for t in TABLES if f"v:{t}" in meta}
         next_id = int(meta["next_id"])
         generation = str(meta["generation"])
@@ -338,14 +419,16 @@ def load(conn: sqlite3.Connection, previous: LedgerState | None = None) -> Ledge
             and len(versions) == len(TABLES)
             and previous.versions == versions
             and (previous.next_id, previous.rebuild_until) == (next_id, rebuild_until)
+            and previous.schema == schema
         ):
             return previous
+        if previous is not None and previous.schema != schema:
+            previous = None
 
-        def table(name: str, read: Callable[[], dict[Any, Any]]) -> Any:
-            if (
-                previous is not None
-                and name in versions
-                and previous.versions.get(name) == versions[name]
+        def table(name: str, read: Callable[[], dict[Any, Any]], *also: str) -> Any:
+            # Holds and waiters carry their estimates: either table changing rereads them.
+            if previous is not None and all(
+                t in versions and previous.versions.get(t) == versions[t] for t in (name, *also)
             ):
                 return dict(getattr(previous, name))
             return read()
@@ -364,18 +447,71 @@ def load(conn: sqlite3.Connection, previous: LedgerState | None = None) -> Ledge
                 },
             ),
             holds=table(
-                "holds", lambda: {h.id: h for h in _rows(conn, "holds", _hold, " ORDER BY id")}
+                "holds",
+                lambda: {
+                    h.id: h
+                    for h in _rows(conn, "holds", _hold, _HOLDS[min(schema, SCHEMA_VERSION)])
+                },
+                "estimates",
             ),
             waiters=table(
                 "waiters",
-                lambda: {w.ticket: w for w in _rows(conn, "waiters", _waiter, " ORDER BY ticket")},
+                lambda: {
+                    w.ticket: w
+                    for w in _rows(conn, "waiters", _waiter, _WAITERS[min(schema, SCHEMA_VERSION)])
+                },
+                "estimates",
             ),
             settles=table("settles", lambda: {s.uuid: s for s in _rows(conn, "settles", _settle)}),
             versions=versions,
+            schema=schema,
         )
     except (KeyError, ValueError, TypeError, IndexError) as error:
         raise Damaged(f"unreadable ledger content: {error!r}") from None
     return state
+
+
+def _schema(meta: dict[Any, Any]) -> int:
+    """The file's format, from ``meta``; :class:`TooNew` if this gpupool may not share it."""
+    schema = int(meta.get("schema", 1))
+    needed = int(meta.get("min_schema", 1))
+    if needed > SCHEMA_VERSION:
+        raise TooNew(
+            f"is in format {schema}, which a gpupool must know format {needed} or later to "
+            f"share; this gpupool knows formats up to {SCHEMA_VERSION}"
+        )
+    if schema < 1:
+        raise ValueError(f"schema {schema!r}")
+    return schema
+
+
+def upgrade(conn: sqlite3.Connection, schema: int) -> None:
+    """Take a ledger of format ``schema`` to :data:`SCHEMA_VERSION`, in the caller's
+    transaction (under the ledger's lock). Idempotent: every statement may meet
+    what it makes already, and ``min_schema`` is never lowered."""
+    for statements in MIGRATIONS[schema - 1 :]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    conn.execute(
+        "INSERT OR REPLACE INTO meta VALUES ('min_schema', max(?, coalesce("
+        "(SELECT value FROM meta WHERE key = 'min_schema'), 0)))",
+        (MIN_SCHEMA,),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO meta VALUES (?, 0)", [(f"v:{table}",) for table in TABLES]
+    )
+
+
+def estimates(state: LedgerState) -> dict[int, float]:
+    """The ``estimates`` table's content for ``state``: by hold id and by waiter ticket."""
+    found = {
+        h.id: h.estimated_duration for h in state.holds.values() if h.estimated_duration is not None
+    }
+    for w in state.waiters.values():
+        if w.estimated_duration is not None:
+            found[w.ticket] = w.estimated_duration
+    return found
 
 
 def copy(state: LedgerState) -> LedgerState:
@@ -398,9 +534,11 @@ def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | Non
     are small, so that is the simple way. Returns whether anything was written."""
     written = False
 
-    def changed(table: str) -> bool:
+    def changed(table: str, differs: bool | None = None) -> bool:
         nonlocal written
-        if before is None or getattr(before, table) != getattr(state, table):
+        if differs is None:
+            differs = before is None or getattr(before, table) != getattr(state, table)
+        if differs:
             conn.execute(f"DELETE FROM {table}")
             written = True
             state.versions[table] = version = state.versions.get(table, 0) + 1
@@ -502,4 +640,12 @@ def save(conn: sqlite3.Connection, state: LedgerState, before: LedgerState | Non
                 for s in state.settles.values()
             ],
         )
+    # Derived from the holds and waiters, so unchanged while they are. A file still in
+    # format 1 has no table for them (the store upgrades it before any change).
+    if state.schema >= 2 and (
+        before is None or before.holds != state.holds or before.waiters != state.waiters
+    ):
+        found = estimates(state)
+        if changed("estimates", before is None or estimates(before) != found):
+            conn.executemany("INSERT INTO estimates VALUES (?, ?)", list(found.items()))
     return written

@@ -17,7 +17,10 @@ holdings and waiters back (``on_rebuilt``), and until every live member has
 done so (or :data:`REBUILD_GRACE` has passed) nothing is granted, so that
 a holder not yet back in the ledger cannot have its GPUs given away. A
 file replaced or deleted under a running pool is noticed by its inode and
-treated the same way.
+treated the same way. A ledger in an older format (``rows.py``, "Formats")
+is upgraded in place by the first transaction that meets it; one that needs
+a newer gpupool is refused (:class:`~gpupool.LedgerError`) and left alone,
+never taken for damage.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class LedgerStore:
             for attempt in (1, 2):
                 try:
                     return self._write_once(change)
+                except rows.TooNew as error:
+                    raise self._too_new(error) from None
                 except (sqlite3.DatabaseError, rows.Damaged) as error:
                     if isinstance(error, sqlite3.OperationalError) and _is_io_error(error):
                         raise LedgerError(
@@ -111,6 +116,8 @@ class LedgerStore:
                 state = rows.load(conn, self._cached)
             # The cached state is the next transaction's to change, not the caller's.
             return rows.copy(state) if state is self._cached else state
+        except rows.TooNew as error:
+            raise self._too_new(error) from None
         except (sqlite3.DatabaseError, rows.Damaged):
             # Repaired under the lock; the write returns the state it saw.
             return self.write(lambda state: rows.copy(state))
@@ -121,6 +128,11 @@ class LedgerStore:
         try:
             cached, self._cached = self._cached, None
             state = rows.load(conn, cached)
+            if state.schema < rows.SCHEMA_VERSION:
+                # Made (or rebuilt) by an older gpupool, which may still use it: the
+                # upgrade only adds what that gpupool never reads (rows.py, "Formats").
+                rows.upgrade(conn, state.schema)
+                state = rows.load(conn)
             if state.generation != self.generation or (
                 self.member is not None and self.member not in state.members
             ):
@@ -204,6 +216,7 @@ class LedgerStore:
                     "INSERT INTO meta VALUES (?, ?)",
                     [
                         ("schema", rows.SCHEMA_VERSION),
+                        ("min_schema", rows.MIN_SCHEMA),
                         ("boot_id", procfs.boot_id()),
                         ("generation", secrets.token_hex(8)),
                         ("next_id", 1),
@@ -246,6 +259,13 @@ class LedgerStore:
             kept,
         )
         wakeup.wake_all(self.directory)
+
+    def _too_new(self, error: rows.TooNew) -> LedgerError:
+        return LedgerError(
+            f"the ledger at {self.path} was made by a newer gpupool: it {error}. Upgrade "
+            "gpupool, or give this program a ledger of its own (ledger=DIR, or the "
+            "GPUPOOL_LEDGER environment variable), which keeps it apart from the newer one"
+        )
 
     def check_boot(self) -> None:
         """Start afresh if the ledger was written before the machine last booted."""

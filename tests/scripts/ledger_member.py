@@ -1,9 +1,10 @@
 """A process that joins a ledger over fake GPUs and holds (or waits for) GPUs, for tests.
 
     python ledger_member.py LEDGER [--count N] [--gpus K] [--mem MB] [--shared]
-        [--key KEY] [--priority P] [--job] [--backend asyncio|trio]
+        [--key KEY] [--priority P] [--estimate SECONDS] [--job] [--backend asyncio|trio]
 
 It acquires one allocation (waiting in the machine-wide queue if it must),
+(``--estimate``: with that ``estimated_duration``, as a ParallelRunner asks),
 optionally starts a job on it with ``run_process`` (a shell running
 ``sleep 600`` as its child, in a session of its own, registered in the
 ledger as the allocation's job), then
@@ -21,18 +22,19 @@ import sys
 import anyio
 import anyio.to_thread
 
-from gpupool import FakeGPUProvider, GPUResourcePool, run_process
+from gpupool import FakeGPUProvider, GPUResourcePool, Resources, run_process
 
 
 async def main(args: argparse.Namespace) -> None:
     async with GPUResourcePool(FakeGPUProvider(args.count), ledger=args.ledger) as pool:
-        allocation = await pool.acquire(
+        request = Resources(
             args.gpus,
             min_memory_mb=args.mem,
             exclusive=not args.shared,
             priority=args.priority,
-            experiment_id=args.key,
+            estimated_duration=args.estimate,
         )
+        allocation = await pool.acquire(request, experiment_id=args.key)
         job: list[int] = []
         async with anyio.create_task_group() as tg:
             if args.job:
@@ -67,6 +69,7 @@ if __name__ == "__main__":
     parser.add_argument("--shared", action="store_true")
     parser.add_argument("--key")
     parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--estimate", type=float)
     parser.add_argument("--job", action="store_true")
     parser.add_argument("--backend", default="asyncio")
     options = parser.parse_args()
