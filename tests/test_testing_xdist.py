@@ -26,7 +26,6 @@ pytest.importorskip("xdist", reason="pytest-xdist is in the dev extra")
 RECORDING_TEST = """
 import json
 import os
-import os
 import time
 
 import pytest
