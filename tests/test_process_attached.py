@@ -16,7 +16,8 @@ import pytest
 from gpupool import FakeGPUProvider, GPUAllocation, GPUResourcePool
 from gpupool._process.attached import run_attached
 
-from .ledger_helpers import gone, wait_for
+from .ledger_helpers import gone
+from .waiting import wait_for
 
 
 @contextlib.asynccontextmanager

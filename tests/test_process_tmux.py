@@ -17,7 +17,8 @@ from gpupool._process.launch import DIRECT, Launcher
 from gpupool._process.run import ProcessResult, run_process_via
 from gpupool._process.tmux import TmuxSession, TmuxWindow
 from gpupool._system.procfs import read_stat
-from tests.tmux_server import TmuxServer, tmux_server, wait_for
+from tests.tmux_server import TmuxServer, tmux_server
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.anyio
 __all__ = ["tmux_server"]  # the fixture, used by name
