@@ -15,7 +15,15 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["REPO", "command_env", "finish", "run_gpupool", "start_gpupool", "started_gpupool"]
+__all__ = [
+    "REPO",
+    "command_env",
+    "finish",
+    "held_reservation",
+    "run_gpupool",
+    "start_gpupool",
+    "started_gpupool",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,3 +91,27 @@ def started_gpupool(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+@contextlib.contextmanager
+def held_reservation(*options: str, cwd: Path | None = None) -> Iterator[int]:
+    """``gpupool reserve OPTIONS`` (no command) holding its GPUs until the block ends
+    (SIGTERM then); yields the hold's id once it holds them."""
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "gpupool", "reserve", *options],
+        cwd=cwd,
+        env=command_env(),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        first = holder.stdout.readline()  # "# gpupool reservation ID: ..." once it holds
+        assert first.startswith("# gpupool reservation "), first
+        yield int(first.split()[3].rstrip(":"))
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()

@@ -28,12 +28,6 @@ def env() -> dict[str, str]:
     return result
 
 
-def gone(pid: int) -> bool:
-    """No process ``pid`` runs (none, or a zombie)."""
-    info = read_stat(pid)
-    return info is None or not info.alive
-
-
 @attrs.define(eq=False)
 class Member:
     """A ``ledger_member.py`` process."""

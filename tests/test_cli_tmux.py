@@ -20,7 +20,7 @@ import pytest
 from gpupool._system.procfs import read_stat
 from tests.gpupool_command import command_env, finish, run_gpupool, started_gpupool
 from tests.tmux_server import TmuxServer, tmux_server
-from tests.waiting import wait_for
+from tests.waiting import gone, wait_for
 
 __all__ = ["tmux_server"]  # the fixture, used by name
 
@@ -50,11 +50,6 @@ def _in_a_terminal(command: str, cwd: Path | None = None) -> Iterator[subprocess
             process.wait()
         assert process.stdin is not None
         process.stdin.close()
-
-
-def _alive(pid: int) -> bool:
-    info = read_stat(pid)
-    return info is not None and info.alive
 
 
 def _jobs(tmp_path: Path, *lines: str) -> None:
@@ -150,8 +145,8 @@ def test_ctrl_c_ends_the_jobs_whole_group_and_journals_it_as_in_direct_mode(
         out, err = finish(run)
     assert run.returncode == 130, err
     assert "1 interrupted" in out
-    assert not _alive(pid)
-    assert not _alive(grandchild)
+    assert gone(pid)
+    assert gone(grandchild)
     assert _journal(tmp_path, "SELECT status FROM tasks") == [("cancelled",)]
     assert _journal(tmp_path, "SELECT COUNT(*) FROM process_groups") == [(0,)]
 
@@ -160,8 +155,8 @@ def test_a_timeout_ends_the_jobs_whole_group(tmp_path: Path, tmux_server: TmuxSe
     _jobs(tmp_path, WAITING_JOB.replace("[name=talk gpus=0]", "[name=talk gpus=0 timeout=1]"))
     result = run_gpupool("run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert not _alive(int((tmp_path / "marks" / "pid").read_text()))
-    assert not _alive(int((tmp_path / "marks" / "grandchild").read_text()))
+    assert gone(int((tmp_path / "marks" / "pid").read_text()))
+    assert gone(int((tmp_path / "marks" / "grandchild").read_text()))
     assert _journal(tmp_path, "SELECT status FROM tasks") == [("timed_out",)]
 
 
@@ -175,8 +170,8 @@ def test_a_killed_window_fails_the_job_with_a_clear_message(
         out, err = finish(run)
     assert run.returncode == 1, err
     assert "0 succeeded, 1 failed" in out
-    assert not _alive(pid)
-    assert not _alive(grandchild)
+    assert gone(pid)
+    assert gone(grandchild)
     [(error,)] = _journal(tmp_path, "SELECT error FROM tasks")
     assert "the job was ended: its tmux window 'talk' was closed" in str(error)
 
@@ -195,12 +190,12 @@ def test_a_run_killed_with_kill_9_leaves_a_job_the_next_run_kills(
         wait_for(lambda: _journal(tmp_path, "SELECT pgid FROM process_groups"), "the group")
         run.send_signal(signal.SIGKILL)
         finish(run)
-    assert _alive(orphan)  # as in direct mode: kill -9 gave gpupool no chance to end it
+    assert not gone(orphan)  # as in direct mode: kill -9 gave gpupool no chance to end it
     assert ("jobs_txt", "once") in tmux_server.windows()
     again = run_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "killed 1 leftover process group(s) of an earlier run that died" in again.stderr
-    wait_for(lambda: not _alive(orphan), "the orphan to be gone", timeout=5)
+    wait_for(lambda: gone(orphan), "the orphan to be gone", timeout=5)
     # Its window says how it ended, and stays for --tmux-keep-failed as any failed job's.
     wait_for(
         lambda: "the job ended (killed by signal 9)" in tmux_server.pane_text("=jobs_txt:once"),
@@ -223,7 +218,7 @@ def test_a_failed_jobs_window_stays_for_tmux_keep_failed_seconds(
     ]
     # Closing the window (or ending the server) ends the wait at once.
     assert tmux_server.run("kill-server").returncode == 0
-    wait_for(lambda: not _alive(wrapper), "the lingering wrapper to go", timeout=5)
+    wait_for(lambda: gone(wrapper), "the lingering wrapper to go", timeout=5)
 
 
 def test_a_session_of_the_same_name_that_is_not_the_runs_is_left_alone(
@@ -290,7 +285,7 @@ def test_ctrl_c_typed_in_the_window_interrupts_the_job(
         assert tmux_server.run("send-keys", "-t", "=jobs_txt:talk", "C-c").returncode == 0
         _, err = finish(run)
     assert run.returncode == 1, err
-    assert not _alive(pid)
+    assert gone(pid)
     [(status, error)] = _journal(tmp_path, "SELECT status, error FROM tasks")
     assert status == "failed"
     assert "tmux window" not in str(error)  # the job was interrupted, its window is fine

@@ -18,15 +18,10 @@ from gpupool._process.run import ProcessResult, run_process
 from gpupool._process.tmux import TmuxSession, TmuxWindow
 from gpupool._system.procfs import read_stat
 from tests.tmux_server import TmuxServer, tmux_server
-from tests.waiting import wait_for
+from tests.waiting import gone, wait_for
 
 pytestmark = pytest.mark.anyio
 __all__ = ["tmux_server"]  # the fixture, used by name
-
-
-def _alive(pid: int) -> bool:
-    info = read_stat(pid)
-    return info is not None and info.alive
 
 
 def _window(name: str = "job") -> TmuxWindow:
@@ -94,8 +89,8 @@ async def test_a_timeout_ends_the_whole_job_a_grandchild_too(
     assert result.returncode == -signal.SIGKILL  # ignored SIGTERM
     assert result.leftovers == 2
     for pid in map(int, pids.read_text().split()):
-        assert not _alive(pid)
-    assert not _alive(result.pid)
+        assert gone(pid)
+    assert gone(result.pid)
 
 
 async def test_a_cancelled_caller_ends_the_job_before_the_cancellation_propagates(
@@ -107,7 +102,7 @@ async def test_a_cancelled_caller_ends_the_job_before_the_cancellation_propagate
             "sleep 60", on_start=started.append, log_path=tmp_path / "log", _launcher=_window()
         )
     [pid] = started
-    assert not _alive(pid)
+    assert gone(pid)
     # The window closes with its wrapper, which exits just after the job is reaped.
     wait_for(lambda: tmux_server.windows() == [], "the window to close", timeout=10)
 
@@ -135,7 +130,7 @@ async def test_a_killed_window_ends_the_job_and_says_so(
     assert window.lost is not None
     assert "tmux window 'doomed' was closed" in window.lost
     assert result.returncode == -signal.SIGTERM  # ended by gpupool, as on a cancel
-    assert not _alive(result.pid)
+    assert gone(result.pid)
 
 
 async def test_a_killed_wrapper_ends_the_job_and_says_so(
@@ -162,7 +157,7 @@ async def test_a_killed_wrapper_ends_the_job_and_says_so(
         )
     assert window.lost is not None
     assert "wrapper in tmux window 'wrapped' was killed" in window.lost
-    assert not _alive(result.pid)
+    assert gone(result.pid)
 
 
 async def test_a_missing_command_is_the_same_error_as_directly(
