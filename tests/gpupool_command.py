@@ -14,12 +14,14 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import AnyStr
 
 __all__ = [
     "REPO",
     "command_env",
     "finish",
     "held_reservation",
+    "killed_on_exit",
     "run_gpupool",
     "start_gpupool",
     "started_gpupool",
@@ -79,18 +81,22 @@ def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[str, st
 
 
 @contextlib.contextmanager
-def started_gpupool(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
-    """:func:`start_gpupool`, and the process killed on the way out if it still runs
-    (a failed assertion must not leave a run behind)."""
-    process = start_gpupool(*args, cwd=cwd, env=env)
+def killed_on_exit(process: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]:
+    """``process``, killed and reaped on the way out if it still runs (a failed assertion
+    must not leave it behind)."""
     try:
         yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def started_gpupool(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """:func:`start_gpupool`, killed on the way out if it still runs."""
+    return killed_on_exit(start_gpupool(*args, cwd=cwd, env=env))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from gpupool import (
 )
 from gpupool._cli.journal import main
 from gpupool._cli.plot import time_axis
-from tests.gpupool_command import command_env, run_gpupool
+from tests.gpupool_command import command_env, killed_on_exit, run_gpupool
 
 pytest.importorskip("matplotlib")
 
@@ -178,14 +178,14 @@ def test_a_live_journal_is_drawn_up_to_now_without_disturbing_its_run(tmp_path: 
     journal, go = tmp_path / "live.sqlite", tmp_path / "go"
     script = tmp_path / "live_run.py"
     script.write_text(LIVE_RUN)
-    run = subprocess.Popen(
+    started = subprocess.Popen(
         [sys.executable, str(script), str(journal), str(go)],
         env=command_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with killed_on_exit(started) as run:
         deadline = time.monotonic() + 60
         while not Path(f"{go}.started").exists():
             assert run.poll() is None, run.communicate()
@@ -204,10 +204,6 @@ def test_a_live_journal_is_drawn_up_to_now_without_disturbing_its_run(tmp_path: 
         assert "so far" in titles[0]
         go.touch()
         stdout, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
     assert run.returncode == 0, stderr
     assert stdout.split() == ["succeeded", "succeeded"]
     # The run kept its journal: nothing was taken over or interrupted.

@@ -28,7 +28,7 @@ from gpupool._core.results import TaskResult, TaskStatus
 from gpupool._journal.store import Journal
 from gpupool._system.procfs import read_stat
 from gpupool.providers.fake import fake_uuid
-from tests.gpupool_command import command_env, run_gpupool, start_gpupool
+from tests.gpupool_command import command_env, run_gpupool, start_gpupool, started_gpupool
 from tests.waiting import wait_for
 
 # Each job appends "start" and "end" to a file named after its key, so a test
@@ -191,8 +191,7 @@ def test_a_restarted_run_kills_the_jobs_a_killed_run_left_behind(tmp_path: Path)
 
 def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
     jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
-    runner = start_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path) as runner:
         wait_for(
             lambda: (
                 len(_marks(tmp_path)) == 1 and all("end" in m for m in _marks(tmp_path).values())
@@ -208,10 +207,6 @@ def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
         )
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     assert "2 succeeded, 0 failed" in out
     assert "line 3" in err  # the appended job, reported with its line number
@@ -219,17 +214,12 @@ def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
 
 def test_ctrl_c_ends_running_jobs_and_journals_them_as_cancelled(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
-    runner = start_gpupool("run", "jobs.txt", "--grace", "0.5", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--grace", "0.5", cwd=tmp_path) as runner:
         pid_file = tmp_path / "marks" / "pid"
         wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         job_pid = int(pid_file.read_text())
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 130, err
     assert "stopping" in err
     assert "0 succeeded, 0 failed, 1 interrupted" in out
@@ -359,8 +349,7 @@ def test_timeouts_and_cuda_oom_show_in_the_summary(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
-    runner = start_gpupool("run", "jobs.txt", "--grace", "60", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--grace", "60", cwd=tmp_path) as runner:
         pid_file = tmp_path / "marks" / "pid"
         wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         job_pid = int(pid_file.read_text())
@@ -370,10 +359,6 @@ def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> N
             assert line, "gpupool run ended before it said it was stopping"
         runner.send_signal(signal.SIGINT)
         _, err = runner.communicate(timeout=30)  # far less than the 60 s grace period
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 130
     assert "forced stop" in err
     wait_for(lambda: not _is_alive(job_pid), "the job to be killed", timeout=5)
@@ -521,17 +506,12 @@ def test_watch_runs_no_fragment_of_a_line_when_the_file_is_edited_above(tmp_path
     original = MARK.format(body="echo first") + "\n" + MARK.format(body="true") + " # " + tail
     jobs = _jobs_file(tmp_path, original)
     journal = tmp_path / "jobs.txt.journal.sqlite"
-    runner = start_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path) as runner:
         wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 2, "the two jobs")
         comment = "#" + "-" * (len(tail) - 2) + "\n"  # exactly as long as the tail
         jobs.write_text(comment + original + MARK.format(body="echo third") + "\n")
         wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 3, "the third")
         out, err = _stop_with_ctrl_c(runner)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     assert not (tmp_path / "marks" / "FRAGMENT-RAN").exists()
     assert "error" not in err
