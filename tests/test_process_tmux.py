@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -107,10 +108,10 @@ async def test_a_cancelled_caller_ends_the_job_before_the_cancellation_propagate
     wait_for(lambda: tmux_server.windows() == [], "the window to close", timeout=10)
 
 
-async def test_a_killed_window_ends_the_job_and_says_so(
-    tmp_path: Path, tmux_server: TmuxServer
-) -> None:
-    window = _window("doomed")
+async def _sleep_in(
+    window: TmuxWindow, log: Path, once_started: Callable[[int], object]
+) -> ProcessResult:
+    """A long job in ``window``; ``once_started(pid)`` is called beside it once it runs."""
     started: list[int] = []
     ready = anyio.Event()
 
@@ -118,15 +119,26 @@ async def test_a_killed_window_ends_the_job_and_says_so(
         started.append(pid)
         ready.set()
 
-    async def kill_window() -> None:
+    async def meanwhile() -> None:
         await ready.wait()
-        assert tmux_server.run("kill-window", "-t", "=tests:doomed").returncode == 0
+        once_started(started[0])
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(kill_window)
-        result = await run_process(
-            "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log", _launcher=window
+        tg.start_soon(meanwhile)
+        return await run_process(
+            "sleep 60", on_start=on_start, check=False, log_path=log, _launcher=window
         )
+
+
+async def test_a_killed_window_ends_the_job_and_says_so(
+    tmp_path: Path, tmux_server: TmuxServer
+) -> None:
+    window = _window("doomed")
+
+    def kill_window(pid: int) -> None:
+        assert tmux_server.run("kill-window", "-t", "=tests:doomed").returncode == 0
+
+    result = await _sleep_in(window, tmp_path / "log", kill_window)
     assert window.lost is not None
     assert "tmux window 'doomed' was closed" in window.lost
     assert result.returncode == -signal.SIGTERM  # ended by gpupool, as on a cancel
@@ -137,24 +149,13 @@ async def test_a_killed_wrapper_ends_the_job_and_says_so(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     window = _window("wrapped")
-    started: list[int] = []
-    ready = anyio.Event()
 
-    def on_start(pid: int) -> None:
-        started.append(pid)
-        ready.set()
-
-    async def kill_wrapper() -> None:
-        await ready.wait()
-        info = read_stat(started[0])
+    def kill_wrapper(pid: int) -> None:
+        info = read_stat(pid)
         assert info is not None
         os.kill(info.ppid, signal.SIGKILL)  # the wrapper is the job's parent
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(kill_wrapper)
-        result = await run_process(
-            "sleep 60", on_start=on_start, check=False, log_path=tmp_path / "log", _launcher=window
-        )
+    result = await _sleep_in(window, tmp_path / "log", kill_wrapper)
     assert window.lost is not None
     assert "wrapper in tmux window 'wrapped' was killed" in window.lost
     assert gone(result.pid)
