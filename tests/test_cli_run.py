@@ -600,15 +600,7 @@ def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path
     # Regression: the demo said "run the same command again: finished jobs are
     # answered from the journal", but each `gpupool demo` made a new directory.
     env = {**command_env(), "TMPDIR": str(tmp_path)}  # where the demo makes its directory
-    first = subprocess.run(
-        [sys.executable, "-m", "gpupool", "demo", "--fake-gpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    first = run_gpupool("demo", "--fake-gpus", "2", cwd=tmp_path, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     match = re.search(r"Run `gpupool (demo [^`]*)`: finished jobs are answered", first.stderr)
     assert match is not None, first.stderr
