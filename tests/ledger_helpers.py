@@ -9,10 +9,9 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
@@ -21,32 +20,12 @@ from gpupool._system.procfs import read_stat
 REPO = Path(__file__).resolve().parents[1]
 MEMBER_SCRIPT = Path(__file__).with_name("scripts") / "ledger_member.py"
 
-T = TypeVar("T")
-
 
 def env() -> dict[str, str]:
     """This environment, with the repository importable and no GPU mask or ledger setting."""
     result = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPUPOOL_"))}
     result["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), result.get("PYTHONPATH")]))
     return result
-
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 30) -> T:
-    """Poll ``condition`` until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def gone(pid: int) -> bool:
-    """No process ``pid`` runs (none, or a zombie)."""
-    info = read_stat(pid)
-    return info is None or not info.alive
 
 
 @attrs.define(eq=False)

@@ -3,7 +3,6 @@ a ParallelRunner sweep with CPU-only tasks, and a journal a live run is writing.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -24,24 +23,16 @@ from gpupool import (
 )
 from gpupool._cli.journal import main
 from gpupool._cli.plot import time_axis
+from tests.gpupool_command import command_env, killed_on_exit, run_gpupool
 
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
 SVG = "{http://www.w3.org/2000/svg}"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _gpupool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_gpupool(*args, cwd=cwd, timeout=120)
 
 
 def _bars(svg_text: str) -> list[str]:
@@ -187,14 +178,14 @@ def test_a_live_journal_is_drawn_up_to_now_without_disturbing_its_run(tmp_path: 
     journal, go = tmp_path / "live.sqlite", tmp_path / "go"
     script = tmp_path / "live_run.py"
     script.write_text(LIVE_RUN)
-    run = subprocess.Popen(
+    started = subprocess.Popen(
         [sys.executable, str(script), str(journal), str(go)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=command_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with killed_on_exit(started) as run:
         deadline = time.monotonic() + 60
         while not Path(f"{go}.started").exists():
             assert run.poll() is None, run.communicate()
@@ -213,10 +204,6 @@ def test_a_live_journal_is_drawn_up_to_now_without_disturbing_its_run(tmp_path: 
         assert "so far" in titles[0]
         go.touch()
         stdout, stderr = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
     assert run.returncode == 0, stderr
     assert stdout.split() == ["succeeded", "succeeded"]
     # The run kept its journal: nothing was taken over or interrupted.
@@ -283,7 +270,7 @@ def test_without_matplotlib_the_error_names_the_extra(run_journal: Path, tmp_pat
             "-o",
             str(out),
         ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=command_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,47 +8,13 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gpupool._cli.logs import _start
-from tests.tmux_server import wait_for
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def _gpupool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _start_gpupool(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.gpupool_command import finish, run_gpupool, started_gpupool
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -61,19 +27,19 @@ def finished_run(tmp_path: Path) -> Path:
         "[gpus=0] echo copy\n"
         "[name=broken gpus=0 retries=1] echo attempt; exit 4\n"
     )
-    run = _gpupool("run", "jobs.txt", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     return tmp_path
 
 
 def test_logs_prints_a_jobs_log_by_name(finished_run: Path) -> None:
-    shown = _gpupool("logs", "first", cwd=finished_run)
+    shown = run_gpupool("logs", "first", cwd=finished_run)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == "one\ntwo\n"
 
 
 def test_logs_finds_a_job_by_its_line_number(finished_run: Path) -> None:
-    shown = _gpupool("logs", "2", "jobs.txt", cwd=finished_run)
+    shown = run_gpupool("logs", "2", "jobs.txt", cwd=finished_run)
     assert (shown.returncode, shown.stdout) == (0, "one\ntwo\n")
 
 
@@ -84,22 +50,22 @@ def test_logs_finds_a_job_by_a_unique_key_prefix_and_refuses_an_ambiguous_one(
         p.stem.rpartition("_")[2] for p in (finished_run / "jobs.txt.logs").glob("echo-copy_*.log")
     )
     assert keys[0] + "~2" == keys[1]  # the second copy of the same command
-    second = _gpupool("logs", f"job-{keys[1]}", cwd=finished_run)
+    second = run_gpupool("logs", f"job-{keys[1]}", cwd=finished_run)
     assert (second.returncode, second.stdout) == (0, "copy\n")
-    ambiguous = _gpupool("logs", keys[0][:6], cwd=finished_run)
+    ambiguous = run_gpupool("logs", keys[0][:6], cwd=finished_run)
     assert ambiguous.returncode == 2
     assert "2 jobs have a key starting with" in ambiguous.stderr
 
 
 def test_logs_shows_every_attempt_and_lines_keeps_the_last(finished_run: Path) -> None:
-    shown = _gpupool("logs", "broken", cwd=finished_run)
+    shown = run_gpupool("logs", "broken", cwd=finished_run)
     assert (shown.returncode, shown.stdout) == (0, "attempt\nattempt\n")
-    tail = _gpupool("logs", "first", "--lines", "1", cwd=finished_run)
+    tail = run_gpupool("logs", "first", "--lines", "1", cwd=finished_run)
     assert tail.stdout == "two\n"
 
 
 def test_an_unknown_job_is_one_clear_line_and_exit_2(finished_run: Path) -> None:
-    shown = _gpupool("logs", "nosuch", cwd=finished_run)
+    shown = run_gpupool("logs", "nosuch", cwd=finished_run)
     assert shown.returncode == 2
     assert shown.stderr.startswith(
         "gpupool logs: error: no job 'nosuch' in jobs.txt.journal.sqlite"
@@ -108,10 +74,10 @@ def test_an_unknown_job_is_one_clear_line_and_exit_2(finished_run: Path) -> None
 
 
 def test_no_journal_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
-    shown = _gpupool("logs", "x", cwd=tmp_path)
+    shown = run_gpupool("logs", "x", cwd=tmp_path)
     assert shown.returncode == 2
     assert "no journal here: give the jobs file" in shown.stderr
-    missing = _gpupool("logs", "x", "--journal", "nope.sqlite", cwd=tmp_path)
+    missing = run_gpupool("logs", "x", "--journal", "nope.sqlite", cwd=tmp_path)
     assert missing.returncode == 2
     assert "no journal at 'nope.sqlite'" in missing.stderr
 
@@ -119,7 +85,7 @@ def test_no_journal_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
 def test_logs_finds_the_log_from_another_directory(finished_run: Path) -> None:
     elsewhere = finished_run / "elsewhere"
     elsewhere.mkdir()
-    shown = _gpupool("logs", "first", "../jobs.txt", cwd=elsewhere)
+    shown = run_gpupool("logs", "first", "../jobs.txt", cwd=elsewhere)
     assert (shown.returncode, shown.stdout) == (0, "one\ntwo\n")
 
 
@@ -127,26 +93,19 @@ def test_follow_prints_a_running_jobs_output_and_ends_with_the_job(tmp_path: Pat
     (tmp_path / "jobs.txt").write_text(
         "[name=slow gpus=0] echo before; while [ ! -e go ]; do sleep 0.05; done; echo after\n"
     )
-    run = _start_gpupool("run", "jobs.txt", cwd=tmp_path)
-    follow: subprocess.Popen[str] | None = None
-    try:
+    with started_gpupool("run", "jobs.txt", cwd=tmp_path) as run:
         log = tmp_path / "jobs.txt.logs" / "slow.log"
         wait_for(lambda: log.exists() and log.read_text() == "before\n", "the job to start")
-        follow = _start_gpupool("logs", "slow", "--follow", cwd=tmp_path)
-        (tmp_path / "go").touch()
-        out, err = follow.communicate(timeout=60)
-        run.communicate(timeout=60)
-    finally:
-        for process in (run, follow):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.communicate()
+        with started_gpupool("logs", "slow", "--follow", cwd=tmp_path) as follow:
+            (tmp_path / "go").touch()
+            out, err = finish(follow)
+        finish(run)
     assert follow.returncode == 0, err
     assert out == "before\nafter\n"
 
 
 def test_follow_exits_1_when_the_job_fails(finished_run: Path) -> None:
-    shown = _gpupool("logs", "broken", "--follow", cwd=finished_run)
+    shown = run_gpupool("logs", "broken", "--follow", cwd=finished_run)
     assert shown.returncode == 1
     assert shown.stdout == "attempt\nattempt\n"
     assert "gpupool logs: job broken failed" in shown.stderr
@@ -167,16 +126,15 @@ def test_lines_starts_at_the_last_n_lines_across_reads(
 
 def test_follow_of_a_job_whose_run_was_killed_stops_and_says_so(tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text("[name=left gpus=0] echo started; echo $$ > pid; sleep 60\n")
-    run = _start_gpupool("run", "jobs.txt", cwd=tmp_path)
     try:
-        wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), "the job")
-        run.kill()
-        run.communicate(timeout=30)
-        shown = _gpupool("logs", "left", "--follow", cwd=tmp_path)
-    finally:
-        if run.poll() is None:
+        with started_gpupool("run", "jobs.txt", cwd=tmp_path) as run:
+            wait_for(
+                lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), "the job"
+            )
             run.kill()
-            run.communicate()
+            run.communicate(timeout=30)
+            shown = run_gpupool("logs", "left", "--follow", cwd=tmp_path)
+    finally:
         os.kill(int((tmp_path / "pid").read_text()), 9)
     assert shown.returncode == 1
     assert shown.stdout == "started\n"

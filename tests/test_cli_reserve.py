@@ -24,7 +24,8 @@ from gpupool._ledger.rows import HoldRow, MemberRow
 from gpupool._ledger.store import LedgerStore
 from gpupool.providers.fake import fake_uuid
 
-from .ledger_helpers import REPO, Member, env, gone, members, wait_for
+from .ledger_helpers import REPO, Member, env, members
+from .waiting import gone, wait_for
 
 FAKE_UUIDS = {fake_uuid(0), fake_uuid(1)}
 

@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,51 +28,12 @@ from gpupool._core.results import TaskResult, TaskStatus
 from gpupool._journal.store import Journal
 from gpupool._system.procfs import read_stat
 from gpupool.providers.fake import fake_uuid
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.gpupool_command import command_env, run_gpupool, start_gpupool, started_gpupool
+from tests.waiting import wait_for
 
 # Each job appends "start" and "end" to a file named after its key, so a test
 # can tell how often each job ran and whether it finished.
 MARK = 'echo start >> "marks/$GPUPOOL_JOB_KEY"; {body}; echo end >> "marks/$GPUPOOL_JOB_KEY"'
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("COLUMNS", None)
-    return env
-
-
-def _gpupool(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _marks(tmp_path: Path) -> dict[str, list[str]]:
@@ -120,7 +80,7 @@ def test_a_failing_job_fails_the_run_and_the_others_still_run(tmp_path: Path) ->
         '[gpus=2] echo "$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"\n'
         "[gpus=0 name=broken] echo oops [$CUDA_VISIBLE_DEVICES] >&2; exit 3\n",
     )
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "3", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "3", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     assert "2 succeeded, 1 failed" in run.stdout
     assert "exit code 3" in run.stdout
@@ -142,10 +102,10 @@ def test_a_successful_run_exits_0_and_a_second_run_runs_nothing(tmp_path: Path) 
         tmp_path,
         "\n".join(MARK.format(body=f"echo job {i}") for i in range(3)) + "\n",
     )
-    first = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    first = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "3 succeeded, 0 failed" in first.stdout
-    again = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    again = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "exit code 0 (earlier run)" in again.stdout
     assert all(marks == ["start", "end"] for marks in _marks(tmp_path).values())
@@ -154,12 +114,12 @@ def test_a_successful_run_exits_0_and_a_second_run_runs_nothing(tmp_path: Path) 
 
 def test_failed_jobs_run_again_only_with_retry_failed(tmp_path: Path) -> None:
     _jobs_file(tmp_path, MARK.format(body="exit 1") + "\n" + MARK.format(body="true") + "\n")
-    assert _gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path).returncode == 1
-    second = _gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path)
+    assert run_gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path).returncode == 1
+    second = run_gpupool("run", "jobs.txt", "--gpus", "0", cwd=tmp_path)
     assert second.returncode == 1
     assert "add --retry-failed" in second.stdout
     assert sorted(len(m) for m in _marks(tmp_path).values()) == [1, 2]  # failed: start only
-    third = _gpupool("run", "jobs.txt", "--gpus", "0", "--retry-failed", cwd=tmp_path)
+    third = run_gpupool("run", "jobs.txt", "--gpus", "0", "--retry-failed", cwd=tmp_path)
     assert third.returncode == 1
     assert sorted(len(m) for m in _marks(tmp_path).values()) == [2, 2]  # failed one ran again
 
@@ -171,9 +131,9 @@ def test_resume_after_kill_9_runs_no_finished_job_again(tmp_path: Path) -> None:
         "\n".join(MARK.format(body=f"sleep 0.4; echo {i}") for i in range(count)) + "\n",
     )
     journal = tmp_path / "jobs.txt.journal.sqlite"
-    runner = _start("run", "jobs.txt", "--fake-gpus", "2", "--grace", "1", cwd=tmp_path)
+    runner = start_gpupool("run", "jobs.txt", "--fake-gpus", "2", "--grace", "1", cwd=tmp_path)
     try:
-        _wait_for(
+        wait_for(
             lambda: list(_statuses(journal).values()).count("succeeded") >= 2,
             "two jobs to finish",
         )
@@ -188,7 +148,7 @@ def test_resume_after_kill_9_runs_no_finished_job_again(tmp_path: Path) -> None:
     running_at_kill = {k for k, s in _statuses(journal).items() if s == "running"}
     assert finished_at_kill
 
-    resumed = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    resumed = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{count} succeeded, 0 failed" in resumed.stdout
     marks = _marks(tmp_path)
@@ -212,28 +172,27 @@ def test_a_restarted_run_kills_the_jobs_a_killed_run_left_behind(tmp_path: Path)
         "[gpus=0] if [ -e marks/once ]; then exit 0; fi; touch marks/once; "
         "echo $$ > marks/pid; sleep 60\n",
     )
-    runner = _start("run", "jobs.txt", cwd=tmp_path)
+    runner = start_gpupool("run", "jobs.txt", cwd=tmp_path)
     try:
         pid_file = tmp_path / "marks" / "pid"
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         # The job can write its pid before the runner has committed its group.
-        _wait_for(lambda: _recorded_groups(tmp_path / "jobs.txt.journal.sqlite") > 0, "the group")
+        wait_for(lambda: _recorded_groups(tmp_path / "jobs.txt.journal.sqlite") > 0, "the group")
         runner.send_signal(signal.SIGKILL)
     finally:
         runner.communicate(timeout=30)
     orphan = int(pid_file.read_text())
     assert _is_alive(orphan)  # kill -9 gave gpupool no chance to end it
-    restarted = _gpupool("run", "jobs.txt", cwd=tmp_path)
+    restarted = run_gpupool("run", "jobs.txt", cwd=tmp_path)
     assert restarted.returncode == 0, restarted.stderr
     assert "killed 1 leftover process group(s) of an earlier run that died" in restarted.stderr
-    _wait_for(lambda: not _is_alive(orphan), "the orphan to be gone", timeout=5)
+    wait_for(lambda: not _is_alive(orphan), "the orphan to be gone", timeout=5)
 
 
 def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
     jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
-    runner = _start("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
-    try:
-        _wait_for(
+    with started_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path) as runner:
+        wait_for(
             lambda: (
                 len(_marks(tmp_path)) == 1 and all("end" in m for m in _marks(tmp_path).values())
             ),
@@ -242,16 +201,12 @@ def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
         with jobs.open("a") as handle:
             handle.write("# appended while running\n" + MARK.format(body="echo second") + "\n")
         journal = tmp_path / "jobs.txt.journal.sqlite"
-        _wait_for(
+        wait_for(
             lambda: list(_statuses(journal).values()) == ["succeeded", "succeeded"],
             "the appended job to finish",
         )
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     assert "2 succeeded, 0 failed" in out
     assert "line 3" in err  # the appended job, reported with its line number
@@ -259,17 +214,12 @@ def test_watch_picks_up_an_appended_line(tmp_path: Path) -> None:
 
 def test_ctrl_c_ends_running_jobs_and_journals_them_as_cancelled(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
-    runner = _start("run", "jobs.txt", "--grace", "0.5", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--grace", "0.5", cwd=tmp_path) as runner:
         pid_file = tmp_path / "marks" / "pid"
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         job_pid = int(pid_file.read_text())
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 130, err
     assert "stopping" in err
     assert "0 succeeded, 0 failed, 1 interrupted" in out
@@ -282,7 +232,7 @@ def test_bad_lines_are_reported_with_their_line_numbers_and_nothing_is_written(
     tmp_path: Path,
 ) -> None:
     _jobs_file(tmp_path, "echo fine\n\n[gpus=two] echo a\n[gpus=1 mem=lots] echo b\n")
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         "gpupool run: error: jobs.txt:3: gpus must be an int >= 0, got 'two'",
@@ -309,7 +259,7 @@ def test_an_unusable_jobs_file_is_one_line_and_exit_2(
 ) -> None:
     setup(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.splitlines() == [message] or run.stderr.startswith(message)
     assert len(run.stderr.splitlines()) == 1
@@ -318,7 +268,7 @@ def test_an_unusable_jobs_file_is_one_line_and_exit_2(
 
 def test_a_job_needing_more_gpus_than_exist_is_refused_up_front(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "echo small\n[gpus=3] echo big\n")
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         "gpupool run: error: jobs.txt:2: gpus=3 but there are only 2 GPUs"
@@ -330,7 +280,7 @@ def test_a_journal_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "echo hi\n")
     journal = tmp_path / "jobs.txt.journal.sqlite"
     journal.write_bytes(b"this is not a database, it is a shopping list\n" * 20)
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
     assert run.returncode == 2
     assert len(run.stderr.splitlines()) == 1
     assert run.stderr.startswith("gpupool run: error: cannot use the journal")
@@ -351,7 +301,7 @@ def test_a_read_only_directory_is_one_line_exit_2_and_nothing_half_written(
         if os.access(workdir, os.W_OK):
             pytest.skip("cannot make a read-only directory here (root without chattr)")
     try:
-        run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=workdir)
+        run = run_gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=workdir)
         assert run.returncode == 2
         assert len(run.stderr.splitlines()) == 1, run.stderr
         assert run.stderr.startswith("gpupool run: error: cannot write the log directory")
@@ -363,16 +313,16 @@ def test_a_read_only_directory_is_one_line_exit_2_and_nothing_half_written(
 
 def test_bad_options_exit_2(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "echo hi\n")
-    run = _gpupool("run", "jobs.txt", "--gpus", "-1", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--gpus", "-1", cwd=tmp_path)
     assert run.returncode == 2
     assert "--gpus: must be an int >= 0, got '-1'" in run.stderr
-    run = _gpupool("run", "jobs.txt", "--timeout", "soon", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--timeout", "soon", cwd=tmp_path)
     assert run.returncode == 2
     assert "timeout must be a duration" in run.stderr
 
 
 def test_demo_runs_the_bundled_jobs_file(tmp_path: Path) -> None:
-    run = _gpupool("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    run = run_gpupool("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "8 succeeded, 0 failed" in run.stdout
     logs = tmp_path / "demo" / "demo_jobs.txt.logs"
@@ -388,7 +338,7 @@ def test_timeouts_and_cuda_oom_show_in_the_summary(tmp_path: Path) -> None:
         "[gpus=0 timeout=1s name=slow] sleep 30\n"
         "[gpus=0 name=oom] echo 'RuntimeError: CUDA out of memory. Tried to allocate' >&2; exit 1\n",
     )
-    run = _gpupool("run", "jobs.txt", "--grace", "0.2", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--grace", "0.2", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     assert "exit code 1 (CUDA out of memory)" in run.stdout
     assert _statuses(tmp_path / "jobs.txt.journal.sqlite") == {
@@ -399,10 +349,9 @@ def test_timeouts_and_cuda_oom_show_in_the_summary(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "[gpus=0] trap '' TERM; echo $$ > marks/pid; sleep 60\n")
-    runner = _start("run", "jobs.txt", "--grace", "60", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--grace", "60", cwd=tmp_path) as runner:
         pid_file = tmp_path / "marks" / "pid"
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
         job_pid = int(pid_file.read_text())
         runner.send_signal(signal.SIGINT)
         assert runner.stderr is not None
@@ -410,13 +359,9 @@ def test_a_second_ctrl_c_does_not_wait_for_the_grace_period(tmp_path: Path) -> N
             assert line, "gpupool run ended before it said it was stopping"
         runner.send_signal(signal.SIGINT)
         _, err = runner.communicate(timeout=30)  # far less than the 60 s grace period
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 130
     assert "forced stop" in err
-    _wait_for(lambda: not _is_alive(job_pid), "the job to be killed", timeout=5)
+    wait_for(lambda: not _is_alive(job_pid), "the job to be killed", timeout=5)
     # The journal is consistent: the next run takes it over and runs the job again.
     assert list(_statuses(tmp_path / "jobs.txt.journal.sqlite").values()) == ["running"]
 
@@ -486,7 +431,7 @@ def test_the_summary_loses_no_field_at_any_width() -> None:
 def _on_terminal(*args: str, cwd: Path, columns: int) -> tuple[int, str]:
     """Run the CLI with its stdout on a pseudo-terminal ``columns`` wide; (exit code, stdout)."""
     controller, terminal = pty.openpty()
-    env = {**_env(), "COLUMNS": str(columns), "TERM": "xterm"}
+    env = {**command_env(), "COLUMNS": str(columns), "TERM": "xterm"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpupool", *args],
         cwd=cwd,
@@ -521,10 +466,10 @@ def test_the_summary_keeps_every_column_on_terminals_of_any_width_and_in_a_pipe(
         "[name=oom] echo 'RuntimeError: CUDA out of memory. Tried to allocate' >&2; exit 1\n"
         "python3 -c 'import sys; sys.exit(3)' --a-rather-long-argument --and-another-one\n",
     )
-    assert _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 1
+    assert run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 1
     logs = sorted(p.name for p in (tmp_path / "jobs.txt.logs").iterdir())
     assert "oom.log" in logs
-    piped = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    piped = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     outputs = {"piped": piped.stdout}
     for columns in (40, 80, 200):
         code, outputs[f"{columns} columns"] = _on_terminal(
@@ -561,17 +506,12 @@ def test_watch_runs_no_fragment_of_a_line_when_the_file_is_edited_above(tmp_path
     original = MARK.format(body="echo first") + "\n" + MARK.format(body="true") + " # " + tail
     jobs = _jobs_file(tmp_path, original)
     journal = tmp_path / "jobs.txt.journal.sqlite"
-    runner = _start("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path)
-    try:
-        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 2, "the two jobs")
+    with started_gpupool("run", "jobs.txt", "--fake-gpus", "1", "--watch", cwd=tmp_path) as runner:
+        wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 2, "the two jobs")
         comment = "#" + "-" * (len(tail) - 2) + "\n"  # exactly as long as the tail
         jobs.write_text(comment + original + MARK.format(body="echo third") + "\n")
-        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 3, "the third")
+        wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"] * 3, "the third")
         out, err = _stop_with_ctrl_c(runner)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     assert not (tmp_path / "marks" / "FRAGMENT-RAN").exists()
     assert "error" not in err
@@ -593,7 +533,7 @@ def test_syntax_and_capacity_errors_are_reported_together_and_nothing_runs(
         "[gpus=2 mem=24G] echo fits\n"
         "[gpus=0 mem=100G] echo cpu only, mem means nothing\n",
     )
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         "gpupool run: error: jobs.txt:2: gpus=3 but there are only 2 GPUs",
@@ -612,10 +552,10 @@ def test_a_fixed_mem_line_runs_instead_of_being_skipped_as_failed_earlier(
     # Regression: the job ran, failed with UnsatisfiableRequest, was journaled as
     # failed, and after the fix was skipped as "failed in an earlier run".
     jobs = _jobs_file(tmp_path, "[mem=100G] touch marks/big\n")
-    assert _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 2
+    assert run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path).returncode == 2
     assert _statuses(tmp_path / "jobs.txt.journal.sqlite") == {}
     jobs.write_text("[mem=20G] touch marks/big\n")
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "2", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert (tmp_path / "marks" / "big").exists()
 
@@ -628,10 +568,10 @@ def test_watch_skips_an_appended_job_that_could_never_start_and_ctrl_c_exits_1(
     # that cut jobs short; the docs said 1, the code gave 130).
     jobs = _jobs_file(tmp_path, MARK.format(body="echo first") + "\n")
     journal = tmp_path / "jobs.txt.journal.sqlite"
-    runner = _start("run", "jobs.txt", "--fake-gpus", "2", "--watch", cwd=tmp_path)
+    runner = start_gpupool("run", "jobs.txt", "--fake-gpus", "2", "--watch", cwd=tmp_path)
     assert runner.stderr is not None
     try:
-        _wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"], "the first job")
+        wait_for(lambda: list(_statuses(journal).values()) == ["succeeded"], "the first job")
     except AssertionError:
         _stop_with_ctrl_c(runner)
         raise
@@ -659,20 +599,12 @@ def test_watch_skips_an_appended_job_that_could_never_start_and_ctrl_c_exits_1(
 def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path: Path) -> None:
     # Regression: the demo said "run the same command again: finished jobs are
     # answered from the journal", but each `gpupool demo` made a new directory.
-    env = {**_env(), "TMPDIR": str(tmp_path)}  # where the demo makes its directory
-    first = subprocess.run(
-        [sys.executable, "-m", "gpupool", "demo", "--fake-gpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    env = {**command_env(), "TMPDIR": str(tmp_path)}  # where the demo makes its directory
+    first = run_gpupool("demo", "--fake-gpus", "2", cwd=tmp_path, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     match = re.search(r"Run `gpupool (demo [^`]*)`: finished jobs are answered", first.stderr)
     assert match is not None, first.stderr
-    again = _gpupool(*shlex.split(match.group(1)), cwd=tmp_path, timeout=120)
+    again = run_gpupool(*shlex.split(match.group(1)), cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr
     assert "8 succeeded, 0 failed" in again.stdout
     assert again.stdout.count("(earlier run)") == 8  # none ran again
@@ -681,12 +613,12 @@ def test_the_demo_names_the_command_that_runs_it_again_with_its_journal(tmp_path
 
 def test_ctrl_c_under_watch_that_stops_a_running_job_exits_130(tmp_path: Path) -> None:
     _jobs_file(tmp_path, "[gpus=0] echo $$ > marks/pid; sleep 60\n")
-    runner = _start(
+    runner = start_gpupool(
         "run", "jobs.txt", "--watch", "--fake-gpus", "1", "--grace", "0.5", cwd=tmp_path
     )
     pid_file = tmp_path / "marks" / "pid"
     try:
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the job")
     finally:
         out, err = _stop_with_ctrl_c(runner)
     assert runner.returncode == 130, err
@@ -700,11 +632,11 @@ def test_gpupool_run_still_reports_a_failed_job_in_one_line(tmp_path: Path) -> N
     # command line does not contain.
     command = "echo hello | tr a-z A-Z; exit 3"
     (tmp_path / "jobs.txt").write_text(command + "\n")
-    run = _gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
+    run = run_gpupool("run", "jobs.txt", "--fake-gpus", "1", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     assert "exit code 3" in run.stdout
     assert "HELLO" not in run.stdout
-    export = _gpupool("journal", "export", "jobs.txt.journal.sqlite", cwd=tmp_path)
+    export = run_gpupool("journal", "export", "jobs.txt.journal.sqlite", cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     [row] = [json.loads(line) for line in export.stdout.splitlines()]
     assert row["error"] == f"ProcessFailed: command {command!r} failed: exit code 3"

@@ -4,13 +4,11 @@ job that runs out of memory retried with more (docs/memory.md)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.gpupool_command import command_env, run_gpupool
 
 # Exits like a PyTorch job out of memory unless it was given 16000 MB or more.
 NEEDS_16G = (
@@ -21,19 +19,9 @@ NEEDS_16G = (
 
 
 def _gpupool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("COLUMNS", None)
+    env = command_env()
     env.pop("GPUPOOL_RESERVED_MB", None)
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_gpupool(*args, cwd=cwd, env=env, timeout=120)
 
 
 def test_a_shared_job_out_of_memory_grows_across_retries(tmp_path: Path) -> None:

@@ -1,24 +1,29 @@
 """``gpupool run --tmux`` and ``gpupool attach`` end to end: a real tmux server (private),
-real ``gpupool`` processes, real jobs, real signals."""
+real ``gpupool`` processes, real jobs, real signals.
+
+The ``tmux_server`` fixture points this process's environment at the private
+server, and the ``gpupool`` processes the tests start inherit it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gpupool._system.procfs import read_stat
-from tests.tmux_server import TmuxServer, tmux_server, wait_for
+from tests.gpupool_command import command_env, finish, run_gpupool, started_gpupool
+from tests.tmux_server import TmuxServer, tmux_server
+from tests.waiting import gone, wait_for
 
 __all__ = ["tmux_server"]  # the fixture, used by name
 
-REPO = Path(__file__).resolve().parents[1]
 #: A job that says hello, writes its pid and its grandchild's, and waits for a file `go`.
 WAITING_JOB = (
     "[name=talk gpus=0] echo hello-from-talk; (sleep 60) & echo $! > marks/grandchild; "
@@ -26,50 +31,25 @@ WAITING_JOB = (
 )
 
 
-def _env(server: TmuxServer) -> dict[str, str]:
-    env = server.env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("COLUMNS", None)
-    return env
-
-
-def _gpupool(server: TmuxServer, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
+@contextlib.contextmanager
+def _in_a_terminal(command: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` run by ``script``, which gives it a pty of its own; killed on the way out."""
+    process = subprocess.Popen(
+        ["script", "-qfec", command, "/dev/null"],
         cwd=cwd,
-        env=_env(server),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-        check=False,
+        env=command_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-
-
-def _start(server: TmuxServer, *args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=cwd,
-        env=_env(server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _finish(run: subprocess.Popen[str]) -> tuple[str, str]:
     try:
-        return run.communicate(timeout=60)
+        yield process
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-
-
-def _alive(pid: int) -> bool:
-    info = read_stat(pid)
-    return info is not None and info.alive
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdin is not None
+        process.stdin.close()
 
 
 def _jobs(tmp_path: Path, *lines: str) -> None:
@@ -92,8 +72,7 @@ def test_a_job_runs_in_a_window_named_after_it_with_its_output_in_the_log_and_jo
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         pid = _pid(tmp_path, "pid")
         wait_for(lambda: ("jobs_txt", "talk") in tmux_server.windows(), "the window")
         wait_for(lambda: "hello-from-talk" in tmux_server.pane_text("=jobs_txt:talk"), "the output")
@@ -112,10 +91,7 @@ def test_a_job_runs_in_a_window_named_after_it_with_its_output_in_the_log_and_jo
             pid,
         )
         (tmp_path / "go").touch()
-        out, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out, err = finish(run)
     assert run.returncode == 0, err
     assert "1 succeeded, 0 failed" in out
     assert log.read_text() == "hello-from-talk\nbye-from-talk\n"
@@ -126,36 +102,20 @@ def test_a_job_runs_in_a_window_named_after_it_with_its_output_in_the_log_and_jo
 
 def test_attach_puts_a_terminal_on_the_jobs_window(tmp_path: Path, tmux_server: TmuxServer) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    attach: subprocess.Popen[bytes] | None = None
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         _pid(tmp_path, "pid")
-        # `attach` needs a terminal: `script` gives it a pty of its own.
+        # `attach` needs a terminal.
         command = f"{sys.executable} -m gpupool attach talk"
-        attach = subprocess.Popen(
-            ["script", "-qfec", command, "/dev/null"],
-            cwd=tmp_path,
-            env=_env(tmux_server),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: "jobs_txt:talk" in tmux_server.clients(), "a client on the job's window")
-        assert tmux_server.run("detach-client", "-s", "=jobs_txt").returncode == 0
-        assert attach.wait(timeout=30) == 0
+        with _in_a_terminal(command, cwd=tmp_path) as attach:
+            wait_for(
+                lambda: "jobs_txt:talk" in tmux_server.clients(), "a client on the job's window"
+            )
+            assert tmux_server.run("detach-client", "-s", "=jobs_txt").returncode == 0
+            assert attach.wait(timeout=30) == 0
         (tmp_path / "go").touch()
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
-        if attach is not None:
-            if attach.poll() is None:
-                attach.kill()
-                attach.wait()
-            assert attach.stdin is not None
-            attach.stdin.close()
+        finish(run)
     assert run.returncode == 0
-    finished = _gpupool(tmux_server, "attach", "talk", cwd=tmp_path)
+    finished = run_gpupool("attach", "talk", cwd=tmp_path)
     assert finished.returncode == 1
     assert "job talk is not running (it succeeded); `gpupool logs talk` shows its output" in (
         finished.stderr
@@ -164,15 +124,11 @@ def test_attach_puts_a_terminal_on_the_jobs_window(tmp_path: Path, tmux_server: 
 
 def test_attach_to_a_job_run_without_tmux_says_so(tmp_path: Path, tmux_server: TmuxServer) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", cwd=tmp_path) as run:
         _pid(tmp_path, "pid")
-        attach = _gpupool(tmux_server, "attach", "1", "jobs.txt", cwd=tmp_path)
+        attach = run_gpupool("attach", "1", "jobs.txt", cwd=tmp_path)
         (tmp_path / "go").touch()
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        finish(run)
     assert attach.returncode == 1
     assert "job talk is not running in a tmux window" in attach.stderr
     assert "gpupool logs talk --follow" in attach.stderr
@@ -182,29 +138,25 @@ def test_ctrl_c_ends_the_jobs_whole_group_and_journals_it_as_in_direct_mode(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path) as run:
         pid, grandchild = _pid(tmp_path, "pid"), _pid(tmp_path, "grandchild")
         wait_for(lambda: _journal(tmp_path, "SELECT pgid FROM process_groups"), "the group")
         run.send_signal(signal.SIGINT)
-        out, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out, err = finish(run)
     assert run.returncode == 130, err
     assert "1 interrupted" in out
-    assert not _alive(pid)
-    assert not _alive(grandchild)
+    assert gone(pid)
+    assert gone(grandchild)
     assert _journal(tmp_path, "SELECT status FROM tasks") == [("cancelled",)]
     assert _journal(tmp_path, "SELECT COUNT(*) FROM process_groups") == [(0,)]
 
 
 def test_a_timeout_ends_the_jobs_whole_group(tmp_path: Path, tmux_server: TmuxServer) -> None:
     _jobs(tmp_path, WAITING_JOB.replace("[name=talk gpus=0]", "[name=talk gpus=0 timeout=1]"))
-    result = _gpupool(tmux_server, "run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path)
+    result = run_gpupool("run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert not _alive(int((tmp_path / "marks" / "pid").read_text()))
-    assert not _alive(int((tmp_path / "marks" / "grandchild").read_text()))
+    assert gone(int((tmp_path / "marks" / "pid").read_text()))
+    assert gone(int((tmp_path / "marks" / "grandchild").read_text()))
     assert _journal(tmp_path, "SELECT status FROM tasks") == [("timed_out",)]
 
 
@@ -212,18 +164,14 @@ def test_a_killed_window_fails_the_job_with_a_clear_message(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", "--grace", "0.5", cwd=tmp_path) as run:
         pid, grandchild = _pid(tmp_path, "pid"), _pid(tmp_path, "grandchild")
         assert tmux_server.run("kill-window", "-t", "=jobs_txt:talk").returncode == 0
-        out, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out, err = finish(run)
     assert run.returncode == 1, err
     assert "0 succeeded, 1 failed" in out
-    assert not _alive(pid)
-    assert not _alive(grandchild)
+    assert gone(pid)
+    assert gone(grandchild)
     [(error,)] = _journal(tmp_path, "SELECT error FROM tasks")
     assert "the job was ended: its tmux window 'talk' was closed" in str(error)
 
@@ -237,21 +185,17 @@ def test_a_run_killed_with_kill_9_leaves_a_job_the_next_run_kills(
         "[name=once gpus=0] if [ -e marks/once ]; then exit 0; fi; touch marks/once; "
         "echo $$ > marks/pid; sleep 60",
     )
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         orphan = _pid(tmp_path, "pid")
         wait_for(lambda: _journal(tmp_path, "SELECT pgid FROM process_groups"), "the group")
         run.send_signal(signal.SIGKILL)
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert _alive(orphan)  # as in direct mode: kill -9 gave gpupool no chance to end it
+        finish(run)
+    assert not gone(orphan)  # as in direct mode: kill -9 gave gpupool no chance to end it
     assert ("jobs_txt", "once") in tmux_server.windows()
-    again = _gpupool(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
+    again = run_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "killed 1 leftover process group(s) of an earlier run that died" in again.stderr
-    wait_for(lambda: not _alive(orphan), "the orphan to be gone", timeout=5)
+    wait_for(lambda: gone(orphan), "the orphan to be gone", timeout=5)
     # Its window says how it ended, and stays for --tmux-keep-failed as any failed job's.
     wait_for(
         lambda: "the job ended (killed by signal 9)" in tmux_server.pane_text("=jobs_txt:once"),
@@ -263,9 +207,7 @@ def test_a_failed_jobs_window_stays_for_tmux_keep_failed_seconds(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, "[name=bad gpus=0] echo oops; exit 3")
-    result = _gpupool(
-        tmux_server, "run", "jobs.txt", "--tmux", "--tmux-keep-failed", "30", cwd=tmp_path
-    )
+    result = run_gpupool("run", "jobs.txt", "--tmux", "--tmux-keep-failed", "30", cwd=tmp_path)
     assert result.returncode == 1
     assert ("jobs_txt", "bad") in tmux_server.windows()
     wait_for(lambda: "closes in 30s" in tmux_server.pane_text("=jobs_txt:bad"), "the note")
@@ -276,7 +218,7 @@ def test_a_failed_jobs_window_stays_for_tmux_keep_failed_seconds(
     ]
     # Closing the window (or ending the server) ends the wait at once.
     assert tmux_server.run("kill-server").returncode == 0
-    wait_for(lambda: not _alive(wrapper), "the lingering wrapper to go", timeout=5)
+    wait_for(lambda: gone(wrapper), "the lingering wrapper to go", timeout=5)
 
 
 def test_a_session_of_the_same_name_that_is_not_the_runs_is_left_alone(
@@ -284,13 +226,9 @@ def test_a_session_of_the_same_name_that_is_not_the_runs_is_left_alone(
 ) -> None:
     assert tmux_server.run("new-session", "-d", "-s", "jobs_txt", "sleep 60").returncode == 0
     _jobs(tmp_path, "[name=ok gpus=0] echo fine; sleep 1")
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         wait_for(lambda: ("jobs_txt-2", "ok") in tmux_server.windows(), "the run's own session")
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        finish(run)
     assert run.returncode == 0
     assert [name for name, _ in tmux_server.windows()].count("jobs_txt") == 1
 
@@ -302,17 +240,8 @@ def test_tmux_missing_is_one_line_and_exit_2_before_anything_runs(
     bare = tmp_path / "bin"
     bare.mkdir()
     (bare / "sh").symlink_to("/bin/sh")
-    env = _env(tmux_server)
-    env["PATH"] = str(bare)
-    result = subprocess.run(
-        [sys.executable, "-m", "gpupool", "run", "jobs.txt", "--tmux"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {**command_env(), "PATH": str(bare)}
+    result = run_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path, env=env, timeout=60)
     assert result.returncode == 2
     assert "--tmux needs tmux, which is not installed or not on PATH" in result.stderr
     assert not (tmp_path / "marks" / "ran").exists()
@@ -325,35 +254,24 @@ def test_attach_finds_a_job_by_key_line_or_prefix(
 ) -> None:
     # Without a terminal attach stops just before tmux: far enough to show it found the window.
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         _pid(tmp_path, "pid")
         wait_for(lambda: (tmp_path / "jobs.txt.logs" / "talk.log.tmux").exists(), "the state")
-        attach = _gpupool(tmux_server, "attach", selector, cwd=tmp_path)
+        attach = run_gpupool("attach", selector, cwd=tmp_path)
         (tmp_path / "go").touch()
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        finish(run)
     assert attach.returncode == 1
     assert "attaching needs a terminal" in attach.stderr
 
 
 def test_logs_follows_a_job_in_a_window_to_its_end(tmp_path: Path, tmux_server: TmuxServer) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    follow: subprocess.Popen[str] | None = None
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         _pid(tmp_path, "pid")
-        follow = _start(tmux_server, "logs", "talk", "--follow", cwd=tmp_path)
-        (tmp_path / "go").touch()
-        out, err = _finish(follow)
-        _finish(run)
-    finally:
-        for process in (run, follow):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.communicate()
+        with started_gpupool("logs", "talk", "--follow", cwd=tmp_path) as follow:
+            (tmp_path / "go").touch()
+            out, err = finish(follow)
+        finish(run)
     assert follow.returncode == 0, err
     assert out == "hello-from-talk\nbye-from-talk\n"
 
@@ -362,16 +280,12 @@ def test_ctrl_c_typed_in_the_window_interrupts_the_job(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         pid = _pid(tmp_path, "pid")
         assert tmux_server.run("send-keys", "-t", "=jobs_txt:talk", "C-c").returncode == 0
-        _, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        _, err = finish(run)
     assert run.returncode == 1, err
-    assert not _alive(pid)
+    assert gone(pid)
     [(status, error)] = _journal(tmp_path, "SELECT status, error FROM tasks")
     assert status == "failed"
     assert "tmux window" not in str(error)  # the job was interrupted, its window is fine
@@ -382,15 +296,11 @@ def test_jobs_started_together_each_get_a_window_of_the_one_session(
 ) -> None:
     wait = "while [ ! -e go ]; do sleep 0.05; done"
     _jobs(tmp_path, *(f"[name=j{i} gpus=0] touch marks/j{i}; {wait}" for i in range(4)))
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", "--max-parallel", "4", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", "--max-parallel", "4", cwd=tmp_path) as run:
         wait_for(lambda: len(tmux_server.windows()) == 4, "four windows")
         assert sorted(tmux_server.windows()) == [("jobs_txt", f"j{i}") for i in range(4)]
         (tmp_path / "go").touch()
-        out, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out, err = finish(run)
     assert run.returncode == 0, err
     assert "4 succeeded, 0 failed" in out
 
@@ -401,15 +311,11 @@ def test_a_window_stopped_with_ctrl_s_never_stops_the_job_or_its_log(
     """Regression: the wrapper wrote to the window blocking, so a person's Ctrl-S (XOFF)
     in the window stopped the wrapper, then the log, then the job on a full pipe."""
     _jobs(tmp_path, "[name=chatty gpus=0] while [ ! -e go ]; do sleep 0.05; done; seq 1 100000")
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         wait_for(lambda: ("jobs_txt", "chatty") in tmux_server.windows(), "the window")
         assert tmux_server.run("send-keys", "-t", "=jobs_txt:chatty", "C-s").returncode == 0
         (tmp_path / "go").touch()
-        out, err = _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out, err = finish(run)
     assert run.returncode == 0, err
     assert "1 succeeded, 0 failed" in out
     lines = (tmp_path / "jobs.txt.logs" / "chatty.log").read_text().split()
@@ -420,36 +326,21 @@ def test_attach_inside_tmux_switches_the_client_to_the_jobs_window(
     tmp_path: Path, tmux_server: TmuxServer
 ) -> None:
     _jobs(tmp_path, WAITING_JOB)
-    run = _start(tmux_server, "run", "jobs.txt", "--tmux", cwd=tmp_path)
-    client: subprocess.Popen[bytes] | None = None
-    try:
+    with started_gpupool("run", "jobs.txt", "--tmux", cwd=tmp_path) as run:
         _pid(tmp_path, "pid")
         assert (
             tmux_server.run("new-session", "-d", "-s", "mine", "-c", str(tmp_path)).returncode == 0
         )
-        client = subprocess.Popen(
-            ["script", "-qfec", "tmux attach -t =mine", "/dev/null"],
-            env=_env(tmux_server),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: any(c.startswith("mine:") for c in tmux_server.clients()), "the client")
-        # Typed in the person's own session, where $TMUX names this server.
-        typed = f"{sys.executable} -m gpupool attach talk"
-        assert tmux_server.run("send-keys", "-t", "=mine:", typed, "Enter").returncode == 0
-        wait_for(lambda: "jobs_txt:talk" in tmux_server.clients(), "the switch to the job")
-        # The person's client itself moved (switch-client), not a nested one started.
-        assert tmux_server.clients() == ["jobs_txt:talk"]
-        (tmp_path / "go").touch()
-        _finish(run)
-    finally:
-        if run.poll() is None:
-            run.kill()
-        if client is not None:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-            assert client.stdin is not None
-            client.stdin.close()
+        with _in_a_terminal("tmux attach -t =mine"):
+            wait_for(
+                lambda: any(c.startswith("mine:") for c in tmux_server.clients()), "the client"
+            )
+            # Typed in the person's own session, where $TMUX names this server.
+            typed = f"{sys.executable} -m gpupool attach talk"
+            assert tmux_server.run("send-keys", "-t", "=mine:", typed, "Enter").returncode == 0
+            wait_for(lambda: "jobs_txt:talk" in tmux_server.clients(), "the switch to the job")
+            # The person's client itself moved (switch-client), not a nested one started.
+            assert tmux_server.clients() == ["jobs_txt:talk"]
+            (tmp_path / "go").touch()
+            finish(run)
     assert run.returncode == 0

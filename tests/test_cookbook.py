@@ -19,6 +19,7 @@ import pytest
 
 from .docs_env import EXAMPLES, REPO, fake_gpu_environment
 from .fake_nvml import gpu_uuid
+from .gpupool_command import run_gpupool
 
 COOKBOOK = REPO / "docs" / "cookbook.md"
 
@@ -37,15 +38,7 @@ def workdir(tmp_path: Path, machine_env: dict[str, str]) -> tuple[Path, dict[str
 
 
 def gpupool_cli(where: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        cwd=where,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_gpupool(*args, cwd=where, env=env, timeout=120)
 
 
 def test_the_page_shows_the_files_this_test_runs() -> None:

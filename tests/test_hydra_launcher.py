@@ -16,9 +16,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from tests.waiting import gone, wait_for
 
 APP = Path(__file__).parent / "hydra_app"
 
@@ -205,14 +206,6 @@ def test_a_return_value_that_cannot_be_pickled_fails_its_job_saying_why(tmp_path
     assert "the job's return value, a dict, cannot be pickled" in done.stderr
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_sigterm_ends_the_running_jobs_and_a_rerun_runs_them(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -226,9 +219,7 @@ def test_sigterm_ends_the_running_jobs_and_a_rerun_runs_them(tmp_path: Path) -> 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(list(pids.iterdir())) >= 2, "the jobs to start", timeout=60)
         jobs = [int(p.read_text()) for p in pids.iterdir()]
         assert len(jobs) == 2, "the jobs did not start"
 
@@ -239,7 +230,7 @@ def test_sigterm_ends_the_running_jobs_and_a_rerun_runs_them(tmp_path: Path) -> 
 
     assert launcher.returncode == 128 + signal.SIGTERM, out
     assert "stopped by SIGTERM" in out
-    assert not any(_alive(pid) for pid in jobs)
+    assert all(gone(pid) for pid in jobs)
     assert _records(tmp_path / "records.jsonl") == []  # neither job got to its end
 
     rerun = _run("train.py", *args, cwd=tmp_path, env={"HYDRA_APP_WORK_S": "0"})

@@ -28,7 +28,8 @@ from gpupool import (
 from gpupool._core.errors import LedgerError
 from gpupool.providers.fake import fake_uuid
 
-from .ledger_helpers import MEMBER_SCRIPT, Member, env, gone, members, session_members, wait_for
+from .ledger_helpers import MEMBER_SCRIPT, Member, env, members, session_members
+from .waiting import gone, wait_for
 
 
 @pytest.fixture

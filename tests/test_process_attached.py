@@ -16,7 +16,7 @@ import pytest
 from gpupool import FakeGPUProvider, GPUAllocation, GPUResourcePool
 from gpupool._process.attached import run_attached
 
-from .ledger_helpers import gone, wait_for
+from .waiting import gone, wait_for
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpupool_command import held_reservation
+
 HIDE_NVML = """
 import importlib.abc
 import sys
@@ -222,36 +224,14 @@ def test_wrong_options_are_usage_errors(
 
 
 @pytest.fixture
-def reservation(ledger: str) -> Iterator[subprocess.Popen[str]]:
+def reservation(ledger: str) -> Iterator[int]:
     """`gpupool reserve` holding the one fake GPU of ``ledger`` until the test ends."""
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpupool",
-            "reserve",
-            "--gpus",
-            "1",
-            "--fake-gpus",
-            "1",
-            "--ledger",
-            ledger,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as holder:
-        try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline().startswith("# gpupool reservation")
-            yield holder
-        finally:
-            holder.send_signal(signal.SIGTERM)
-            holder.wait(timeout=30)
+    with held_reservation("--gpus", "1", "--fake-gpus", "1", "--ledger", ledger) as hold_id:
+        yield hold_id
 
 
 def test_a_test_whose_gpus_stay_busy_fails_at_its_timeout_naming_the_holder(
-    pytester: pytest.Pytester, ledger: str, reservation: subprocess.Popen[str]
+    pytester: pytest.Pytester, ledger: str, reservation: int
 ) -> None:
     pytester.makepyfile(
         """

@@ -22,9 +22,8 @@ import subprocess
 import sys
 from typing import Any
 
-from .._core.errors import JournalError
 from .._process.tmux import TmuxError, WindowState, tmux_command
-from .job_lookup import FoundJob, JobLookupError, add_job_arguments, find_job, journal_path
+from .job_lookup import FoundJob, add_job_arguments, job_of_arguments
 
 __all__ = ["add_parser", "command", "window_of"]
 
@@ -97,11 +96,8 @@ def window_of(job: FoundJob) -> WindowState:
 
 
 def command(args: argparse.Namespace) -> int:
-    try:
-        journal = journal_path(args.jobs_file, args.journal)
-        job = find_job(args.job, journal, log_dir=args.log_dir)
-    except (JobLookupError, JournalError) as error:
-        print(f"gpupool attach: error: {error}", file=sys.stderr)
+    job = job_of_arguments(args, "attach")
+    if job is None:
         return 2
     try:
         window = window_of(job)

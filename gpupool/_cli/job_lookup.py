@@ -18,20 +18,30 @@ to the directory the run was started in; that is found from here too (see
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, final
 
 import attrs
 
+from .._core.errors import JournalError
 from .._core.results import TaskStatus
 from .._journal.history import read_only
 from .._journal.owner import is_alive
 from .._journal.schema import TaskRecord, read_records
 from .journal import journal_owner
 
-__all__ = ["FoundJob", "JobLookupError", "add_job_arguments", "find_job", "journal_path"]
+__all__ = [
+    "FoundJob",
+    "JobLookupError",
+    "add_job_arguments",
+    "find_job",
+    "job_of_arguments",
+    "journal_path",
+]
 
 
 class JobLookupError(Exception):
@@ -85,6 +95,18 @@ def add_job_arguments(parser: Any) -> None:
         metavar="DIR",
         help="the run's log directory (as gpupool run --log-dir)",
     )
+
+
+def job_of_arguments(args: argparse.Namespace, command: str) -> FoundJob | None:
+    """The job that :func:`add_job_arguments`'s arguments name; ``None`` once the reason
+    there is none (no such journal or job) is printed, ``gpupool COMMAND: error: ...``,
+    for the command to exit with code 2."""
+    try:
+        journal = journal_path(args.jobs_file, args.journal)
+        return find_job(args.job, journal, log_dir=args.log_dir)
+    except (JobLookupError, JournalError) as error:
+        print(f"gpupool {command}: error: {error}", file=sys.stderr)
+        return None
 
 
 def journal_path(jobs_file: Path | None, journal: Path | None) -> Path:

@@ -27,7 +27,7 @@ from typing import IO, Any
 from .._core.errors import JournalError
 from .._core.results import TaskStatus
 from .args import int_arg
-from .job_lookup import FoundJob, JobLookupError, add_job_arguments, find_job, journal_path
+from .job_lookup import FoundJob, JobLookupError, add_job_arguments, find_job, job_of_arguments
 
 __all__ = ["add_parser", "command"]
 
@@ -68,11 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    try:
-        journal = journal_path(args.jobs_file, args.journal)
-        job = find_job(args.job, journal, log_dir=args.log_dir)
-    except (JobLookupError, JournalError) as error:
-        print(f"gpupool logs: error: {error}", file=sys.stderr)
+    job = job_of_arguments(args, "logs")
+    if job is None:
         return 2
     out = sys.stdout.buffer
     if not args.follow:

@@ -53,9 +53,8 @@ from .._journal.adapter import RunnerJournal
 from .._journal.store import Journal
 from .._ledger.location import DEFAULT
 from .._pool.pool import GPUResourcePool
-from .._process.launch import DIRECT, Launcher
 from .._process.proctree import killpg_quietly
-from .._process.run import DEFAULT_GRACE_PERIOD, run_process_via
+from .._process.run import DEFAULT_GRACE_PERIOD, run_process
 from .._process.tmux import (
     TmuxError,
     TmuxSession,
@@ -592,10 +591,8 @@ class _Session:
         if allocation is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU-only job must not touch the GPUs
         window = self._window(job)
-        launcher: Launcher = DIRECT if window is None else window
         try:
-            result = await run_process_via(
-                launcher,
+            result = await run_process(
                 job.command,
                 allocation=allocation,
                 log_path=log,
@@ -604,6 +601,7 @@ class _Session:
                 cwd=self.options.job_cwd,
                 on_start=on_start,
                 check=False,  # checked below, without the output's tail
+                _launcher=window,  # None: directly, as our child
             )
         finally:
             for pid in started:

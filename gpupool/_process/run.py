@@ -74,7 +74,6 @@ __all__ = [
     "SupportsRegisterProcess",
     "job_environment",
     "run_process",
-    "run_process_via",
 ]
 
 #: Seconds between SIGTERM and SIGKILL unless the caller says otherwise.
@@ -238,6 +237,9 @@ async def run_process(
     pool: SupportsRegisterProcess | None = None,
     on_start: Callable[[int], object] | None = None,
     check: bool = True,
+    # How the job's leader starts (gpupool._process.launch): a hook for ``gpupool run
+    # --tmux``, not part of the public contract (the reference leaves it out).
+    _launcher: Launcher | None = None,
 ) -> ProcessResult:
     """Run ``cmd`` to the end on the GPUs of ``allocation``; never leave a process behind.
 
@@ -276,41 +278,10 @@ async def run_process(
     ``register_process`` may return an awaitable, which is awaited. If any of
     these raises, the job is ended and the error propagates.
     """
-    return await run_process_via(
-        DIRECT,
-        cmd,
-        allocation=allocation,
-        timeout=timeout,
-        log_path=log_path,
-        env=env,
-        cwd=cwd,
-        grace_period=grace_period,
-        pool=pool,
-        on_start=on_start,
-        check=check,
-    )
-
-
-async def run_process_via(
-    launcher: Launcher,
-    cmd: str | Sequence[str | os.PathLike[str]],
-    *,
-    allocation: GPUAllocation | None = None,
-    timeout: float | None = None,
-    log_path: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    grace_period: float = DEFAULT_GRACE_PERIOD,
-    pool: SupportsRegisterProcess | None = None,
-    on_start: Callable[[int], object] | None = None,
-    check: bool = True,
-) -> ProcessResult:
-    """:func:`run_process`, with the job's leader started by ``launcher``.
-
-    The one code path of every launch mode (``gpupool run`` and ``gpupool run
-    --tmux``): only the start differs (``gpupool._process.launch``); the hooks,
-    the tracking, the ending of the job and the reading of its log are the same.
-    """
+    # Every launch mode (``gpupool run`` and ``gpupool run --tmux``) takes this one path:
+    # only the start differs; the hooks, the tracking, the ending of the job and the
+    # reading of its log are the same.
+    launcher = DIRECT if _launcher is None else _launcher
     args = _check_command(cmd)
     if allocation is not None:
         check_instance("allocation", allocation, GPUAllocation, "a GPUAllocation or None")

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.gpupool_command import held_reservation
+
 from .conftest import RayTestCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,35 +39,18 @@ def gpupool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 @pytest.fixture(scope="module")
 def reservation(ray_cluster: RayTestCluster) -> Iterator[int]:
     """A ``gpupool reserve`` holding GPU 0 of node "a", in node a's ledger only."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpupool",
-            "reserve",
-            "--gpus",
-            "1",
-            "--fake-gpus",
-            "2",
-            "--ledger",
-            str(ray_cluster.ledgers["a"]),
-            "--for",
-            "170",
-        ],
+    with held_reservation(
+        "--gpus",
+        "1",
+        "--fake-gpus",
+        "2",
+        "--ledger",
+        str(ray_cluster.ledgers["a"]),
+        "--for",
+        "170",
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        first = holder.stdout.readline()  # "# gpupool reservation ID: ..." once it holds
-        assert first.startswith("# gpupool reservation "), first
-        yield int(first.split()[3].rstrip(":"))
-    finally:
-        holder.terminate()
-        holder.wait(timeout=30)
-        assert holder.stdout is not None
-        holder.stdout.close()
+    ) as hold_id:
+        yield hold_id
 
 
 def sections(out: str, cluster: RayTestCluster) -> dict[str, str]:
