@@ -496,6 +496,54 @@ def test_kill_9_at_random_points_leaves_nothing_held_and_the_file_sound(
     print(f"[ledger kills] {sum(n.endswith('.joining') for n in names)} drafts of joins left")
 
 
+JOIN_AND_WAIT = """
+import sys
+from pathlib import Path
+from gpupool._ledger.members import Membership
+member = Membership(Path(sys.argv[1]))  # joined: its files exist, no ledger row yet
+print(member.id, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_member_killed_before_its_first_write_leaves_no_files(ledger: Path) -> None:
+    # Killed between taking its lock file and writing its row: no row names its files,
+    # so only a sweep of the directory finds them. A member still joining (alive, no
+    # row yet either) keeps its files.
+    def join() -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", JOIN_AND_WAIT, str(ledger)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        return process, process.stdout.readline().strip()
+
+    async def open_a_pool() -> None:
+        async with fake_pool(ledger, 2):
+            pass
+
+    anyio.run(open_a_pool)  # the ledger's directory, as a pool makes it
+    dead, dead_id = join()
+    joining, joining_id = join()
+    try:
+        dead.kill()
+        dead.communicate()
+        assert os.path.exists(lock_path(ledger, dead_id))
+        anyio.run(open_a_pool)
+        assert not os.path.exists(lock_path(ledger, dead_id))
+        assert not os.path.exists(socket_path(ledger, dead_id))
+        assert os.path.exists(lock_path(ledger, joining_id))
+        assert os.path.exists(socket_path(ledger, joining_id))
+    finally:
+        for process in (dead, joining):
+            process.kill()
+            process.communicate()
+
+
 # ------------------------------------------------------------ jobs that outlive their holder
 
 

@@ -35,7 +35,8 @@ from gpupool._ledger.store import LedgerStore
 from gpupool._system import procfs
 from gpupool.providers.fake import fake_uuid
 
-from .ledger_helpers import Member, members, wait_for
+from .ledger_helpers import Member, members
+from .waiting import wait_for
 
 #: The head's 2-GPU request waits for the GPU another member holds; a 1-GPU request
 #: that says it ends in 50 s ends before the holder's estimated 100 s are up.

@@ -39,7 +39,7 @@ from .._core.request import Resources
 from .._system import procfs
 from .._system.groups import LeftoverProcessGroup, still_running
 from . import wakeup
-from .members import Liveness, Membership, live_members, remove_files
+from .members import Liveness, Membership, live_members, remove_files, remove_orphans
 from .replica import Replica, error_from_text
 from .rows import GPURow, HoldRow, LedgerState, MemberRow, WaiterRow
 from .store import LedgerStore
@@ -724,6 +724,8 @@ class MachineCore:
         for ticket in [t for t, row in state.waiters.items() if row.member == me]:
             del state.waiters[ticket]
         state.members[me] = self._member
+        # Once per join, not per transaction: a directory scan.
+        remove_orphans(self.directory, state.members.keys())
         self._report(state, time.time())
         now = self._clock()
         for mine in self._mine.values():

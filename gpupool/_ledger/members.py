@@ -260,6 +260,29 @@ def remove_files(ledger: Path, member: str) -> None:
             os.unlink(path)
 
 
+def remove_orphans(ledger: Path, known: Collection[str]) -> int:
+    """Remove the files of dead members the ledger has no row of; how many there were.
+
+    A process killed between joining (its lock file renamed into place) and its
+    first write to the ledger leaves files that no row names, so the sweep of
+    dead members' rows never reaches them. A member that is still joining holds
+    its lock, so it is alive here and keeps its files.
+    """
+    removed = 0
+    try:
+        names = os.listdir(members_dir(ledger))
+    except OSError:
+        return removed
+    for name in names:
+        if not name.endswith(".lock") or name.startswith("."):
+            continue
+        member = name[: -len(".lock")]
+        if member not in known and not is_alive(ledger, member):
+            remove_files(ledger, member)
+            removed += 1
+    return removed
+
+
 def live_members(ledger: Path) -> set[str]:
     """The ids of the members whose lock files are held now (a scan of the directory)."""
     found: set[str] = set()
