@@ -19,7 +19,6 @@ left to ``gpupool._cli.main.main``, which exits 0 quietly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import json
@@ -29,7 +28,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -48,6 +47,7 @@ from .._journal.schema import (
     read_records,
 )
 from .._journal.timeline import build_timeline
+from .._system.files import atomic_file
 from .args import int_arg
 from .console import OutputConsole
 from .plot import MissingMatplotlib, format_of, render
@@ -348,7 +348,7 @@ def _iso(t: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
 
 
-def _export(records: Iterator[TaskRecord], fmt: str, out: TextIO) -> None:
+def _export(records: Iterator[TaskRecord], fmt: str, out: IO[str]) -> None:
     if fmt == "jsonl":
         for record in records:
             out.write(json.dumps(_row(record), ensure_ascii=False) + "\n")
@@ -370,15 +370,8 @@ def _export(records: Iterator[TaskRecord], fmt: str, out: TextIO) -> None:
 def _export_to_file(records: Iterator[TaskRecord], fmt: str, output: str) -> None:
     """Write to a temporary file beside ``output`` and rename it into place, so
     a failed export leaves no half-written file."""
-    tmp = f"{output}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as out:
-            _export(records, fmt, out)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_file(output, "w", newline="", encoding="utf-8") as out:
+        _export(records, fmt, out)
 
 
 def _unlock(path: str) -> None:

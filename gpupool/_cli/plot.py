@@ -13,17 +13,16 @@ complete or not at all (written beside it, then renamed).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import html
 import io
 import math
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._journal.timeline import Attempt, Bar, Outcome, Timeline, queue_depth
+from .._system.files import atomic_file
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -104,7 +103,8 @@ def render(timeline: Timeline, path: str, *, title: str) -> None:
             data = ('<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + svg).encode()
         else:
             data = _page(svg, timeline, title).encode()
-    _write_atomically(path, data)
+    with atomic_file(path) as file:
+        file.write(data)
 
 
 def _pyplot() -> Any:
@@ -386,14 +386,3 @@ def _page(svg: str, timeline: Timeline, title: str) -> str:
         f'<h1 style="font-size:1.2em">{html.escape(title)}</h1>\n'
         f"<p>{html.escape(summary)}</p>\n{svg}\n</body>\n</html>\n"
     )
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

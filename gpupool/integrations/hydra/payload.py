@@ -24,7 +24,6 @@ job's process can import the user's modules (``import model`` beside
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import traceback
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from ..._system.files import atomic_file
 
 __all__ = [
     "JobResult",
@@ -81,12 +82,8 @@ def _dumps(value: object) -> bytes:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees all of it or no file."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
+    with atomic_file(path) as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 def write_launch(path: Path, payload: LaunchPayload) -> None:
